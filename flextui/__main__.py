@@ -1,0 +1,3 @@
+from flextui.cli import main
+
+raise SystemExit(main())
