@@ -1,0 +1,82 @@
+"""A small torch.distributed job (gloo, CPU) for trying flextui and for its tests.
+
+Each step all-reduces a tensor across every rank and prints a progress line. Options
+make it misbehave the way real jobs do: one rank failing, floods of log lines, a rank
+ignoring SIGTERM, a child process (like a dataloader worker), a tqdm-style progress bar.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def parse_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--step-time", type=float, default=0.25, help="seconds of 'compute' per step")
+    parser.add_argument("--fail-rank", type=int, default=None, help="this rank raises at --fail-step")
+    parser.add_argument("--fail-step", type=int, default=5)
+    parser.add_argument("--exit-code", type=int, default=1, help="exit code of the failing rank")
+    parser.add_argument("--lines-per-step", type=int, default=1, help="extra log lines per step")
+    parser.add_argument("--ignore-sigterm", action="store_true", help="rank(s) ignore SIGTERM")
+    parser.add_argument("--ignore-rank", type=int, default=None, help="only this rank ignores SIGTERM")
+    parser.add_argument("--spawn-child", action="store_true", help="start a child process per rank")
+    parser.add_argument("--progress", action="store_true", help="draw a carriage-return progress bar")
+    parser.add_argument("--no-dist", action="store_true", help="skip torch.distributed (log tests)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    host = os.uname().nodename
+    if args.ignore_sigterm and args.ignore_rank in (None, rank):
+        signal.signal(signal.SIGTERM, lambda *_: print(f"rank {rank}: ignoring SIGTERM", flush=True))
+    child = None
+    if args.spawn_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        print(f"rank {rank}: started child pid {child.pid}", flush=True)
+    print(f"rank {rank}/{world_size} local_rank {args.local_rank} on {host} pid {os.getpid()} "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
+    if not args.no_dist:
+        dist.init_process_group("gloo")
+    value = torch.ones(4)
+    for step in range(args.steps):
+        time.sleep(args.step_time)
+        if args.fail_rank == rank and step == args.fail_step:
+            print(f"rank {rank}: failing at step {step}", flush=True)
+            if args.exit_code == 1:
+                raise RuntimeError(f"rank {rank} hit a simulated fault at step {step}")
+            sys.exit(args.exit_code)
+        if not args.no_dist:
+            dist.all_reduce(value)
+            value /= world_size
+        for i in range(args.lines_per_step - 1):
+            print(f"rank {rank} step {step} detail {i}")
+        if args.progress:
+            bar = "#" * (step + 1) + "." * (args.steps - step - 1)
+            sys.stderr.write(f"\rrank {rank} [{bar}] {step + 1}/{args.steps}")
+            sys.stderr.flush()
+        else:
+            print(f"rank {rank} step {step + 1}/{args.steps} value {value[0].item():.3f}", flush=True)
+    if args.progress:
+        sys.stderr.write("\n")
+    if not args.no_dist:
+        dist.barrier()
+        dist.destroy_process_group()
+    print(f"rank {rank}: done", flush=True)
+    if child is not None:
+        child.terminate()
+        child.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""`flextui HOSTFILE SCRIPT [ARGS]`: parse options, resolve the world, run the job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from flextui.hostfile import HostfileError, read_hostfile, select_slots
+from flextui.job import Job, JobConfig
+from flextui.transport import LaunchError, Transport
+from flextui.transport.local import LocalTransport, is_local_host
+from flextui.world import DEFAULT_MASTER_PORT, Command, Node, World
+
+USAGE_ERROR = 2
+LAUNCH_ERROR = 1
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flextui",
+        description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
+    )
+    add = parser.add_argument
+    add("hostfile", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line")
+    add("script", help="training script (or module with --module, program with --no_python)")
+    add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
+    sel.add_argument("-i", "--include", help="e.g. 'node1@node2:0,2': all of node1, slots 0,2 of node2")
+    sel.add_argument("-e", "--exclude", help="e.g. 'node1:1': drop slot 1 of node1")
+    sel.add_argument("--num_nodes", "--num-nodes", type=int, help="use the first N hosts")
+    sel.add_argument("--num_gpus", "--num-gpus", type=int, help="use the first N slots of each host")
+    sel.add_argument("--master_addr", "--master-addr", help="default: the first selected host")
+    sel.add_argument("--master_port", "--master-port", type=int, default=DEFAULT_MASTER_PORT)
+    run = parser.add_argument_group("how workers run")
+    run.add_argument("--module", "-m", action="store_true", help="run SCRIPT as a python module")
+    run.add_argument("--no_python", "--no-python", action="store_true", help="run SCRIPT directly")
+    run.add_argument("--no_local_rank", "--no-local-rank", action="store_true",
+                     help="do not pass --local_rank=N to the script")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="export to every worker (repeatable)")
+    run.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL (default 10)")
+    run.add_argument("--log-dir", "--log_dir", default="flextui-runs", help="run directories go here")
+    ssh = parser.add_argument_group("remote nodes (SSH)")
+    ssh.add_argument("--ssh_port", "--ssh-port", type=int, help="SSH port for every host (default: ~/.ssh/config)")
+    ssh.add_argument("--remote_python", "--remote-python", help="python on the nodes (default: this one)")
+    ssh.add_argument("--remote_cwd", "--remote-cwd", help="working directory on the nodes (default: this one)")
+    ssh.add_argument("--ssh_fanout", "--ssh-fanout", type=int, default=32, help="concurrent SSH connects")
+    ssh.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
+    out = parser.add_argument_group("console")
+    out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
+    out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
+    out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    out.add_argument("--theme", help="TUI theme name (see themes/)")
+    return parser
+
+
+def resolve_world(args: argparse.Namespace) -> World:
+    if args.include is not None and args.exclude is not None:
+        raise UsageError("--include and --exclude are mutually exclusive")
+    hosts = read_hostfile(args.hostfile)
+    selected = select_slots(
+        hosts, include=args.include, exclude=args.exclude,
+        num_nodes=args.num_nodes, num_gpus=args.num_gpus,
+    )
+    if not 0 < args.master_port < 65536:
+        raise UsageError(f"--master_port {args.master_port} is not a valid port")
+    return World.from_slots(selected, args.master_addr, args.master_port)
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def format_plan(world: World, command: Command) -> str:
+    lines = [f"world_size={world.world_size} master={world.master_addr}:{world.master_port}"]
+    for node in world.nodes:
+        ranks = f"{node.ranks.start}-{node.ranks.stop - 1}" if len(node.slots) > 1 else str(node.ranks.start)
+        lines.append(f"node {node.node_rank}: {node.host} slots={list(node.slots)} ranks {ranks} "
+                     f"CUDA_VISIBLE_DEVICES={','.join(map(str, node.slots))}")
+    lines.append("command: " + " ".join(command.argv(0)).replace("--local_rank=0", "--local_rank=N"))
+    return "\n".join(lines)
+
+
+def make_transports(args: argparse.Namespace):
+    local = LocalTransport()
+    remote: list[Transport] = []
+
+    def transport_for(node: Node) -> Transport:
+        if is_local_host(node.host):
+            return local
+        if not remote:
+            from flextui.transport.ssh import SSHTransport  # noqa: PLC0415 - only when needed
+
+            remote.append(SSHTransport.from_args(args))
+        return remote[0]
+
+    return transport_for
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        world = resolve_world(args)
+        env = parse_env(args.env)
+    except (HostfileError, UsageError) as exc:
+        print(f"flextui: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    command = Command(
+        script=args.script, args=tuple(args.script_args),
+        python=args.remote_python or sys.executable, module=args.module,
+        no_python=args.no_python, no_local_rank=args.no_local_rank,
+    )
+    if args.dry_run:
+        print(json.dumps(world.plan(), indent=2) if args.json else format_plan(world, command))
+        return 0
+    config = JobConfig(
+        world=world, command=command, log_root=args.log_dir, grace=args.grace,
+        cwd=args.remote_cwd or os.getcwd(), env=env,
+    )
+    job = Job(config, make_transports(args))
+    headless = args.headless or not sys.stdout.isatty()
+    try:
+        if headless:
+            from flextui.headless import HeadlessConsole
+
+            return asyncio.run(HeadlessConsole(job).run())
+        from flextui.ui.app import run_app  # noqa: PLC0415 - Textual only for the TUI
+
+        return run_app(job, theme=args.theme)
+    except LaunchError as exc:
+        print(f"flextui: error: {exc}", file=sys.stderr)
+        return LAUNCH_ERROR

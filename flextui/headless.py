@@ -1,0 +1,96 @@
+"""Headless console: the same job semantics as the TUI, in plain text for scripts and CI."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import TextIO
+
+from flextui.job import Job
+from flextui.model import JobModel, RankState, RankStatus
+
+
+def describe_outcome(rank: RankState) -> str:
+    if rank.status is RankStatus.KILLED:
+        text = f"signal {rank.signal} ({_signal_name(rank.signal)})"
+    elif rank.status in (RankStatus.EXITED, RankStatus.FAILED):
+        text = f"exit {rank.code}"
+    else:
+        text = rank.status.value
+    return text + (" (stopped)" if rank.stopped else "")
+
+
+def _signal_name(number: int | None) -> str:
+    try:
+        return signal.Signals(number).name
+    except (ValueError, TypeError):
+        return "?"
+
+
+def summary_table(model: JobModel) -> str:
+    header = ("RANK", "HOST", "GPU", "PID", "OUTCOME", "DURATION")
+    rows = [
+        (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), describe_outcome(r),
+         f"{r.runtime(model.ended_at):.1f}s")
+        for r in model.ranks
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    first = model.first_failure
+    verdict = f"job {model.state.value} (exit code {model.exit_code})"
+    if first is not None:
+        verdict += f"; first failure: rank {first.rank} on {first.info.host}, {describe_outcome(first)}"
+    elif model.error:
+        verdict += f"; {model.error}"
+    elif model.stop_reason:
+        verdict += f"; {model.stop_reason}"
+    return "\n".join([*lines, verdict])
+
+
+class HeadlessConsole:
+    def __init__(self, job: Job, out: TextIO = sys.stdout) -> None:
+        self.job = job
+        self.out = out
+        self.prefixes = [f"[{r.rank}|{r.host}] " for r in job.world.ranks]
+        job.output_listeners.append(self.print_lines)
+
+    def print_lines(self, rank: int, lines: list[str]) -> None:
+        prefix = self.prefixes[rank]
+        self.out.write(prefix + ("\n" + prefix).join(lines) + "\n")
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        model = self.job.model
+        self.job.state_listeners.append(self._announce_once)
+        try:
+            code = await self.job.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        self.out.write(summary_table(model) + "\n")
+        self.out.flush()
+        return code
+
+    def _announce_once(self) -> None:
+        self.job.state_listeners.remove(self._announce_once)
+        if self.job.model.error is None:
+            world = self.job.world
+            self.out.write(
+                f"flextui: run {self.job.run_id}: {world.world_size} ranks on "
+                f"{len(world.nodes)} node(s), logs in {self.job.run_dir.path}\n"
+            )
+
+    def _on_signal(self, sig: int) -> None:
+        deadline = self.job.model.stop_deadline()
+        if deadline is None:
+            self.out.write(
+                f"flextui: {signal.Signals(sig).name}: stopping all ranks "
+                f"(SIGKILL in {self.job.config.grace:g}s; again to kill now)\n"
+            )
+        else:
+            self.out.write(f"flextui: {signal.Signals(sig).name} again: killing all ranks now\n")
+        self.job.abort()
+

@@ -1,0 +1,246 @@
+"""Job orchestration across nodes: preflight, launch, follow events, stop. UI-free.
+
+The Job owns one channel per node and feeds their events into the JobModel; the UI and
+the headless printer read the model and call the Job's control methods (abort, kill,
+stop_rank, stop_node). Nothing here knows how it is displayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState
+from flextui.rundir import RunDir
+from flextui.transport import LaunchError, NodeChannel, Transport
+from flextui.world import Command, Node, World, encode_node_spec
+
+#: Called with (rank, completed display lines) for every chunk of output.
+OutputListener = Callable[[int, list[str]], None]
+
+
+@dataclass
+class JobConfig:
+    world: World
+    command: Command
+    log_root: str = "flextui-runs"
+    grace: float = 10.0
+    cwd: str | None = None  # working directory on the nodes; default: the console's
+    env: dict[str, str] = field(default_factory=dict)  # exported to every worker
+    tail_lines: int = DEFAULT_TAIL_LINES
+    remote_log_root: str = "/tmp/flextui-runs"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class Job:
+    def __init__(
+        self,
+        config: JobConfig,
+        transport_for: Callable[[Node], Transport],
+        run_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.world = config.world
+        self.run_id = run_id or new_run_id()
+        self.model = JobModel(self.world, self.run_id, config.tail_lines)
+        self.run_dir = RunDir(config.log_root, self.run_id)
+        self.transports = {node.node_rank: transport_for(node) for node in self.world.nodes}
+        self.channels: dict[int, NodeChannel] = {}
+        self.output_listeners: list[OutputListener] = []
+        self.state_listeners: list[Callable[[], None]] = []
+        self._finished = asyncio.Event()
+
+    # -- running --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Preflight every node, launch all, follow until every node is done."""
+        try:
+            await self._preflight_all()
+            self.run_dir.create()
+            self.run_dir.record({"ev": "plan", **self.world.plan(), "run_id": self.run_id})
+            await self._start_all()
+        except LaunchError as exc:
+            self.model.error = str(exc)
+            await self._abandon_started()
+            self.model.finish()
+            self._finished.set()
+            self._notify()
+            raise
+        try:
+            await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
+        finally:
+            await self._close_channels()
+            self.model.finish()
+            self.run_dir.record({"ev": "finished", "state": self.model.state.value,
+                                 "exit_code": self.model.exit_code, "t": time.time()})
+            self.run_dir.write_summary(self.model.summary())
+            self.run_dir.close()
+            self._finished.set()
+            self._notify()
+        return self.model.exit_code
+
+    async def wait(self) -> int:
+        await self._finished.wait()
+        return self.model.exit_code
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    async def _preflight_all(self) -> None:
+        cmd = self.config.command
+        checks = []
+        for node in self.world.nodes:
+            request = {
+                "cwd": self.config.cwd or os.getcwd(),
+                "script": cmd.script,
+                "module": cmd.module,
+                "no_python": cmd.no_python,
+                "need_psutil": True,
+                "master_port": self.world.master_port if node.node_rank == 0 else None,
+            }
+            checks.append(self.transports[node.node_rank].preflight(node, request))
+        results = await asyncio.gather(*checks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result if isinstance(result, LaunchError) else LaunchError(str(result))
+
+    async def _start_all(self) -> None:
+        async def start(node: Node) -> None:
+            transport = self.transports[node.node_rank]
+            spec = self._node_spec(node, transport)
+            args = ["--spec", encode_node_spec(spec), "--grace", str(self.config.grace)]
+            self.channels[node.node_rank] = await transport.start(node, args)
+
+        results = await asyncio.gather(*(start(n) for n in self.world.nodes), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0] if isinstance(failures[0], LaunchError) else LaunchError(str(failures[0]))
+        self.model.state = JobState.LAUNCHING
+        self._notify()
+
+    def _node_spec(self, node: Node, transport: Transport) -> dict:
+        if transport.shares_run_dir:
+            log_dir = os.path.abspath(self.run_dir.path)
+        else:
+            log_dir = f"{self.config.remote_log_root}/{self.run_id}"
+        cmd = self.config.command
+        return {
+            "run_id": self.run_id,
+            "node_rank": node.node_rank,
+            "log_dir": log_dir,
+            "cwd": self.config.cwd or os.getcwd(),
+            "env": {**self.config.env, **self.world.node_env(node)},
+            "workers": [
+                {
+                    "rank": info.rank,
+                    "local_rank": info.local_rank,
+                    "argv": cmd.argv(info.local_rank),
+                    "env": {"RANK": str(info.rank), "LOCAL_RANK": str(info.local_rank)},
+                }
+                for info in self.world.ranks[node.first_rank : node.first_rank + len(node.slots)]
+            ],
+        }
+
+    async def _follow(self, node_rank: int, channel: NodeChannel) -> None:
+        copy_logs = not self.transports[node_rank].shares_run_dir
+        model, run_dir = self.model, self.run_dir
+        try:
+            async for event in channel.events():
+                if event.get("ev") == "out":
+                    if copy_logs:
+                        run_dir.write_log(event["rank"], event["data"])
+                    lines = model.apply(node_rank, event)
+                    if lines:
+                        for listener in self.output_listeners:
+                            listener(event["rank"], lines)
+                    continue
+                model.apply(node_rank, event)
+                run_dir.record({"node": node_rank, **event})
+                if copy_logs and event.get("ev") == "exited":
+                    run_dir.flush_logs()
+                if model.must_stop:
+                    first = model.first_failure
+                    reason = f"rank {first.rank} failed" if first else "a node was lost"
+                    self.stop(reason)
+                self._notify()
+        except (OSError, ConnectionError) as exc:
+            model.nodes[node_rank].error = str(exc)
+        node = model.nodes[node_rank]
+        if not node.done:
+            detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"
+            reason = f"node {node.host} lost: {detail.splitlines()[-1] if detail else ''}"
+            model.node_lost(node_rank, reason)
+            run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+            if model.must_stop:
+                self.stop(reason)
+            self._notify()
+
+    async def _abandon_started(self) -> None:
+        """A node failed to start after others did: kill those and wait until they are gone."""
+        for channel in self.channels.values():
+            channel.send({"cmd": "kill", "reason": "another node failed to start"})
+
+        async def drain(channel: NodeChannel) -> None:
+            async for _ in channel.events():
+                pass
+
+        await asyncio.wait_for(
+            asyncio.gather(*(drain(c) for c in self.channels.values()), return_exceptions=True),
+            timeout=self.config.grace + 5,
+        )
+        await self._close_channels()
+
+    async def _close_channels(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+        for transport in self.transports.values():
+            await transport.close()
+
+    # -- control (called by UI / signal handlers) -----------------------------------------
+
+    def stop(self, reason: str, by_user: bool = False) -> None:
+        """Graceful stop of every node at once: SIGTERM trees, SIGKILL after the grace."""
+        if self.model.begin_stop(reason, self.config.grace, by_user):
+            self.run_dir.record({"ev": "stop", "reason": reason, "by_user": by_user, "t": time.time()})
+            for channel in self.channels.values():
+                channel.send({"cmd": "stop", "reason": reason})
+            self._notify()
+
+    def abort(self) -> None:
+        """The user's Ctrl+C: the first one stops gracefully, the next one kills."""
+        if self.model.stop_started_at is None:
+            self.stop("aborted by user", by_user=True)
+        else:
+            self.kill()
+
+    def kill(self) -> None:
+        self.model.aborted_by_user = self.model.aborted_by_user or self.model.first_failure is None
+        self.model.begin_stop("killed by user", 0.0, by_user=True)
+        for channel in self.channels.values():
+            channel.send({"cmd": "kill"})
+        self._notify()
+
+    def stop_rank(self, rank: int) -> None:
+        node_rank = self.world.ranks[rank].node_rank
+        channel = self.channels.get(node_rank)
+        if channel is not None:
+            channel.send({"cmd": "stop_rank", "rank": rank})
+
+    def stop_node(self, node_rank: int) -> None:
+        channel = self.channels.get(node_rank)
+        if channel is not None:
+            for rank in self.world.nodes[node_rank].ranks:
+                channel.send({"cmd": "stop_rank", "rank": rank})
+
+    def _notify(self) -> None:
+        for listener in self.state_listeners:
+            listener()
+

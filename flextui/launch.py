@@ -1,0 +1,412 @@
+"""Node launcher: owns process creation, GPU binding and local lifecycle on one node.
+
+It is started once per node by the console (as a local subprocess, or over SSH) and must
+stay a small, self-contained stdlib + psutil program: the SSH transport ships this very
+file to nodes, so it may not import anything from flextui.
+
+    python -m flextui.launch --spec BASE64_JSON [--grace SECONDS] [--save_pid FILE]
+
+The spec (built by the console) is
+    {"run_id": str, "node_rank": int, "log_dir": str, "cwd": str|null, "env": {..},
+     "workers": [{"rank": int, "local_rank": int, "argv": [..], "env": {..}}, ..]}
+
+Each worker runs in its own session with stdout+stderr going straight to
+`<log_dir>/rank-<rank>.log`, so a worker never waits on the console and every byte it
+wrote is on disk even if it, the launcher or the console crashes.
+
+Protocol — the console is its only reader/writer.
+
+Events, stdout, one JSON object per line, in this order per rank:
+    {"ev": "hello", "v": 1, "host": str, "pid": int, "node_rank": int, "t": float}
+    {"ev": "started", "rank": r, "pid": int, "t": float}
+    {"ev": "out", "rank": r, "data": str}      log text, whole lines ("\\n"-terminated)
+                                               except a final partial line at exit;
+                                               undecodable bytes are surrogate-escaped
+    {"ev": "exited", "rank": r, "code": int|null, "signal": int|null, "t": float,
+     "stopped": bool}                          stopped: it ended after we began stopping it
+    {"ev": "stopping", "reason": str, "grace": float, "t": float}
+    {"ev": "killing", "count": int, "t": float}    grace over: SIGKILL to survivors
+    {"ev": "error", "message": str, "rank": r|null}
+    {"ev": "done", "code": int, "t": float}    last event; every process is gone
+Commands, stdin, one JSON object per line:
+    {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
+    {"cmd": "kill"}                  SIGKILL everything now
+    {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
+stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
+as "stop". The first worker to exit non-zero stops the others; the launcher then exits
+with that worker's code (128 + signal for a signal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+PROTOCOL_VERSION = 1
+POLL_INTERVAL = 0.05
+READ_CHUNK = 1 << 20
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def exit_status(code: int | None, sig: int | None) -> int:
+    return 128 + sig if sig else (code or 0)
+
+
+class Emitter:
+    """JSON lines to stdout without ever blocking the event loop."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self.protocol: asyncio.Protocol | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport, self.protocol = await loop.connect_write_pipe(
+                _DrainableProtocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+            )
+        except (ValueError, OSError):
+            self.transport = None  # a regular file: plain blocking writes are fine
+
+    def emit(self, event: dict) -> None:
+        payload = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        if self.transport is None:
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+        elif not self.transport.is_closing():
+            self.transport.write(payload)
+
+    async def drain(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            await self.protocol.drain()
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            await self.drain()
+            self.transport.close()
+
+
+class _DrainableProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._paused = False
+        self._waiter: asyncio.Future | None = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._waiter and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        self.resume_writing()
+
+    async def drain(self) -> None:
+        if self._paused:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class Worker:
+    def __init__(self, spec: dict, log_dir: str) -> None:
+        self.rank: int = spec["rank"]
+        self.argv: list[str] = spec["argv"]
+        self.env: dict[str, str] = spec.get("env", {})
+        self.log_path = os.path.join(log_dir, f"rank-{self.rank}.log")
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.read_fd: int | None = None
+        self.partial = b""
+        self.code: int | None = None
+        self.signal: int | None = None
+        self.exited = False
+        self.stopped = False
+
+    def read_new(self) -> bytes:
+        """Everything appended to the log since the last call, cut at the last newline."""
+        if self.read_fd is None:
+            return b""
+        chunks = [self.partial]
+        while True:
+            chunk = os.read(self.read_fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < READ_CHUNK:
+                break
+        data = b"".join(chunks)
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        return data[:cut]
+
+    def read_rest(self) -> bytes:
+        data = self.read_new() + self.partial
+        self.partial = b""
+        return data
+
+
+class NodeLauncher:
+    def __init__(self, spec: dict, grace: float) -> None:
+        self.spec = spec
+        self.grace = grace
+        self.log_dir = spec["log_dir"]
+        self.workers = [Worker(w, self.log_dir) for w in spec["workers"]]
+        self.by_pid: dict[int, Worker] = {}
+        self.emitter = Emitter()
+        self.stopping = False
+        self.first_failure: Worker | None = None
+        self.stop_signal: int | None = None
+        self.escalation: asyncio.TimerHandle | None = None
+        self.changed = asyncio.Event()
+        self.me = psutil.Process()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        _become_subreaper()
+        await self.emitter.open()
+        self.emitter.emit(
+            {"ev": "hello", "v": PROTOCOL_VERSION, "host": socket.gethostname(),
+             "pid": os.getpid(), "node_rank": self.spec.get("node_rank", 0), "t": time.time()}
+        )
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        stdin_task = asyncio.ensure_future(self.watch_stdin())
+        os.makedirs(self.log_dir, exist_ok=True)
+        for worker in self.workers:
+            if self.stopping:
+                break
+            self.spawn(worker)
+        self.reap()
+        await self.follow_logs_until_done()
+        stdin_task.cancel()
+        code = self.exit_code()
+        self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
+        await self.emitter.close()
+        return code
+
+    def spawn(self, worker: Worker) -> None:
+        env = dict(os.environ)
+        env.update(self.spec.get("env", {}))
+        env.update(worker.env)
+        log = open(worker.log_path, "ab", buffering=0)
+        try:
+            worker.proc = subprocess.Popen(
+                worker.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.spec.get("cwd") or None, env=env, start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot start rank {worker.rank}: {worker.argv[0]}: {exc.strerror}\n"
+            log.write(message.encode())
+            self.emitter.emit({"ev": "error", "rank": worker.rank, "message": message.strip()})
+            worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
+            self.on_exit(worker, 127, None)
+            return
+        finally:
+            log.close()
+        worker.pid = worker.proc.pid
+        worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
+        self.by_pid[worker.pid] = worker
+        self.emitter.emit({"ev": "started", "rank": worker.rank, "pid": worker.pid, "t": time.time()})
+
+    def reap(self) -> None:
+        """Collect every child: our workers and the orphans we adopted as subreaper."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            worker = self.by_pid.pop(pid, None)
+            if worker is not None:
+                worker.proc.returncode = os.waitstatus_to_exitcode(status)
+                if os.WIFSIGNALED(status):
+                    self.on_exit(worker, None, os.WTERMSIG(status))
+                else:
+                    self.on_exit(worker, os.WEXITSTATUS(status), None)
+        self.changed.set()
+
+    def on_exit(self, worker: Worker, code: int | None, sig: int | None) -> None:
+        self.flush(worker, final=True)
+        worker.code, worker.signal, worker.exited = code, sig, True
+        stopped = worker.stopped or self.stopping
+        self.emitter.emit(
+            {"ev": "exited", "rank": worker.rank, "code": code, "signal": sig,
+             "t": time.time(), "stopped": stopped}
+        )
+        if exit_status(code, sig) != 0 and not stopped and self.first_failure is None:
+            self.first_failure = worker
+            self.begin_stop(f"rank {worker.rank} failed")
+
+    def on_signal(self, sig: int) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = sig
+        self.begin_stop(f"launcher got {signal.Signals(sig).name}")
+
+    async def watch_stdin(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(0), "rb")
+            )
+        except (ValueError, OSError):
+            return  # stdin is a regular file: nothing to watch
+        while True:
+            line = await reader.readline()
+            if not line:
+                self.begin_stop("console gone (stdin closed)")
+                return
+            try:
+                command = json.loads(line)
+            except ValueError:
+                continue
+            self.on_command(command)
+
+    def on_command(self, command: dict) -> None:
+        kind = command.get("cmd")
+        if kind == "stop":
+            self.begin_stop(command.get("reason", "stopped by console"))
+        elif kind == "kill":
+            self.begin_stop(command.get("reason", "killed by console"))
+            self.kill_all()
+        elif kind == "stop_rank":
+            for worker in self.workers:
+                if worker.rank == command.get("rank") and not worker.exited:
+                    worker.stopped = True
+                    self.signal_tree(self.worker_tree(worker), signal.SIGTERM)
+                    asyncio.get_running_loop().call_later(
+                        self.grace, self.signal_tree, self.worker_tree(worker), signal.SIGKILL
+                    )
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
+        self.signal_tree(self.descendants(), signal.SIGTERM)
+        for worker in self.workers:
+            if worker.pid and not worker.exited:
+                _killpg(worker.pid, signal.SIGTERM)
+        self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
+        self.changed.set()
+
+    def kill_all(self) -> None:
+        survivors = self.descendants()
+        for worker in self.workers:
+            if worker.pid and not worker.exited:
+                _killpg(worker.pid, signal.SIGKILL)
+        if survivors:
+            self.emitter.emit({"ev": "killing", "count": len(survivors), "t": time.time()})
+        self.signal_tree(survivors, signal.SIGKILL)
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return self.me.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def worker_tree(self, worker: Worker) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(worker.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    @staticmethod
+    def signal_tree(processes: list[psutil.Process], sig: int) -> None:
+        for process in processes:
+            try:
+                process.send_signal(sig)  # psutil checks the pid was not reused
+            except psutil.Error:
+                pass
+
+    # -- logs ------------------------------------------------------------------------
+
+    def flush(self, worker: Worker, final: bool = False) -> bool:
+        data = worker.read_rest() if final else worker.read_new()
+        if data:
+            self.emitter.emit(
+                {"ev": "out", "rank": worker.rank, "data": data.decode("utf-8", "surrogateescape")}
+            )
+        return bool(data)
+
+    async def follow_logs_until_done(self) -> None:
+        """Stream logs until every worker has exited and no descendant is left."""
+        while True:
+            for worker in self.workers:
+                if not worker.exited:
+                    self.flush(worker)
+            await self.emitter.drain()
+            if all(w.exited for w in self.workers):
+                leftovers = self.descendants()
+                if not leftovers:
+                    break
+                # Workers are done but left children behind (say, dataloader workers).
+                self.begin_stop("workers exited, stopping their leftover children")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+        for worker in self.workers:
+            self.flush(worker, final=True)  # children may have written after their parent
+        if self.escalation:
+            self.escalation.cancel()
+
+    def exit_code(self) -> int:
+        if self.first_failure is not None:
+            return exit_status(self.first_failure.code, self.first_failure.signal)
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        return max((exit_status(w.code, w.signal) for w in self.workers), default=0)
+
+
+def _become_subreaper() -> None:
+    """Orphaned grandchildren get re-parented to us, not to init, so we can stop them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flextui.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="base64 JSON node spec (see module docs)")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
+    parser.add_argument("--save_pid", "--save-pid", metavar="FILE", help="write the launcher's pid here")
+    args = parser.parse_args(argv)
+    spec = json.loads(base64.b64decode(args.spec))
+    if args.save_pid:
+        with open(args.save_pid, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    return asyncio.run(NodeLauncher(spec, args.grace).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

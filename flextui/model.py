@@ -1,0 +1,292 @@
+"""The job model: every rank's state, built only from node-launcher events.
+
+Pure logic and Textual-free: the console's orchestration (job.py) feeds it events, the
+headless printer and the Textual UI read it. Log text is kept per rank in a bounded ring
+(the full log lives in the run directory), so memory stays flat however long a job runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from flextui.world import RankInfo, World
+
+DEFAULT_TAIL_LINES = 5000
+
+
+class RankStatus(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    EXITED = "exited"  # exit code 0
+    FAILED = "failed"  # non-zero exit code
+    KILLED = "killed"  # ended by a signal
+    LOST = "lost"  # its node's connection dropped before it reported an exit
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RankStatus.PENDING, RankStatus.RUNNING)
+
+
+class JobState(enum.Enum):
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTED)
+
+
+def exit_status(code: int | None, signal: int | None) -> int:
+    """One number per outcome, as a shell reports it: 128 + N for signal N."""
+    return 128 + signal if signal else (code or 0)
+
+
+@dataclass
+class RankState:
+    info: RankInfo
+    tail_lines: int = DEFAULT_TAIL_LINES
+    status: RankStatus = RankStatus.PENDING
+    pid: int | None = None
+    code: int | None = None
+    signal: int | None = None
+    stopped: bool = False  # it ended because the job (or the user) stopped it
+    started_at: float | None = None
+    ended_at: float | None = None
+    line_count: int = 0  # complete lines received so far, also those gone from `tail`
+    byte_count: int = 0
+    tail: deque[str] = field(init=False)
+    live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar
+
+    def __post_init__(self) -> None:
+        self.tail = deque(maxlen=self.tail_lines)
+
+    @property
+    def rank(self) -> int:
+        return self.info.rank
+
+    @property
+    def exit_status(self) -> int | None:
+        if not self.status.finished or self.status is RankStatus.LOST:
+            return None
+        return exit_status(self.code, self.signal)
+
+    @property
+    def last_line(self) -> str:
+        if self.live:
+            return self.live
+        return self.tail[-1] if self.tail else ""
+
+    def runtime(self, now: float | None = None) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or now or time.time()) - self.started_at
+
+    def add_output(self, data: str) -> list[str]:
+        """Append raw log text; returns the complete lines it finished (for display).
+
+        A carriage return rewrites the current line, so a progress bar becomes one
+        updating line instead of thousands.
+        """
+        if not data.isascii():
+            data = data.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        self.byte_count += len(data)
+        pieces = (self.live + data).split("\n") if self.live else data.split("\n")
+        rest = pieces.pop()
+        if "\r" in rest:
+            rest = _after_carriage_return(rest)
+        self.live = rest
+        if not pieces:
+            return pieces
+        if "\r" in data:
+            pieces = [_after_carriage_return(p) if "\r" in p else p for p in pieces]
+        self.tail.extend(pieces)
+        self.line_count += len(pieces)
+        return pieces
+
+    def finish_output(self) -> None:
+        if self.live:
+            self.tail.append(self.live)
+            self.line_count += 1
+            self.live = ""
+
+
+def _after_carriage_return(line: str) -> str:
+    """What a terminal shows: the text after the last carriage return that has any."""
+    for segment in reversed(line.split("\r")):
+        if segment:
+            return segment
+    return ""
+
+
+@dataclass
+class NodeState:
+    host: str
+    node_rank: int
+    ranks: range
+    launcher_pid: int | None = None
+    hostname: str | None = None
+    done: bool = False
+    lost: bool = False
+    code: int | None = None
+    error: str | None = None
+
+
+class JobModel:
+    """Applies launcher events; decides nothing that needs I/O."""
+
+    def __init__(self, world: World, run_id: str, tail_lines: int = DEFAULT_TAIL_LINES) -> None:
+        self.world = world
+        self.run_id = run_id
+        self.ranks = [RankState(info, tail_lines) for info in world.ranks]
+        self.nodes = [NodeState(n.host, n.node_rank, n.ranks) for n in world.nodes]
+        self.state = JobState.LAUNCHING
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.first_failure: RankState | None = None
+        self.stop_reason: str | None = None
+        self.stop_started_at: float | None = None
+        self.grace: float | None = None
+        self.aborted_by_user = False
+        self.error: str | None = None  # why the job could not start / was cut short
+
+    # -- events from node launchers ------------------------------------------------------
+
+    def apply(self, node_rank: int, event: dict) -> list[str] | None:
+        """Apply one launcher event. For output, returns the completed display lines."""
+        kind = event.get("ev")
+        if kind == "out":
+            return self.ranks[event["rank"]].add_output(event["data"])
+        node = self.nodes[node_rank]
+        if kind == "started":
+            rank = self.ranks[event["rank"]]
+            rank.status, rank.pid, rank.started_at = RankStatus.RUNNING, event["pid"], event["t"]
+            if self.state is JobState.LAUNCHING and all(
+                r.status is not RankStatus.PENDING for r in self.ranks
+            ):
+                self.state = JobState.RUNNING
+        elif kind == "exited":
+            self._rank_exited(self.ranks[event["rank"]], event)
+        elif kind == "hello":
+            node.launcher_pid, node.hostname = event.get("pid"), event.get("host")
+        elif kind == "stopping":
+            self.grace = event.get("grace", self.grace)
+        elif kind == "error":
+            node.error = event.get("message")
+        elif kind == "done":
+            node.done, node.code = True, event.get("code")
+        return None
+
+    def _rank_exited(self, rank: RankState, event: dict) -> None:
+        rank.finish_output()
+        rank.code, rank.signal = event.get("code"), event.get("signal")
+        rank.ended_at = event.get("t")
+        rank.stopped = bool(event.get("stopped"))
+        if rank.signal:
+            rank.status = RankStatus.KILLED
+        elif rank.code:
+            rank.status = RankStatus.FAILED
+        else:
+            rank.status = RankStatus.EXITED
+        if rank.status is not RankStatus.EXITED and not rank.stopped:
+            first = self.first_failure
+            if first is None or (rank.ended_at or 0) < (first.ended_at or 0):
+                self.first_failure = rank  # by time across nodes, not by arrival
+
+    def node_lost(self, node_rank: int, reason: str) -> None:
+        node = self.nodes[node_rank]
+        if node.done:
+            return
+        node.lost, node.done, node.error = True, True, reason
+        for rank_no in node.ranks:
+            rank = self.ranks[rank_no]
+            if not rank.status.finished:
+                rank.finish_output()
+                rank.status, rank.ended_at = RankStatus.LOST, time.time()
+
+    # -- decisions ---------------------------------------------------------------------
+
+    @property
+    def must_stop(self) -> bool:
+        """A rank failed or a node was lost and the job is not stopping yet."""
+        if self.stop_started_at is not None or self.state.finished:
+            return False
+        return self.first_failure is not None or any(n.lost for n in self.nodes)
+
+    @property
+    def all_done(self) -> bool:
+        return all(n.done for n in self.nodes)
+
+    def begin_stop(self, reason: str, grace: float, by_user: bool = False) -> bool:
+        """Record a stop; False if one is already under way."""
+        if self.stop_started_at is not None or self.state.finished:
+            return False
+        self.stop_reason, self.grace = reason, grace
+        self.stop_started_at = time.time()
+        self.aborted_by_user = by_user
+        self.state = JobState.STOPPING
+        return True
+
+    def finish(self) -> None:
+        self.ended_at = time.time()
+        if self.first_failure is not None or self.error or any(n.lost for n in self.nodes):
+            self.state = JobState.FAILED
+        elif self.aborted_by_user or any(r.stopped for r in self.ranks):
+            self.state = JobState.ABORTED
+        elif all(r.status is RankStatus.EXITED for r in self.ranks):
+            self.state = JobState.SUCCEEDED
+        else:
+            self.state = JobState.FAILED
+
+    @property
+    def exit_code(self) -> int:
+        if self.first_failure is not None:
+            return self.first_failure.exit_status or 1
+        if self.state is JobState.SUCCEEDED:
+            return 0
+        if self.aborted_by_user or self.state is JobState.ABORTED:
+            return 130
+        if any(n.lost for n in self.nodes):
+            return 255
+        return 1
+
+    def stop_deadline(self) -> float | None:
+        if self.stop_started_at is None or self.grace is None:
+            return None
+        return self.stop_started_at + self.grace
+
+    def counts(self) -> dict[str, int]:
+        counts = {status.value: 0 for status in RankStatus}
+        for rank in self.ranks:
+            counts[rank.status.value] += 1
+        return counts
+
+    def summary(self) -> dict:
+        now = self.ended_at or time.time()
+        return {
+            "run_id": self.run_id,
+            "state": self.state.value,
+            "exit_code": self.exit_code,
+            "world_size": self.world.world_size,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "stop_reason": self.stop_reason,
+            "error": self.error,
+            "first_failure": self.first_failure.rank if self.first_failure else None,
+            "ranks": [
+                {
+                    "rank": r.rank, "host": r.info.host, "node_rank": r.info.node_rank,
+                    "local_rank": r.info.local_rank, "gpu": r.info.gpu, "pid": r.pid,
+                    "status": r.status.value, "code": r.code, "signal": r.signal,
+                    "stopped": r.stopped, "duration": round(r.runtime(now), 3),
+                    "lines": r.line_count,
+                }
+                for r in self.ranks
+            ],
+        }

@@ -1,0 +1,57 @@
+"""Checks a node must pass before anything starts on any node (all or nothing).
+
+Self-contained (stdlib only) because the SSH transport runs this file's source with the
+node's python: `python -c SOURCE REQUEST_JSON` prints a JSON list of problems.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+
+
+def check(request: dict) -> list[str]:
+    """Problems that would stop a job on this node; empty when it can start."""
+    problems = []
+    cwd = request.get("cwd") or os.getcwd()
+    if not os.path.isdir(cwd):
+        return [f"working directory {cwd} not found"]
+    script = request.get("script")
+    if script and request.get("no_python"):
+        found = shutil.which(script, path=None if "/" not in script else "") or (
+            "/" in script and os.access(os.path.join(cwd, script), os.X_OK)
+        )
+        if not found:
+            problems.append(f"program {script} not found or not executable")
+    elif script and request.get("module"):
+        sys.path.insert(0, cwd)
+        try:
+            if importlib.util.find_spec(script) is None:
+                problems.append(f"module {script} not found")
+        except (ImportError, ValueError):
+            problems.append(f"module {script} not found")
+    elif script and not os.path.isfile(os.path.join(cwd, script)):
+        problems.append(f"script {script} not found in {cwd}")
+    if request.get("need_psutil"):
+        try:
+            import psutil  # noqa: F401
+        except ImportError:
+            problems.append(f"psutil is not installed for {sys.executable}")
+    port = request.get("master_port")
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As torch's TCPStore binds it: a port in TIME_WAIT from a previous run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", int(port)))
+            except OSError:
+                problems.append(f"master port {port} is already in use")
+    return problems
+
+
+if __name__ == "__main__":
+    print(json.dumps(check(json.loads(sys.argv[1]))))

@@ -1,0 +1,67 @@
+"""How the console reaches a node's launcher: a local subprocess or an SSH channel.
+
+A transport preflights a node and starts its node launcher; the returned channel carries
+launcher events (decoded JSON lines, see flextui.launch) one way and commands the other.
+Transports never interpret events: that is the job's work.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import AsyncIterator
+
+from flextui.world import Node
+
+
+class LaunchError(Exception):
+    """A one-line, user-facing reason why a node cannot run the job."""
+
+
+class NodeChannel(abc.ABC):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @abc.abstractmethod
+    def events(self) -> AsyncIterator[dict]:
+        """Launcher events until the channel closes."""
+
+    @abc.abstractmethod
+    def send(self, command: dict) -> None:
+        """Send one command to the launcher; silently dropped once the channel is gone."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the channel: the launcher sees stdin EOF and stops everything."""
+
+    def diagnostics(self) -> str:
+        """Whatever the launcher said outside the protocol (its stderr), for errors."""
+        return ""
+
+
+class Transport(abc.ABC):
+    #: Whether the launcher's log dir is the console's run dir (no need to copy logs).
+    shares_run_dir = False
+
+    @abc.abstractmethod
+    async def preflight(self, node: Node, request: dict) -> None:
+        """Raise LaunchError naming the node and the reason if it cannot run the job."""
+
+    @abc.abstractmethod
+    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+        """Start `python -m flextui.launch <launcher_args>` on the node."""
+
+    async def close(self) -> None:
+        """Release connections (after every channel is closed)."""
+
+
+def decode_event(line: bytes) -> dict | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def encode_command(command: dict) -> bytes:
+    return (json.dumps(command) + "\n").encode()

@@ -1,0 +1,136 @@
+"""Rank maths: from selected slots per host to every rank's identity and environment.
+
+Pure logic, no I/O. Global ranks follow hostfile order and are contiguous per node;
+LOCAL_RANK is the index within its node, so nodes with different slot counts still
+number correctly (RANK % LOCAL_SIZE would rotate).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Node:
+    host: str
+    node_rank: int
+    slots: tuple[int, ...]
+    first_rank: int
+
+    @property
+    def ranks(self) -> range:
+        return range(self.first_rank, self.first_rank + len(self.slots))
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    host: str
+    node_rank: int
+    local_rank: int
+    gpu: int
+
+
+@dataclass(frozen=True)
+class Command:
+    """What each worker runs, DeepSpeed style: `python -u script --local_rank=N args`."""
+
+    script: str
+    args: tuple[str, ...] = ()
+    python: str = "python3"
+    module: bool = False
+    no_python: bool = False
+    no_local_rank: bool = False
+
+    def argv(self, local_rank: int) -> list[str]:
+        if self.no_python:
+            argv = [self.script]
+        elif self.module:
+            argv = [self.python, "-u", "-m", self.script]
+        else:
+            argv = [self.python, "-u", self.script]
+        if not self.no_local_rank:
+            argv.append(f"--local_rank={local_rank}")
+        return argv + list(self.args)
+
+
+@dataclass(frozen=True)
+class World:
+    nodes: tuple[Node, ...]
+    master_addr: str
+    master_port: int = DEFAULT_MASTER_PORT
+    ranks: tuple[RankInfo, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ranks = tuple(
+            RankInfo(node.first_rank + i, node.host, node.node_rank, i, gpu)
+            for node in self.nodes
+            for i, gpu in enumerate(node.slots)
+        )
+        object.__setattr__(self, "ranks", ranks)
+
+    @classmethod
+    def from_slots(
+        cls,
+        selected: dict[str, list[int]],
+        master_addr: str | None = None,
+        master_port: int = DEFAULT_MASTER_PORT,
+    ) -> World:
+        nodes = []
+        next_rank = 0
+        for node_rank, (host, slots) in enumerate(selected.items()):
+            nodes.append(Node(host, node_rank, tuple(slots), next_rank))
+            next_rank += len(slots)
+        if not nodes:
+            raise ValueError("a world needs at least one node")
+        return cls(tuple(nodes), master_addr or nodes[0].host, master_port)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def node_env(self, node: Node) -> dict[str, str]:
+        """Variables shared by every worker of a node (DeepSpeed's convention)."""
+        return {
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+            "WORLD_SIZE": str(self.world_size),
+            "CROSS_RANK": str(node.node_rank),
+            "CROSS_SIZE": str(len(self.nodes)),
+            "LOCAL_SIZE": str(len(node.slots)),
+            "LOCAL_WORLD_SIZE": str(len(node.slots)),
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, node.slots)),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def rank_env(self, rank: RankInfo) -> dict[str, str]:
+        env = self.node_env(self.nodes[rank.node_rank])
+        env["RANK"] = str(rank.rank)
+        env["LOCAL_RANK"] = str(rank.local_rank)
+        return env
+
+    def plan(self) -> dict:
+        """The stable `--dry-run --json` contract."""
+        return {
+            "world_size": self.world_size,
+            "master_addr": self.master_addr,
+            "master_port": self.master_port,
+            "nodes": [
+                {"host": n.host, "node_rank": n.node_rank, "slots": list(n.slots)}
+                for n in self.nodes
+            ],
+            "ranks": [asdict(r) for r in self.ranks],
+        }
+
+
+def encode_node_spec(spec: dict) -> str:
+    """Base64 JSON, so the node launcher's spec survives any shell as one word."""
+    return base64.b64encode(json.dumps(spec, separators=(",", ":")).encode()).decode()
+
+
+def decode_node_spec(text: str) -> dict:
+    return json.loads(base64.b64decode(text))
