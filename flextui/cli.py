@@ -110,6 +110,13 @@ def make_transports(args: argparse.Namespace):
     return transport_for
 
 
+async def _run_tui(job: Job, theme: str | None) -> int:
+    await job.preflight()  # a bad node fails here, before the UI takes the screen
+    from flextui.ui.app import run_app  # Textual is loaded for the TUI only
+
+    return await run_app(job, theme=theme)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -138,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             from flextui.headless import HeadlessConsole
 
             return asyncio.run(HeadlessConsole(job).run())
-        from flextui.ui.app import run_app  # noqa: PLC0415 - Textual only for the TUI
-
-        return run_app(job, theme=args.theme)
+        return asyncio.run(_run_tui(job, args.theme))
     except LaunchError as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return LAUNCH_ERROR

@@ -56,13 +56,31 @@ class Job:
         self.output_listeners: list[OutputListener] = []
         self.state_listeners: list[Callable[[], None]] = []
         self._finished = asyncio.Event()
+        self._preflighted = False
 
     # -- running --------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Preflight every node, launch all, follow until every node is done."""
+    async def preflight(self) -> None:
+        """Check every node before anything starts; raises LaunchError (one line).
+
+        Separate from run() so a UI can fail cleanly before it takes over the screen.
+        """
+        if self._preflighted:
+            return
         try:
             await self._preflight_all()
+        except LaunchError as exc:
+            self.model.error = str(exc)
+            await self._close_channels()
+            self.model.finish()
+            self._finished.set()
+            raise
+        self._preflighted = True
+
+    async def run(self) -> int:
+        """Preflight every node, launch all, follow until every node is done."""
+        await self.preflight()
+        try:
             self.run_dir.create()
             self.run_dir.record({"ev": "plan", **self.world.plan(), "run_id": self.run_id})
             await self._start_all()
