@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from flextui.environment import worker_exports
 from flextui.hostfile import HostfileError, read_hostfile, select_slots
 from flextui.job import Job, JobConfig
 from flextui.transport import LaunchError, Transport
@@ -134,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps(world.plan(), indent=2) if args.json else format_plan(world, command))
         return 0
+    cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
-        cwd=args.remote_cwd or os.getcwd(), env=env,
+        cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env),
     )
     job = Job(config, make_transports(args))
     headless = args.headless or not sys.stdout.isatty()

@@ -1,0 +1,195 @@
+"""SSH transport: one asyncssh connection per node, the node launcher on a session channel.
+
+asyncssh reads ~/.ssh/config (HostName, Port, User, IdentityFile, ProxyJump, ...),
+known_hosts (also UserKnownHostsFile) and the ssh agent, and checks host keys strictly:
+an unknown or changed key is an error, never silently accepted.
+
+The launcher's source is shipped with the command (it is stdlib + psutil only), so nodes
+need a python with psutil but not flextui itself, and can never run a stale version.
+Its life is tied to the channel: when the channel closes (console killed, network
+dropped, sshd gone) its stdin reaches EOF and it stops every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shlex
+import socket
+import sys
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+
+from flextui import launch, preflight
+from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
+from flextui.world import Node
+
+KEEPALIVE_INTERVAL = 5  # seconds; a silently dropped network is noticed within ~15 s
+KEEPALIVE_COUNT_MAX = 3
+
+
+def _inline_program(module) -> str:
+    """`python -c` code that runs a self-contained module's source as __main__."""
+    source = Path(module.__file__).read_bytes()
+    packed = base64.b64encode(zlib.compress(source, 9)).decode()
+    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+
+
+LAUNCHER_PROGRAM = _inline_program(launch)
+PREFLIGHT_PROGRAM = _inline_program(preflight)
+
+
+def remote_command(cwd: str | None, argv: list[str]) -> str:
+    """One shell line for the remote login shell; every argument quoted, nothing expands."""
+    line = "exec " + " ".join(shlex.quote(arg) for arg in argv)
+    return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
+
+
+def describe_error(host: str, exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return f"{host}: host key verification failed ({exc.reason}); check known_hosts"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return f"{host}: authentication refused ({exc.reason})"
+    if isinstance(exc, socket.gaierror):
+        return f"{host}: unknown host ({exc.strerror})"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"{host}: unreachable (connection timed out after {timeout:g}s)"
+    if isinstance(exc, OSError):
+        return f"{host}: unreachable ({exc.strerror or exc})"
+    if isinstance(exc, asyncssh.Error):
+        return f"{host}: ssh error ({exc.reason})"
+    return f"{host}: {exc}"
+
+
+class SSHChannel(NodeChannel):
+    def __init__(self, node: Node, process: asyncssh.SSHClientProcess) -> None:
+        super().__init__(node)
+        self.process = process
+
+    async def events(self) -> AsyncIterator[dict]:
+        stdout = self.process.stdout
+        while True:
+            try:
+                line = await stdout.readline()
+            except (asyncssh.Error, OSError):
+                break
+            if not line:
+                break
+            event = decode_event(line)
+            if event is not None:
+                yield event
+
+    def send(self, command: dict) -> None:
+        if self.process.channel.is_closing():
+            return
+        try:
+            self.process.stdin.write(encode_command(command))
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+
+    async def close(self) -> None:
+        self.process.close()
+        try:
+            await asyncio.wait_for(self.process.wait_closed(), 5)
+        except (asyncio.TimeoutError, asyncssh.Error, OSError):
+            pass
+
+    def diagnostics(self) -> str:
+        status = self.process.exit_status
+        signal = self.process.exit_signal
+        if signal:
+            return f"launcher killed by {signal[0]}"
+        if status is not None and status != 0 and status != -1:
+            return f"launcher exited with status {status}"
+        return ""
+
+
+class SSHTransport(Transport):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        python: str | None = None,
+        fanout: int = 32,
+        connect_timeout: float = 15.0,
+    ) -> None:
+        self.port = port
+        self.python = python or sys.executable
+        self.connect_timeout = connect_timeout
+        self._fanout = asyncio.Semaphore(max(1, fanout))
+        self._connections: dict[str, asyncssh.SSHClientConnection] = {}
+        self._connecting: dict[str, asyncio.Task] = {}
+
+    @classmethod
+    def from_args(cls, args) -> SSHTransport:
+        return cls(
+            port=args.ssh_port, python=args.remote_python, fanout=args.ssh_fanout,
+            connect_timeout=args.connect_timeout,
+        )
+
+    async def _connection(self, host: str) -> asyncssh.SSHClientConnection:
+        if host in self._connections:
+            return self._connections[host]
+        task = self._connecting.get(host)
+        if task is None:
+            task = self._connecting[host] = asyncio.ensure_future(self._connect(host))
+        return await task
+
+    async def _connect(self, host: str) -> asyncssh.SSHClientConnection:
+        options = {"port": self.port} if self.port else {}
+        async with self._fanout:
+            try:
+                conn = await asyncio.wait_for(
+                    asyncssh.connect(
+                        host, **options,
+                        keepalive_interval=KEEPALIVE_INTERVAL,
+                        keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                    ),
+                    self.connect_timeout,
+                )
+            except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
+                raise LaunchError(describe_error(host, exc, self.connect_timeout)) from None
+        self._connections[host] = conn
+        return conn
+
+    async def preflight(self, node: Node, request: dict) -> None:
+        conn = await self._connection(node.host)
+        command = remote_command(None, [self.python, "-c", PREFLIGHT_PROGRAM, json.dumps(request)])
+        try:
+            result = await asyncio.wait_for(conn.run(command), self.connect_timeout)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
+        if result.exit_status == 127:
+            raise LaunchError(f"{node.host}: python not found: {self.python}")
+        try:
+            problems = json.loads(result.stdout)
+        except (TypeError, ValueError):
+            detail = (result.stderr or result.stdout or "").strip().splitlines()
+            raise LaunchError(
+                f"{node.host}: preflight failed: {detail[-1] if detail else f'status {result.exit_status}'}"
+            ) from None
+        if problems:
+            raise LaunchError(f"{node.host}: {problems[0]}")
+
+    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+        conn = await self._connection(node.host)
+        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
+        try:
+            process = await conn.create_process(command, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
+        return SSHChannel(node, process)
+
+    async def close(self) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
+        for conn in connections:
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+            except (asyncio.TimeoutError, asyncssh.Error, OSError):
+                pass
