@@ -58,6 +58,8 @@ def describe_error(host: str, exc: BaseException, timeout: float) -> str:
         return f"{host}: unknown host ({exc.strerror})"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"{host}: unreachable (connection timed out after {timeout:g}s)"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"{host}: unreachable (connection refused)"
     if isinstance(exc, OSError):
         return f"{host}: unreachable ({exc.strerror or exc})"
     if isinstance(exc, asyncssh.Error):
