@@ -39,6 +39,7 @@ class RunDir:
                 self.rank_log(rank), "a", encoding="utf-8", errors="surrogateescape", newline=""
             )
         log.write(data)
+        log.flush()  # one write per launcher batch, so others can tail the run dir live
 
     def flush_logs(self) -> None:
         for log in self._logs.values():

@@ -1,0 +1,265 @@
+"""Multi-node end to end: flextui over real OpenSSH to nodes in their own namespaces.
+
+Every test uses the `cluster` fixture, which also fails the test if any job process
+is left on any node afterwards (counted inside each node's PID namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = str(REPO / "tests" / "workers" / "worker.py")
+TRAIN = str(REPO / "examples" / "train.py")
+FLEXTUI = [sys.executable, "-m", "flextui", "--headless"]
+
+
+def hostfile(cluster, tmp_path, slots=2, nodes=None) -> str:
+    path = tmp_path / "hostfile"
+    names = [n.name for n in cluster.nodes][: nodes or len(cluster.nodes)]
+    path.write_text("".join(f"{name} slots={slots}\n" for name in names))
+    return str(path)
+
+
+def run_flextui(cluster, tmp_path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*FLEXTUI, "--log-dir", str(tmp_path / "runs"), *args],
+        cwd=tmp_path, env={**cluster.env(), **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def start_flextui(cluster, tmp_path, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*FLEXTUI, "--log-dir", str(tmp_path / "runs"), *args],
+        cwd=tmp_path, env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def run_dir(tmp_path) -> Path:
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def wait_ready(tmp_path, world_size: int, timeout: float = 60) -> None:
+    """Until every rank's console-side log says it is ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = tmp_path / "runs"
+        if runs.is_dir():
+            ready = sum(
+                "ready rank" in log.read_text(errors="replace")
+                for log in runs.glob("*/rank-*.log")
+            )
+            if ready == world_size:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"ranks not ready within {timeout}s")
+
+
+def wait_no_job_processes(cluster, timeout: float) -> float:
+    """Seconds until no job process is left on any node; fails after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if all(cluster.job_process_count(n) == 0 for n in cluster.nodes):
+            return time.monotonic() - start
+        time.sleep(0.02)
+    left = {n.name: cluster.job_processes(n) for n in cluster.nodes}
+    raise AssertionError(f"job processes left after {timeout}s: {left}")
+
+
+def job_process_total(cluster) -> int:
+    return sum(cluster.job_process_count(n) for n in cluster.nodes)
+
+
+def test_env_and_logs_across_three_nodes(cluster, tmp_path):
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), WORKER, "--lines", "2000")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    names = [n.name for n in cluster.nodes]
+    path = run_dir(tmp_path)
+    for rank in range(6):
+        text = (path / f"rank-{rank}.log").read_text()
+        report = json.loads(text.splitlines()[0].removeprefix("ENV "))
+        node = rank // 2
+        assert report["host"] == names[node]
+        assert report["env"] == {
+            "RANK": str(rank), "LOCAL_RANK": str(rank % 2), "WORLD_SIZE": "6",
+            "LOCAL_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "CROSS_RANK": str(node), "CROSS_SIZE": "3",
+            "MASTER_ADDR": names[0], "MASTER_PORT": "29500", "CUDA_VISIBLE_DEVICES": "0,1",
+            "PYTHONUNBUFFERED": "1", "FLEXTUI_TEST": None,
+        }
+        assert report["local_rank_arg"] == rank % 2
+        assert text.splitlines()[1:] == [f"rank {rank} line {i}" for i in range(2000)]
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["state"] == "succeeded"
+    assert [r["host"] for r in summary["ranks"]] == [n for n in names for _ in range(2)]
+
+
+def test_gloo_all_reduce_across_nodes(cluster, tmp_path):
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), TRAIN,
+                         "--steps", "3", "--step-time", "0.05")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    path = run_dir(tmp_path)
+    for rank in range(6):
+        text = (path / f"rank-{rank}.log").read_text()
+        assert f"rank {rank} step 3/3 value 1.000" in text
+        assert f"rank {rank}: done" in text
+        assert f"CUDA_VISIBLE_DEVICES=0,1" in text
+
+
+def test_hostile_arguments_arrive_verbatim(cluster, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = ["a b", '"x"', f"$(touch {marker})", "`touch " + str(marker) + "`", "'; touch x '", "*"]
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path, slots=1, nodes=2),
+                         WORKER, "--lines", "1", "--", *hostile,
+                         "--env", "FLEXTUI_TEST=$(touch " + str(marker) + ")")
+    # --env after the script belongs to the script: it must arrive as plain words too
+    assert result.returncode == 0, result.stderr
+    for rank in range(2):
+        report = json.loads((run_dir(tmp_path) / f"rank-{rank}.log").read_text().splitlines()[0][4:])
+        assert report["rest"] == [*hostile, "--env", f"FLEXTUI_TEST=$(touch {marker})"]
+    assert not marker.exists()
+
+
+def test_env_option_reaches_remote_workers_verbatim(cluster, tmp_path):
+    value = "$(hostname) `id` 'q' \"dq\" a b"
+    result = run_flextui(cluster, tmp_path, "--env", f"FLEXTUI_TEST={value}",
+                         hostfile(cluster, tmp_path, slots=1, nodes=2), WORKER, "--lines", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_dir(tmp_path) / "rank-1.log").read_text().splitlines()[0][4:])
+    assert report["env"]["FLEXTUI_TEST"] == value
+
+
+def test_sigint_stops_every_node(cluster, tmp_path):
+    proc = start_flextui(cluster, tmp_path, "--grace", "5", hostfile(cluster, tmp_path), WORKER, "--children", "2")
+    wait_ready(tmp_path, 6)
+    assert job_process_total(cluster) == 3 * (1 + 2 * 3)  # launcher + 2 workers with 2 children each
+    proc.send_signal(signal.SIGINT)
+    gone = wait_no_job_processes(cluster, timeout=5 + 2)
+    assert proc.wait(10) == 130
+    assert gone < 2, f"cooperative workers took {gone:.2f}s to stop"
+
+
+def test_kill_9_of_console_leaves_nothing(cluster, tmp_path):
+    proc = start_flextui(cluster, tmp_path, "--grace", "5", hostfile(cluster, tmp_path), WORKER, "--children", "1")
+    wait_ready(tmp_path, 6)
+    proc.kill()
+    proc.wait(5)
+    wait_no_job_processes(cluster, timeout=5 + 2)
+
+
+def test_node_crash_aborts_the_job(cluster, tmp_path):
+    proc = start_flextui(cluster, tmp_path, "--grace", "5", hostfile(cluster, tmp_path), WORKER)
+    wait_ready(tmp_path, 6)
+    cluster.crash_node(cluster.nodes[1])
+    assert proc.wait(15) == 255
+    wait_no_job_processes(cluster, timeout=5 + 2)
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    statuses = [r["status"] for r in summary["ranks"]]
+    assert statuses[2:4] == ["lost", "lost"]
+    assert all(s == "killed" for s in statuses[:2] + statuses[4:])
+    assert cluster.nodes[1].name in proc.stderr.read() + (run_dir(tmp_path) / "summary.json").read_text()
+
+
+def test_sigterm_ignoring_worker_is_killed_after_grace(cluster, tmp_path):
+    proc = start_flextui(cluster, tmp_path, "--grace", "2", hostfile(cluster, tmp_path, nodes=2),
+                         WORKER, "--ignore-term")
+    wait_ready(tmp_path, 4)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    wait_no_job_processes(cluster, timeout=2 + 2)
+    elapsed = time.monotonic() - start
+    assert elapsed >= 1.8, f"SIGTERM-ignoring workers were gone after {elapsed:.2f}s, before the grace"
+    assert proc.wait(10) == 130
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    assert {r["signal"] for r in summary["ranks"]} == {signal.SIGKILL}
+
+
+def test_failure_on_last_node_stops_the_others(cluster, tmp_path):
+    start = time.monotonic()
+    result = run_flextui(cluster, tmp_path, "--grace", "10", hostfile(cluster, tmp_path), WORKER,
+                         "--fail-rank", "5", "--fail-after", "1.0", "--code", "7")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 7, result.stdout[-2000:] + result.stderr
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["first_failure"] == 5
+    assert [r["status"] for r in summary["ranks"]] == ["killed"] * 5 + ["failed"]
+    assert "first failure: rank 5" in result.stdout
+    assert elapsed < 10, "the others were not stopped promptly (they would have run for 600 s)"
+
+
+def _assert_nothing_started(cluster, tmp_path):
+    assert job_process_total(cluster) == 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreachable_host(cluster, tmp_path):
+    cluster.crash_node(cluster.nodes[2])
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), WORKER)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"flextui: error: {cluster.nodes[2].name}: unreachable (connection refused)"
+    _assert_nothing_started(cluster, tmp_path)
+
+
+def test_unknown_host(cluster, tmp_path):
+    path = tmp_path / "hostfile"
+    path.write_text(f"{cluster.nodes[0].name} slots=1\nno-such-node.invalid slots=1\n")
+    result = run_flextui(cluster, tmp_path, str(path), WORKER)
+    assert result.returncode == 1
+    assert result.stderr.startswith("flextui: error: no-such-node.invalid: unknown host")
+    assert len(result.stderr.strip().splitlines()) == 1
+    _assert_nothing_started(cluster, tmp_path)
+
+
+def test_wrong_host_key(cluster, tmp_path):
+    bad = cluster.nodes[1].name
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    config = Path(cluster.home, ".ssh", "config").read_text()
+    known = Path(cluster.known_hosts).read_text().splitlines()
+    other_key = Path(cluster.known_hosts).read_text().splitlines()[0].split()[1:]
+    lines = [line if not line.startswith(bad) else f"{line.split()[0]} {' '.join(other_key)}" for line in known]
+    (home / ".ssh" / "known_hosts").write_text("\n".join(lines) + "\n")
+    (home / ".ssh" / "config").write_text(config.replace(str(cluster.known_hosts), str(home / ".ssh" / "known_hosts")))
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), WORKER, env={"HOME": str(home)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"flextui: error: {bad}: host key verification failed"), result.stderr
+    _assert_nothing_started(cluster, tmp_path)
+
+
+def test_refused_auth(cluster, tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / "stranger")], check=True)
+    config = Path(cluster.home, ".ssh", "config").read_text()
+    (home / ".ssh" / "config").write_text(config.replace(str(cluster.identity), str(home / "stranger")))
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), WORKER, env={"HOME": str(home)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("flextui: error: ") and "authentication refused" in result.stderr
+    _assert_nothing_started(cluster, tmp_path)
+
+
+def test_missing_script(cluster, tmp_path):
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path), "no_such_train.py")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"flextui: error: {cluster.nodes[0].name}: script no_such_train.py not found in {tmp_path}"
+    )
+    _assert_nothing_started(cluster, tmp_path)
+
+
+def test_missing_remote_python(cluster, tmp_path):
+    result = run_flextui(cluster, tmp_path, "--remote_python", "/nonexistent/python3",
+                         hostfile(cluster, tmp_path), WORKER)
+    assert result.returncode == 1
+    assert "python not found: /nonexistent/python3" in result.stderr
+    _assert_nothing_started(cluster, tmp_path)
