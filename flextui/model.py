@@ -11,10 +11,12 @@ import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from flextui.world import RankInfo, World
 
 DEFAULT_TAIL_LINES = 5000
+DEFAULT_COMBINED_LINES = 50000  # the "all ranks" ring: (rank, line) across every rank
 
 
 class RankStatus(enum.Enum):
@@ -141,10 +143,20 @@ class NodeState:
 class JobModel:
     """Applies launcher events; decides nothing that needs I/O."""
 
-    def __init__(self, world: World, run_id: str, tail_lines: int = DEFAULT_TAIL_LINES) -> None:
+    def __init__(
+        self,
+        world: World,
+        run_id: str,
+        tail_lines: int = DEFAULT_TAIL_LINES,
+        combined_lines: int = DEFAULT_COMBINED_LINES,
+    ) -> None:
         self.world = world
         self.run_id = run_id
         self.ranks = [RankState(info, tail_lines) for info in world.ranks]
+        # Every completed line of every rank in arrival order, bounded like the tails;
+        # `combined_count` counts all ever added, so a reader can tell what it missed.
+        self.combined: deque[tuple[int, str]] = deque(maxlen=combined_lines)
+        self.combined_count = 0
         self.nodes = [NodeState(n.host, n.node_rank, n.ranks) for n in world.nodes]
         self.state = JobState.LAUNCHING
         self.started_at = time.time()
@@ -162,7 +174,12 @@ class JobModel:
         """Apply one launcher event. For output, returns the completed display lines."""
         kind = event.get("ev")
         if kind == "out":
-            return self.ranks[event["rank"]].add_output(event["data"])
+            rank_no = event["rank"]
+            lines = self.ranks[rank_no].add_output(event["data"])
+            if lines:
+                self.combined.extend(zip(repeat(rank_no), lines))
+                self.combined_count += len(lines)
+            return lines
         node = self.nodes[node_rank]
         if kind == "started":
             rank = self.ranks[event["rank"]]
@@ -183,8 +200,14 @@ class JobModel:
             node.done, node.code = True, event.get("code")
         return None
 
+    def _finish_output(self, rank: RankState) -> None:
+        if rank.live:
+            rank.finish_output()
+            self.combined.append((rank.rank, rank.tail[-1]))
+            self.combined_count += 1
+
     def _rank_exited(self, rank: RankState, event: dict) -> None:
-        rank.finish_output()
+        self._finish_output(rank)
         rank.code, rank.signal = event.get("code"), event.get("signal")
         rank.ended_at = event.get("t")
         rank.stopped = bool(event.get("stopped"))
@@ -207,7 +230,7 @@ class JobModel:
         for rank_no in node.ranks:
             rank = self.ranks[rank_no]
             if not rank.status.finished:
-                rank.finish_output()
+                self._finish_output(rank)
                 rank.status, rank.ended_at = RankStatus.LOST, time.time()
 
     # -- decisions ---------------------------------------------------------------------
