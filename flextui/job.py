@@ -240,7 +240,6 @@ class Job:
             self.kill()
 
     def kill(self) -> None:
-        self.model.aborted_by_user = self.model.aborted_by_user or self.model.first_failure is None
         self.model.begin_stop("killed by user", 0.0, by_user=True)
         for channel in self.channels.values():
             channel.send({"cmd": "kill"})

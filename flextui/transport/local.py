@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -67,10 +66,6 @@ class LocalTransport(Transport):
             # Its own session: a terminal's Ctrl+C reaches the console, which then stops
             # the job in order; the launcher stops by itself if the console dies.
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": _package_root() + os.pathsep + os.environ.get("PYTHONPATH", "")},
         )
         return LocalChannel(node, process)
 
-
-def _package_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
