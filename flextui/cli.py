@@ -63,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_world(args: argparse.Namespace) -> World:
-    if args.include is not None and args.exclude is not None:
-        raise UsageError("--include and --exclude are mutually exclusive")
     hosts = read_hostfile(args.hostfile)
     selected = select_slots(
         hosts, include=args.include, exclude=args.exclude,
