@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--remote_cwd", "--remote-cwd", help="working directory on the nodes (default: this one)")
     ssh.add_argument("--ssh_fanout", "--ssh-fanout", type=int, default=32, help="concurrent SSH connects")
     ssh.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
+    ssh.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
+                     help="a node cut off from the console this long stops its job (default 30)")
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
     out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
-        cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env),
+        cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env), node_timeout=args.node_timeout,
     )
     job = Job(config, make_transports(args))
     headless = args.headless or not sys.stdout.isatty()

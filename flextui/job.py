@@ -33,6 +33,9 @@ class JobConfig:
     env: dict[str, str] = field(default_factory=dict)  # exported to every worker
     tail_lines: int = DEFAULT_TAIL_LINES
     remote_log_root: str = "/tmp/flextui-runs"
+    # A node that hears nothing from the console for this long stops its job: a silently
+    # dropped network closes no channel. The console pings three times per period.
+    node_timeout: float = 30.0
 
 
 def new_run_id() -> str:
@@ -91,9 +94,11 @@ class Job:
             self._finished.set()
             self._notify()
             raise
+        heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
             await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
         finally:
+            heartbeat.cancel()
             await self._close_channels()
             self.model.finish()
             self.run_dir.record({"ev": "finished", "state": self.model.state.value,
@@ -134,7 +139,10 @@ class Job:
         async def start(node: Node) -> None:
             transport = self.transports[node.node_rank]
             spec = self._node_spec(node, transport)
-            args = ["--spec", encode_node_spec(spec), "--grace", str(self.config.grace)]
+            args = [
+                "--spec", encode_node_spec(spec), "--grace", str(self.config.grace),
+                "--console-timeout", str(self.config.node_timeout),
+            ]
             self.channels[node.node_rank] = await transport.start(node, args)
 
         results = await asyncio.gather(*(start(n) for n in self.world.nodes), return_exceptions=True)
@@ -200,6 +208,12 @@ class Job:
             if model.must_stop:
                 self.stop(reason)
             self._notify()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.node_timeout / 3)
+            for channel in self.channels.values():
+                channel.send({"cmd": "ping"})
 
     async def _abandon_started(self) -> None:
         """A node failed to start after others did: kill those and wait until they are gone."""

@@ -5,6 +5,7 @@ stay a small, self-contained stdlib + psutil program: the SSH transport ships th
 file to nodes, so it may not import anything from flextui.
 
     python -m flextui.launch --spec BASE64_JSON [--grace SECONDS] [--save_pid FILE]
+                             [--console-timeout SECONDS]
 
 The spec (built by the console) is
     {"run_id": str, "node_rank": int, "log_dir": str, "cwd": str|null, "env": {..},
@@ -32,8 +33,10 @@ Commands, stdin, one JSON object per line:
     {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
+    {"cmd": "ping"}                  the console is alive (sent every few seconds)
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
-as "stop". The first worker to exit non-zero stops the others; the launcher then exits
+as "stop"; so does hearing nothing on stdin for --console-timeout seconds, because a
+silently dropped network closes no channel. The first worker to exit non-zero stops the others; the launcher then exits
 with that worker's code (128 + signal for a signal).
 """
 
@@ -158,9 +161,10 @@ class Worker:
 
 
 class NodeLauncher:
-    def __init__(self, spec: dict, grace: float) -> None:
+    def __init__(self, spec: dict, grace: float, console_timeout: float = 0.0) -> None:
         self.spec = spec
         self.grace = grace
+        self.console_timeout = console_timeout
         self.log_dir = spec["log_dir"]
         self.workers = [Worker(w, self.log_dir) for w in spec["workers"]]
         self.by_pid: dict[int, Worker] = {}
@@ -268,7 +272,11 @@ class NodeLauncher:
         except (ValueError, OSError):
             return  # stdin is a regular file: nothing to watch
         while True:
-            line = await reader.readline()
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.console_timeout or None)
+            except asyncio.TimeoutError:
+                self.begin_stop(f"no word from the console for {self.console_timeout:g}s")
+                return
             if not line:
                 self.begin_stop("console gone (stdin closed)")
                 return
@@ -400,12 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="base64 JSON node spec (see module docs)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     parser.add_argument("--save_pid", "--save-pid", metavar="FILE", help="write the launcher's pid here")
+    parser.add_argument("--console-timeout", type=float, default=0.0,
+                        help="stop everything after this long without a command or ping (0: never)")
     args = parser.parse_args(argv)
     spec = json.loads(base64.b64decode(args.spec))
     if args.save_pid:
         with open(args.save_pid, "w") as f:
             f.write(f"{os.getpid()}\n")
-    return asyncio.run(NodeLauncher(spec, args.grace).run())
+    return asyncio.run(NodeLauncher(spec, args.grace, args.console_timeout).run())
 
 
 if __name__ == "__main__":

@@ -263,3 +263,23 @@ def test_missing_remote_python(cluster, tmp_path):
     assert result.returncode == 1
     assert "python not found: /nonexistent/python3" in result.stderr
     _assert_nothing_started(cluster, tmp_path)
+
+
+def test_silently_dropped_network_stops_the_cut_off_node(cluster, tmp_path):
+    """No FIN, no RST: the node must notice the console is gone by itself, and vice versa."""
+    proc = start_flextui(cluster, tmp_path, "--node_timeout", "3", "--grace", "1",
+                         hostfile(cluster, tmp_path), WORKER, "--children", "1")
+    wait_ready(tmp_path, 6)
+    cut_off = cluster.nodes[2]
+    cluster.disconnect_node(cut_off)
+    try:
+        start = time.monotonic()
+        while cluster.job_process_count(cut_off) and time.monotonic() - start < 3 + 1 + 3:
+            time.sleep(0.05)
+        assert cluster.job_process_count(cut_off) == 0, cluster.job_processes(cut_off)
+        assert proc.wait(15) == 255  # the console noticed too, marked the node lost, aborted
+        wait_no_job_processes(cluster, timeout=1 + 2)
+    finally:
+        cluster.reconnect_node(cut_off)
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    assert [r["status"] for r in summary["ranks"]][4:] == ["lost", "lost"]

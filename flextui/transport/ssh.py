@@ -28,7 +28,6 @@ from flextui import launch, preflight
 from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
 from flextui.world import Node
 
-KEEPALIVE_INTERVAL = 5  # seconds; a silently dropped network is noticed within ~15 s
 KEEPALIVE_COUNT_MAX = 3
 
 
@@ -118,10 +117,13 @@ class SSHTransport(Transport):
         python: str | None = None,
         fanout: int = 32,
         connect_timeout: float = 15.0,
+        node_timeout: float = 30.0,
     ) -> None:
         self.port = port
         self.python = python or sys.executable
         self.connect_timeout = connect_timeout
+        # The console gives up on a silent node about when the node gives up on it.
+        self.keepalive_interval = max(1.0, node_timeout / KEEPALIVE_COUNT_MAX)
         self._fanout = asyncio.Semaphore(max(1, fanout))
         self._connections: dict[str, asyncssh.SSHClientConnection] = {}
         self._connecting: dict[str, asyncio.Task] = {}
@@ -130,7 +132,7 @@ class SSHTransport(Transport):
     def from_args(cls, args) -> SSHTransport:
         return cls(
             port=args.ssh_port, python=args.remote_python, fanout=args.ssh_fanout,
-            connect_timeout=args.connect_timeout,
+            connect_timeout=args.connect_timeout, node_timeout=args.node_timeout,
         )
 
     async def _connection(self, host: str) -> asyncssh.SSHClientConnection:
@@ -148,7 +150,7 @@ class SSHTransport(Transport):
                 conn = await asyncio.wait_for(
                     asyncssh.connect(
                         host, **options,
-                        keepalive_interval=KEEPALIVE_INTERVAL,
+                        keepalive_interval=self.keepalive_interval,
                         keepalive_count_max=KEEPALIVE_COUNT_MAX,
                     ),
                     self.connect_timeout,
