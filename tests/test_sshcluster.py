@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import asyncssh
+import psutil
 import pytest
 
 from sshcluster import HOSTS_FILE, MARKER, NETNS_DIR, ClusterError, SSHCluster
@@ -88,7 +89,8 @@ def test_processes_are_per_node(cluster):
     try:
         wait_for(lambda: any(a == "sleep 4321" for _, _, a in cluster.job_processes(n1)), what="sleep on node1")
         (pid, _, _), = [x for x in cluster.job_processes(n1) if x[2] == "sleep 4321"]
-        assert pid < 1000                                      # a node-side PID, not the host's
+        host_pids = [q.pid for q in psutil.process_iter(["cmdline"]) if q.info["cmdline"] == ["sleep", "4321"]]
+        assert host_pids and pid not in host_pids              # a node-side PID, not the host's
         assert cluster.job_process_count(n1) == 1
         assert cluster.job_process_count(n2) == 0
         assert not [x for x in cluster.node_processes(n2) if "4321" in x[2]]
