@@ -283,3 +283,35 @@ def test_silently_dropped_network_stops_the_cut_off_node(cluster, tmp_path):
         cluster.reconnect_node(cut_off)
     summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
     assert [r["status"] for r in summary["ranks"]][4:] == ["lost", "lost"]
+
+
+def test_ssh_config_alias_and_proxyjump_are_honoured(cluster, tmp_path):
+    """A hostfile alias resolved by ~/.ssh/config, reached through a jump host."""
+    jump, target = cluster.nodes[0], cluster.nodes[1]
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    config = Path(cluster.home, ".ssh", "config").read_text()
+    (home / ".ssh" / "config").write_text(
+        f"Host trainer-b\n    HostName {target.name}\n    ProxyJump {jump.name}\n"
+        f"    User root\n    IdentityFile {cluster.identity}\n    UserKnownHostsFile {cluster.known_hosts}\n\n"
+        + config
+    )
+    path = tmp_path / "hostfile"
+    path.write_text("trainer-b slots=1\n")
+    log_size = target.log.stat().st_size
+    result = run_flextui(cluster, tmp_path, "--master_addr", target.name, str(path), WORKER,
+                         "--lines", "1", env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_dir(tmp_path) / "rank-0.log").read_text().splitlines()[0][4:])
+    assert report["host"] == target.name
+    new_log = target.log.read_bytes()[log_size:].decode(errors="replace")
+    assert f"publickey for root from {jump.ip} port" in new_log  # came through the jump host
+
+
+def test_deepspeed_env_file_and_prefixes_are_exported(cluster, tmp_path):
+    (tmp_path / ".deepspeed_env").write_text("FLEXTUI_TEST=from env file\n")
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path, slots=1, nodes=2),
+                         WORKER, "--lines", "1", env={"NCCL_DEBUG": "INFO"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_dir(tmp_path) / "rank-1.log").read_text().splitlines()[0][4:])
+    assert report["env"]["FLEXTUI_TEST"] == "from env file"
