@@ -1,0 +1,1 @@
+"""The Textual console (imported only for the TUI; the engine never needs it)."""

@@ -1,0 +1,618 @@
+"""One virtualised log view (Line API) for every tab.
+
+The view never owns log text: it renders straight from the model's bounded rings
+(a rank's `RankState.tail` + `RankState.live`, or the collapsed "all ranks" rows), so
+there is one widget however many ranks there are, hidden tabs cost nothing, and memory
+is bounded by the rings. The app calls `sync()` from its ~10 Hz timer; `sync()` compares
+counters and does work only when the shown source changed.
+
+Lines are numbered absolutely (line N of the rank's output), so positions survive the
+ring dropping old lines: a paused view stays on the same text while new lines arrive.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterator
+from itertools import accumulate, islice
+
+from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from flextui.model import JobModel, RankState
+from flextui.ui.collapse import GAP, Collapser, format_ranks
+from flextui.ui.theming import Palette
+
+#: A line worth jumping to with `e`: a traceback header or an error/exception.
+ERROR_RE = re.compile(
+    r"Traceback \(most recent call last\)|\b[A-Za-z_]*(?:Error|Exception)\b(?!\w)"
+    r"|\bERROR\b|\bFATAL\b|\bCRITICAL\b|\berror:|Segmentation fault|core dumped"
+)
+TRACEBACK = "Traceback (most recent call last)"
+ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+# C0 (except tab and ESC) and C1 controls and line separators: a terminal could act on them.
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean(text: str) -> tuple[str, bool]:
+    """Text safe to draw, and whether it holds ANSI escapes (colours) to interpret."""
+    if text.isprintable():
+        return text, False
+    if not text.isascii():  # lone surrogates from undecodable bytes become "?"
+        text = text.encode("utf-8", "replace").decode("utf-8", "replace")
+    has_ansi = "\x1b" in text
+    if "\t" in text:
+        text = text.expandtabs(8)
+    return _CONTROL_RE.sub("\ufffd", text), has_ansi
+
+
+def plain(text: str) -> str:
+    """What search, filter and widths see: no escapes, no control characters."""
+    text, has_ansi = clean(text)
+    return ANSI_RE.sub("", text) if has_ansi else text
+
+
+def width_of(text: str) -> int:
+    if text.isascii() and text.isprintable():
+        return len(text)
+    return cell_len(plain(text))
+
+
+class Matcher:
+    """Smart-case substring match: case-insensitive unless the pattern has capitals."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.fold = pattern == pattern.lower()
+        self.needle = pattern.lower() if self.fold else pattern
+
+    def __call__(self, text: str) -> bool:
+        if "\x1b" in text or not text.isprintable():
+            text = plain(text)
+        return self.needle in (text.lower() if self.fold else text)
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        hay = text.lower() if self.fold else text
+        n = len(self.needle)
+        if not n:
+            return
+        start = hay.find(self.needle)
+        while start >= 0:
+            yield start, start + n
+            start = hay.find(self.needle, start + n)
+
+
+# -- sources: what a tab shows -------------------------------------------------------
+
+
+class Source:
+    """Absolutely numbered complete lines [first, end) plus a live (unfinished) line."""
+
+    key = ""
+    title = ""
+    first = 0
+    end = 0
+    live = ""
+    dirty_from = 0  # lowest line whose look changed in the last sync (>= old end: appends only)
+
+    def sync(self) -> bool:
+        raise NotImplementedError
+
+    def text(self, index: int) -> str | None:
+        raise NotImplementedError
+
+    def prefix(self, index: int) -> str:
+        return ""
+
+    def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        raise NotImplementedError
+
+    @property
+    def total(self) -> int:
+        return self.end
+
+
+class RankSource(Source):
+    def __init__(self, state: RankState) -> None:
+        self.state = state
+        self.key = f"r{state.rank}"
+        self.title = f"rank {state.rank}"
+
+    def sync(self) -> bool:
+        st = self.state
+        end = st.line_count
+        first = end - len(st.tail)
+        live = st.live
+        changed = end != self.end or first != self.first or live != self.live
+        self.dirty_from = self.end
+        self.first, self.end, self.live = first, end, live
+        return changed
+
+    def text(self, index: int) -> str | None:
+        st = self.state
+        offset = index - (st.line_count - len(st.tail))
+        if 0 <= offset < len(st.tail):
+            return st.tail[offset]
+        return None
+
+    def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        st = self.state
+        first = st.line_count - len(st.tail)
+        start = max(start, first)
+        stop = min(stop, st.line_count)
+        if start >= stop:
+            return iter(())
+        tail = st.tail
+        if start - first > len(tail) // 2:  # near the end: walk in from the right
+            items = list(islice(reversed(tail), st.line_count - start))
+            items.reverse()
+            return zip(range(start, stop), items[: stop - start])
+        return zip(range(start, stop), islice(tail, start - first, stop - first))
+
+
+class CombinedSource(Source):
+    """Every rank's lines in arrival order, identical lines from several ranks merged."""
+
+    key = "all"
+    title = "all ranks"
+
+    def __init__(self, model: JobModel, max_rows: int = 20000, window: int = 256) -> None:
+        self.model = model
+        self.rows = Collapser(max_rows=max_rows, window=window)
+        self.hosts = [r.info.host for r in model.ranks]
+
+    def sync(self) -> bool:
+        rows = self.rows
+        changed = rows.feed(self.model.combined, self.model.combined_count)
+        self.dirty_from = rows.dirty_from if changed else rows.end
+        self.first, self.end = rows.first, rows.end
+        return changed
+
+    def text(self, index: int) -> str | None:
+        row = self.rows.row(index)
+        return None if row is None else row.text
+
+    def prefix(self, index: int) -> str:
+        row = self.rows.row(index)
+        if row is None or row.ranks[0] == GAP:
+            return ""
+        if len(row.ranks) == 1:
+            return f"[{row.ranks[0]}|{self.hosts[row.ranks[0]]}] "
+        return f"[{format_ranks(row.ranks)}] "
+
+    def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        first = self.rows.first
+        start, stop = max(start, first), min(stop, self.rows.end)
+        if start >= stop:
+            return iter(())
+        return ((start + i, row.text) for i, row in
+                enumerate(islice(self.rows.rows, start - first, stop - first)))
+
+    @property
+    def total(self) -> int:
+        return self.model.combined_count
+
+
+# -- layout: items (lines shown, after the filter) and rows (after wrapping) ---------
+
+
+class Layout:
+    """A snapshot of what the view shows, taken at each sync."""
+
+    __slots__ = ("first", "end", "live", "matches", "moff", "count", "items", "cum", "height")
+
+    def __init__(self, first=0, end=0, live=None, matches=None, moff=0, count=0, cum=None):
+        self.first, self.end, self.live = first, end, live
+        self.matches, self.moff, self.count = matches, moff, count  # count: complete lines
+        self.items = count + (1 if live is not None else 0)
+        self.cum = cum
+        self.height = cum[-1] if cum is not None else self.items
+
+    def item_abs(self, item: int) -> int:
+        if item >= self.count:
+            return self.end  # the live line
+        if self.matches is None:
+            return self.first + item
+        return self.matches[self.moff + item]
+
+    def abs_to_item(self, index: int) -> int:
+        """The item showing line `index`, or the next one shown after it."""
+        if self.items == 0:
+            return 0
+        if index >= self.end:
+            return self.items - 1
+        if self.matches is None:
+            item = index - self.first
+        else:
+            item = bisect_left(self.matches, index, self.moff, self.moff + self.count) - self.moff
+        return max(0, min(item, self.items - 1))
+
+    def row_to_item(self, row: int) -> tuple[int, int]:
+        if self.cum is None:
+            return row, 0
+        item = bisect_right(self.cum, row) - 1
+        return item, row - self.cum[item]
+
+    def item_row(self, item: int) -> int:
+        return item if self.cum is None else self.cum[min(item, len(self.cum) - 1)]
+
+    def item_abs_list(self) -> Iterator[int]:
+        if self.matches is None:
+            return iter(range(self.first, self.end))
+        return iter(self.matches[self.moff : self.moff + self.count])
+
+
+class LogView(ScrollView, can_focus=True):
+    """The log of the selected tab. See the module docstring."""
+
+    BINDINGS = [
+        Binding("end,G", "follow", "Bottom, and follow new lines", show=False),
+        Binding("home,g", "top", "Top (pauses follow)", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    LogView {
+        background: $surface;
+        color: $foreground;
+        scrollbar-gutter: stable;
+    }
+    """
+
+    class Changed(Message):
+        """Follow / wrap / search / filter / cursor / source changed (for the status line)."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.source: Source | None = None
+        self.palette: Palette | None = None
+        self.follow = True
+        self.wrap = False
+        self.search: Matcher | None = None
+        self.filter: Matcher | None = None
+        self.cursor: int | None = None  # a line marked by search / error jumps
+        self.layout_ = Layout()
+        self.renders = 0  # lines rendered (for benchmarks)
+        self._views: dict[str, tuple[bool, int | None, int, int | None]] = {}
+        self._syncing = False
+        self._reset_derived()
+
+    def _reset_derived(self) -> None:
+        self._matches: list[int] = []
+        self._moff = 0
+        self._mscan = 0
+        self._wabs: deque[int] = deque()
+        self._wrows: deque[int] = deque()
+        self._max_width = 0
+        self._wscan = 0
+        self.layout_ = Layout()
+
+    # -- public API used by the app ---------------------------------------------------
+
+    def show(self, source: Source) -> None:
+        """Switch to another tab's source, keeping each tab's scroll position."""
+        if self.source is not None:
+            self._views[self.source.key] = (self.follow, *self._top_anchor(), self.cursor)
+        self.source = source
+        self._reset_derived()
+        follow, anchor, sub, cursor = self._views.get(source.key, (True, None, 0, None))
+        self.follow, self.cursor = follow, cursor
+        source.sync()
+        self.sync(force=True, anchor=None if follow else (anchor, sub))
+        self.post_message(self.Changed())
+
+    def sync(self, force: bool = False, anchor: tuple[int | None, int] | None = None) -> bool:
+        """Catch up with the source; cheap when nothing changed. True if it did."""
+        source = self.source
+        if source is None:
+            return False
+        if not source.sync() and not force:
+            return False
+        if anchor is None and not self.follow:
+            anchor = self._top_anchor()
+        first, end = source.first, source.end
+        live = source.live or None
+        if self.filter is not None:
+            matches = self._update_matches(first, end)
+            if live is not None and not self.filter(live):
+                live = None
+            count = len(matches) - self._moff
+        else:
+            matches, count = None, end - first
+        width = self._content_width()
+        cum = None
+        if self.wrap:
+            cum = self._wrap_cum(first, end, matches, live, width)
+        else:
+            self._track_width(end, live)
+        layout = Layout(first, end, live, matches, self._moff, count, cum)
+        self.layout_ = layout
+        self._syncing = True
+        try:
+            self.virtual_size = Size(width if self.wrap else self._max_width, layout.height)
+            if self.follow:
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
+            elif anchor is not None and anchor[0] is not None:
+                item = layout.abs_to_item(anchor[0])
+                row = layout.item_row(item) + (anchor[1] if layout.item_abs(item) == anchor[0] else 0)
+                if row != int(self.scroll_y):
+                    self.scroll_to(y=row, animate=False, immediate=True)
+        finally:
+            self._syncing = False
+        self.refresh()
+        return True
+
+    def set_palette(self, palette: Palette) -> None:
+        self.palette = palette
+        self.refresh()
+
+    def set_wrap(self, wrap: bool) -> None:
+        anchor = None if self.follow else self._top_anchor()
+        self.wrap = wrap
+        self._wabs.clear()
+        self._wrows.clear()
+        self._max_width = self._wscan = 0
+        self.scroll_to(x=0, animate=False, immediate=True)
+        self.sync(force=True, anchor=anchor)
+        self.post_message(self.Changed())
+
+    def set_filter(self, pattern: str | None) -> None:
+        anchor = None if self.follow else self._top_anchor()
+        self.filter = Matcher(pattern) if pattern else None
+        self._matches, self._moff, self._mscan = [], 0, 0
+        self._wabs.clear()
+        self._wrows.clear()
+        self._max_width = self._wscan = 0
+        self.sync(force=True, anchor=anchor)
+        self.post_message(self.Changed())
+
+    def set_search(self, pattern: str | None) -> None:
+        self.search = Matcher(pattern) if pattern else None
+        self.refresh()
+        self.post_message(self.Changed())
+
+    def set_follow(self, follow: bool = True) -> None:
+        self.follow = follow
+        if follow:
+            self.cursor = None
+            self._syncing = True
+            try:
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
+            finally:
+                self._syncing = False
+            self.refresh()
+        self.post_message(self.Changed())
+
+    def find(self, predicate, forward: bool = True, start: int | None = None) -> int | None:
+        """The next shown line (absolute index) after `start`/the cursor that matches."""
+        layout, source = self.layout_, self.source
+        if source is None or layout.items == 0:
+            return None
+        if start is None:
+            start = self.cursor if self.cursor is not None else (
+                layout.item_abs(layout.row_to_item(int(self.scroll_y))[0]) - (1 if forward else 0)
+            )
+        order = self._shown_order(layout, start, forward)
+        for index, text in order:
+            if predicate(text):
+                return index
+        return None
+
+    def _shown_order(self, layout: Layout, start: int, forward: bool) -> Iterator[tuple[int, str]]:
+        """(index, text) of every shown line after `start`, wrapping around once."""
+        source = self.source
+        items = list(layout.item_abs_list()) if layout.matches is not None else None
+
+        def texts(lo: int, hi: int) -> Iterator[tuple[int, str]]:
+            if items is None:
+                return source.scan(lo, hi)
+            a, b = bisect_left(items, lo), bisect_left(items, hi)
+            return ((i, source.text(i) or "") for i in items[a:b])
+
+        live = layout.live is not None
+        first, end = layout.first, layout.end
+        if forward:
+            yield from texts(start + 1, end)
+            if live and end > start:
+                yield end, layout.live
+            yield from texts(first, min(start + 1, end))
+            if live and end <= start:
+                yield end, layout.live
+        else:
+            if live and end < start:
+                yield end, layout.live
+            yield from reversed(list(texts(first, min(start, end))))
+            if live and end >= start:
+                yield end, layout.live
+            yield from reversed(list(texts(max(start, first), end)))
+
+    def jump_to(self, index: int, center: bool = True) -> None:
+        """Mark line `index` and scroll it into view (pauses follow)."""
+        layout = self.layout_
+        self.cursor = index
+        self.follow = False
+        item = layout.abs_to_item(index)
+        row = layout.item_row(item)
+        height = self.scrollable_content_region.height or self.size.height or 1
+        if not (self.scroll_y <= row < self.scroll_y + height):
+            target = max(0, row - height // 3) if center else row
+            self._syncing = True
+            try:
+                self.scroll_to(y=target, animate=False, immediate=True)
+            finally:
+                self._syncing = False
+        self.refresh()
+        self.post_message(self.Changed())
+
+    def jump_to_traceback(self) -> bool:
+        """The last traceback (else the last error) of this tab's lines; False if none."""
+        for predicate in (lambda t: TRACEBACK in t, lambda t: bool(ERROR_RE.search(t))):
+            index = self.find(predicate, forward=False, start=self.layout_.end + 1)
+            if index is not None:
+                self.jump_to(index)
+                return True
+        return False
+
+    def current_line(self) -> str | None:
+        if self.cursor is None or self.source is None:
+            return None
+        if self.cursor == self.layout_.end and self.layout_.live is not None:
+            return self.layout_.live
+        return self.source.text(self.cursor)
+
+    def visible_text(self) -> list[str]:
+        """The rows on screen as plain text (tests, debugging)."""
+        return [self.render_line(y).text.rstrip() for y in range(self.size.height)]
+
+    # -- scrolling ----------------------------------------------------------------------
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if self._syncing:
+            return
+        if new_value < old_value and self.follow:
+            self.follow = False
+            self.post_message(self.Changed())
+        elif not self.follow and new_value > old_value and new_value >= self.max_scroll_y:
+            self.follow = True
+            self.cursor = None
+            self.post_message(self.Changed())
+
+    def action_follow(self) -> None:
+        self.set_follow(True)
+
+    def action_top(self) -> None:
+        self.follow = False
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.post_message(self.Changed())
+
+    def on_resize(self) -> None:
+        if self.source is not None:
+            if self.wrap:
+                self._wabs.clear()
+                self._wrows.clear()
+            self.sync(force=True)
+
+    # -- derived structures -----------------------------------------------------------
+
+    def _content_width(self) -> int:
+        return max(1, self.scrollable_content_region.width or self.size.width or 80)
+
+    def _top_anchor(self) -> tuple[int | None, int]:
+        layout = self.layout_
+        if layout.items == 0:
+            return None, 0
+        item, sub = layout.row_to_item(min(int(self.scroll_y), max(0, layout.height - 1)))
+        return layout.item_abs(item), sub
+
+    def _update_matches(self, first: int, end: int) -> list[int]:
+        matches = self._matches
+        if self._moff < len(matches) and matches[self._moff] < first:
+            self._moff = bisect_left(matches, first, self._moff)
+        if self._moff > 4096 and self._moff * 2 > len(matches):
+            del matches[: self._moff]
+            self._moff = 0
+        start = max(self._mscan, first)
+        if start < end:
+            match = self.filter
+            matches.extend(i for i, text in self.source.scan(start, end) if match(text))
+        self._mscan = end
+        return matches
+
+    def _item_width(self, index: int, text: str | None) -> int:
+        source = self.source
+        return width_of(source.prefix(index)) + width_of(text or "")
+
+    def _track_width(self, end: int, live: str | None) -> None:
+        # Only lines new since the last sync; the widest line seen sets the scroll range.
+        source = self.source
+        start = max(self._wscan, source.first)
+        widest = self._max_width
+        for index, text in source.scan(start, end):
+            w = self._item_width(index, text)
+            if w > widest:
+                widest = w
+        if live is not None:
+            widest = max(widest, width_of(live))
+        self._max_width = widest
+        self._wscan = end
+
+    def _wrap_cum(self, first, end, matches, live, width) -> list[int]:
+        wabs, wrows = self._wabs, self._wrows
+        source = self.source
+        low = first if matches is None else (matches[self._moff] if len(matches) > self._moff else end)
+        while wabs and wabs[0] < low:
+            wabs.popleft()
+            wrows.popleft()
+        dirty = source.dirty_from
+        while wabs and wabs[-1] >= dirty:
+            wabs.pop()
+            wrows.pop()
+        start = wabs[-1] + 1 if wabs else first
+        if matches is None:
+            new = source.scan(start, end)
+        else:
+            a = bisect_left(matches, start, self._moff)
+            new = ((i, source.text(i)) for i in matches[a:])
+        for index, text in new:
+            wabs.append(index)
+            wrows.append(max(1, -(-self._item_width(index, text) // width)))
+        rows = list(wrows)
+        if live is not None:
+            rows.append(max(1, -(-width_of(live) // width)))
+        return list(accumulate(rows, initial=0))
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        self.renders += 1
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        base = self.rich_style
+        layout = self.layout_
+        row = scroll_y + y
+        if self.source is None or row >= layout.height or self.palette is None:
+            return Strip.blank(width, base)
+        item, sub = layout.row_to_item(row)
+        index = layout.item_abs(item)
+        is_live = index == layout.end and layout.live is not None
+        text = layout.live if is_live else self.source.text(index)
+        if text is None:  # dropped from the ring since the last sync
+            return Strip.blank(width, base)
+        strip, line_style = self._line_strip(index, text, is_live, base)
+        if self.wrap:
+            return strip.crop_extend(sub * width, (sub + 1) * width, line_style)
+        return strip.crop_extend(scroll_x, scroll_x + width, line_style)
+
+    def _line_strip(self, index: int, raw: str, is_live: bool, base: Style) -> tuple[Strip, Style]:
+        palette = self.palette
+        shown, has_ansi = clean(raw)
+        line_style = base + palette.cursor if index == self.cursor else base
+        if has_ansi:
+            text = Text.from_ansi(shown, no_wrap=True, end="")
+            if "\x1b" in text.plain:
+                text = Text(text.plain.replace("\x1b", "\ufffd"), end="")
+        else:
+            text = Text(shown, no_wrap=True, end="")
+        text.stylize_before(line_style)  # Text.render ignores Text.style: make it a span
+        if is_live:
+            text.stylize(palette.live)
+        elif ERROR_RE.search(text.plain):
+            text.stylize(palette.error)
+        if self.search is not None:
+            for start, stop in self.search.spans(text.plain):
+                text.stylize(palette.match, start, stop)
+        prefix = self.source.prefix(index)
+        segments = []
+        if prefix:
+            segments.append(Segment(prefix, line_style + palette.prefix))
+        segments.extend(text.render(self.app.console))
+        return Strip(segments), line_style
