@@ -36,8 +36,10 @@ Commands, stdin, one JSON object per line:
     {"cmd": "ping"}                  the console is alive (sent every few seconds)
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
 as "stop"; so does hearing nothing on stdin for --console-timeout seconds, because a
-silently dropped network closes no channel. The first worker to exit non-zero stops the others; the launcher then exits
-with that worker's code (128 + signal for a signal).
+silently dropped network closes no channel. A stdin that is a regular file or /dev/null
+is not watched (no console: the launcher runs until its workers end). The first worker to
+exit non-zero stops the others; the launcher then exits with that worker's code (128 +
+signal for a signal); workers not started yet by then are never started.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -193,7 +196,10 @@ class NodeLauncher:
         os.makedirs(self.log_dir, exist_ok=True)
         for worker in self.workers:
             if self.stopping:
-                break
+                # A worker that could not start stopped the job: the rest never run (their
+                # ranks stay without a "started" event) and must not be waited for.
+                worker.exited = True
+                continue
             self.spawn(worker)
         self.reap()
         await self.follow_logs_until_done()
@@ -265,6 +271,12 @@ class NodeLauncher:
     async def watch_stdin(self) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
+        try:
+            mode = os.fstat(0).st_mode
+        except OSError:
+            return  # no stdin at all
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(0)):
+            return  # a regular file or /dev/null: no console to watch (epoll refuses them)
         try:
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(0), "rb")
