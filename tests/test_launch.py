@@ -1,0 +1,332 @@
+"""The node launcher run directly (`python -m flextui.launch --spec ...`): real workers,
+real signals, its JSON-lines protocol read the way the console reads it."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import flextui.launch
+from tests.helpers import (  # noqa: F401 - fixtures
+    PY, Launcher, logs_contain, marker, node_spec, pids_alive, read_text, survivors, wait_for,
+    worker,
+)
+
+
+def argvs(worker: Path, count: int, *args: str) -> list[list[str]]:
+    return [[PY, str(worker), f"--local_rank={r}", *args] for r in range(count)]
+
+
+def worker_pids(launcher: Launcher) -> list[int]:
+    return [e["pid"] for e in launcher.of("started")]
+
+
+def child_pids(log_dir: Path, ranks, word: str = "child") -> list[int]:
+    pids = []
+    for r in ranks:
+        for line in read_text(log_dir / f"rank-{r}.log").splitlines():
+            if line.startswith(word + " "):
+                pids.append(int(line.split()[1]))
+    return pids
+
+
+def assert_all_gone(marker: str, pids=()) -> None:
+    assert survivors(marker) == []
+    assert pids_alive(pids) == [], "not reaped (zombie) or still running"
+
+
+def test_protocol_events_in_order_and_logs(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    pid_file = tmp_path / "launcher.pid"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 3, "--run-for", "0.3")),
+                        "--save_pid", str(pid_file))
+    assert launcher.finish() == 0, launcher.stderr
+    events = launcher.events
+    kinds = [e["ev"] for e in events]
+
+    hello = events[0]
+    assert hello["ev"] == "hello" and hello["v"] == 1 and hello["node_rank"] == 0
+    assert hello["pid"] == launcher.proc.pid and hello["host"] == socket.gethostname()
+    assert pid_file.read_text() == f"{launcher.proc.pid}\n"
+    assert kinds[-1] == "done" and events[-1]["code"] == 0
+    assert "stopping" not in kinds and "error" not in kinds and "killing" not in kinds
+
+    started = launcher.of("started")
+    assert [e["rank"] for e in started] == [0, 1, 2]
+    assert kinds.index("started") == 1, "workers start right after hello"
+    for rank in range(3):
+        start_at = events.index(launcher.of("started", rank)[0])
+        (exited,) = launcher.of("exited", rank)
+        exit_at = events.index(exited)
+        outs = [events.index(e) for e in launcher.of("out", rank)]
+        assert outs and all(start_at < i < exit_at for i in outs)
+        assert exited["code"] == 0 and exited["signal"] is None and exited["stopped"] is False
+        assert hello["t"] <= launcher.of("started", rank)[0]["t"] <= exited["t"] <= events[-1]["t"]
+        # The worker's own pid is the one reported, and every byte it wrote is in both
+        # its log file and the out events.
+        log = (log_dir / f"rank-{rank}.log").read_text()
+        assert f"ready rank {rank} pid {started[rank]['pid']}\n" in log
+        assert launcher.output(rank) == log
+    assert sorted(os.listdir(log_dir)) == ["rank-0.log", "rank-1.log", "rank-2.log"]
+    assert pids_alive(worker_pids(launcher)) == []
+
+
+@pytest.mark.parametrize("how", ["stdin EOF", "stop command"])
+def test_console_gone_or_stop_stops_every_tree(tmp_path, marker, worker, how):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--children", "2")))
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    children = child_pids(log_dir, range(2))
+    assert len(children) == 4
+    began = time.monotonic()
+    if how == "stdin EOF":
+        launcher.close_stdin()
+    else:
+        launcher.send({"cmd": "stop", "reason": "test says stop"})
+    code = launcher.finish()
+    assert time.monotonic() - began < 5, "stopped by SIGTERM, well inside the 10 s grace"
+    (stopping,) = launcher.of("stopping")
+    assert stopping["reason"] == ("console gone (stdin closed)" if how == "stdin EOF" else "test says stop")
+    for rank in range(2):
+        (exited,) = launcher.of("exited", rank)
+        assert exited["stopped"] is True and exited["signal"] == signal.SIGTERM
+    assert launcher.events[-1]["ev"] == "done" and code == launcher.events[-1]["code"] != 0
+    assert_all_gone(marker, worker_pids(launcher) + children)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signal_stops_every_tree(tmp_path, marker, worker, sig):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--children", "1")))
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    launcher.proc.send_signal(sig)
+    assert launcher.finish() == 128 + sig
+    assert launcher.of("stopping")[0]["reason"] == f"launcher got {signal.Signals(sig).name}"
+    assert all(e["stopped"] for e in launcher.of("exited")) and len(launcher.of("exited")) == 2
+    assert launcher.events[-1] == {**launcher.events[-1], "ev": "done", "code": 128 + sig}
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, range(2)))
+
+
+def test_first_failure_stops_the_others_and_is_the_exit_code(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 3, "--children", "1", "--fail", "1",
+                                                 "--code", "3", "--after", "0.5")))
+    assert launcher.finish() == 3
+    (failed,) = launcher.of("exited", 1)
+    assert failed["code"] == 3 and failed["signal"] is None and failed["stopped"] is False
+    (stopping,) = launcher.of("stopping")
+    assert stopping["reason"] == "rank 1 failed"
+    assert launcher.events.index(failed) < launcher.events.index(stopping)
+    for rank in (0, 2):
+        (exited,) = launcher.of("exited", rank)
+        assert exited["stopped"] is True and exited["signal"] == signal.SIGTERM
+    assert launcher.events[-1]["code"] == 3
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, range(3)))
+
+
+def test_a_rank_killed_by_a_signal_exits_128_plus_it(tmp_path, marker, worker):
+    launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 2, "--kill-self", "0", "--after", "0.2")))
+    assert launcher.finish() == 128 + signal.SIGKILL
+    (exited,) = launcher.of("exited", 0)
+    assert exited["signal"] == signal.SIGKILL and exited["code"] is None and not exited["stopped"]
+    assert launcher.of("exited", 1)[0]["stopped"] is True
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+@pytest.mark.parametrize("problem", ["missing", "not executable"])
+def test_a_worker_that_cannot_start(tmp_path, marker, worker, problem):
+    program = tmp_path / "no-such-program"
+    if problem == "not executable":
+        program.write_text("#!/bin/sh\necho hi\n")
+    log_dir = tmp_path / "logs"
+    sleeper = [PY, str(worker), "--local_rank=0"]
+    launcher = Launcher(node_spec(log_dir, [sleeper, [str(program)], sleeper]))
+    assert launcher.finish(timeout=10) == 127
+    (error,) = launcher.of("error")
+    assert error["rank"] == 1 and str(program) in error["message"]
+    assert error["message"].startswith("cannot start rank 1: ")
+    assert launcher.of("exited", 1)[0]["code"] == 127
+    assert "cannot start rank 1" in (log_dir / "rank-1.log").read_text()
+    assert launcher.of("exited", 0)[0]["stopped"] is True
+    # The rank after the one that could not start is never started (and not waited for).
+    assert launcher.of("started", 2) == [] and launcher.of("exited", 2) == []
+    assert launcher.events[-1]["ev"] == "done"
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+@pytest.mark.parametrize("orphan_ignores_term", [False, True])
+def test_orphaned_grandchild_is_adopted_and_stopped(tmp_path, marker, worker, orphan_ignores_term):
+    """A worker's daemonised grandchild (double fork + setsid) is re-parented to the
+    launcher (child subreaper), not init, so stopping the job stops it too."""
+    log_dir = tmp_path / "logs"
+    extra = ["--orphan-ignores-term"] if orphan_ignores_term else []
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--orphan", *extra)), grace=0.5)
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    orphans = child_pids(log_dir, range(2), "orphan")
+    assert len(orphans) == 2
+    for pid in orphans:
+        orphan = psutil.Process(pid)
+        assert orphan.ppid() == launcher.proc.pid, "adopted by the launcher"
+        assert os.getsid(pid) not in (os.getsid(launcher.proc.pid), *(os.getsid(w) for w in worker_pids(launcher)))
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.finish() == 128 + signal.SIGTERM
+    assert bool(launcher.of("killing")) is orphan_ignores_term
+    assert_all_gone(marker, worker_pids(launcher) + orphans)
+
+
+def test_workers_done_but_orphans_left_are_stopped(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--orphan", "--run-for", "0.2")))
+    assert launcher.finish() == 0
+    assert [e["code"] for e in launcher.of("exited")] == [0, 0]
+    assert "leftover children" in launcher.of("stopping")[0]["reason"]
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, range(2), "orphan"))
+
+
+def test_no_zombies_while_running_or_after(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    quick = [PY, str(worker), "--local_rank=0", "--run-for", "0.1"]
+    slow = [PY, str(worker), "--local_rank=1", "--children", "2"]
+    launcher = Launcher(node_spec(log_dir, [quick, slow]))
+    launcher.wait_event(lambda e: e["ev"] == "exited" and e["rank"] == 0)
+    quick_pid = launcher.of("started", 0)[0]["pid"]
+    # Reaped at once: not even a zombie left while the job goes on.
+    assert pids_alive([quick_pid], timeout=2) == []
+    me = psutil.Process(launcher.proc.pid)
+    assert not [c for c in me.children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]
+    assert launcher.of("stopping") == [] and launcher.proc.poll() is None
+    launcher.close_stdin()
+    launcher.finish()
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, [1]))
+
+
+def test_sigterm_ignoring_worker_is_killed_after_the_grace(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--ignore-term", "0", "--children", "1")),
+                        grace=0.7)
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    launcher.send({"cmd": "stop"})
+    launcher.finish()
+    (stopping,), (killing,) = launcher.of("stopping"), launcher.of("killing")
+    assert stopping["grace"] == 0.7
+    assert 0.6 <= killing["t"] - stopping["t"] <= 2.0
+    assert killing["count"] >= 2  # rank 0 and its child (it ignores SIGTERM too)
+    assert launcher.of("exited", 0)[0]["signal"] == signal.SIGKILL
+    assert launcher.of("exited", 1)[0]["signal"] == signal.SIGTERM
+    assert "rank 0 ignoring SIGTERM" in (log_dir / "rank-0.log").read_text()
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, range(2)))
+
+
+def test_kill_command_does_not_wait_for_the_grace(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--ignore-term", "0,1")), grace=60)
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    began = time.monotonic()
+    launcher.send({"cmd": "kill"})
+    launcher.finish()
+    assert time.monotonic() - began < 5
+    assert [e["signal"] for e in launcher.of("exited")] == [signal.SIGKILL] * 2
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+def test_stop_rank_stops_only_that_rank(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--children", "1")))
+    launcher.started(2)
+    wait_for(lambda: logs_contain(log_dir, range(2), "ready rank"), what="workers ready")
+    rank1_tree = [launcher.of("started", 1)[0]["pid"], *child_pids(log_dir, [1])]
+    launcher.send({"cmd": "stop_rank", "rank": 1})
+    exited = launcher.wait_event(lambda e: e["ev"] == "exited")
+    assert exited["rank"] == 1 and exited["stopped"] is True
+    assert pids_alive(rank1_tree) == []
+    time.sleep(0.3)
+    assert launcher.of("exited", 0) == [] and launcher.of("stopping") == []
+    assert launcher.proc.poll() is None
+    launcher.close_stdin()
+    launcher.finish()
+    assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, range(2)))
+
+
+def test_partial_last_line_and_undecodable_bytes_reach_the_console(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 1, "--fail", "0", "--code", "4", "--bytes",
+                                                 "--partial", "no newline here", "--after", "0")))
+    assert launcher.finish() == 4
+    raw = (log_dir / "rank-0.log").read_bytes()
+    assert raw.endswith(b"bad bytes \xff\xfe end\nno newline here")
+    assert launcher.output(0).encode("utf-8", "surrogateescape") == raw
+    outs = launcher.of("out", 0)
+    assert all(e["data"].endswith("\n") for e in outs[:-1]), "whole lines except the last"
+    assert launcher.events.index(outs[-1]) < launcher.events.index(launcher.of("exited", 0)[0])
+
+
+def test_every_line_of_a_flood_is_streamed_and_logged(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    lines = 200_000
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--lines", str(lines), "--lines-ranks", "0",
+                                                 "--run-for", "0.5")))
+    assert launcher.finish(timeout=60) == 0
+    expected = "".join(f"rank 0 line {i} of {lines}\n" for i in range(lines))
+    log = (log_dir / "rank-0.log").read_text()
+    assert log == expected
+    assert launcher.output(0) == expected
+    assert all(e["data"].endswith("\n") for e in launcher.of("out", 0))
+
+
+def test_stdin_devnull_is_not_a_console(tmp_path, marker, worker):
+    """No console to watch (stdin is /dev/null): the job just runs to its end."""
+    launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 2, "--run-for", "0.5")),
+                        stdin=subprocess.DEVNULL)
+    assert launcher.finish() == 0
+    assert launcher.of("stopping") == []
+    assert b"Traceback" not in launcher.stderr
+    assert [e["code"] for e in launcher.of("exited")] == [0, 0]
+
+
+def test_worker_environment_cwd_and_logs_dir(tmp_path, marker, worker):
+    log_dir = tmp_path / "deep" / "logs"  # created by the launcher
+    work = tmp_path / "work"
+    work.mkdir()
+    launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--env", "--run-for", "0"),
+                                  env={"FLEXTUI_TEST_VAR": "node-wide"}, cwd=str(work)))
+    assert launcher.finish() == 0
+    import json
+
+    for rank in range(2):
+        line = next(l for l in launcher.output(rank).splitlines() if l.startswith("ENV "))
+        report = json.loads(line[4:])
+        assert report["cwd"] == str(work)
+        assert report["env"]["RANK"] == str(rank) and report["env"]["LOCAL_RANK"] == str(rank)
+        assert report["env"]["FLEXTUI_TEST_VAR"] == "node-wide"
+        assert report["pid"] == launcher.of("started", rank)[0]["pid"]
+
+
+def test_launcher_is_self_contained():
+    """The SSH transport ships launch.py alone: it may import only stdlib and psutil."""
+    tree = ast.parse(Path(flextui.launch.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    imported -= {"__future__"}
+    import sys
+
+    assert imported - set(sys.stdlib_module_names) == {"psutil"}
+    out = subprocess.run([PY, "-c", "import sys, flextui.launch; print(sorted(m for m in sys.modules "
+                          "if m.startswith(('torch', 'flextui.'))))"], capture_output=True, text=True)
+    assert out.stdout.strip() == "['flextui.launch']"
