@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 
@@ -23,15 +24,21 @@ class UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other flextui error (argparse would print the usage first).
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flextui",
         description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
     )
     add = parser.add_argument
     add("hostfile", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line")
     add("script", help="training script (or module with --module, program with --no_python)")
-    add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script").required = False
     sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
     sel.add_argument("-i", "--include", help="e.g. 'node1@node2:0,2': all of node1, slots 0,2 of node2")
     sel.add_argument("-e", "--exclude", help="e.g. 'node1:1': drop slot 1 of node1")
@@ -62,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     out.add_argument("--theme", help="TUI theme name (see themes/)")
     return parser
+
+
+def check_durations(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.grace) and args.grace >= 0):
+        raise UsageError(f"--grace {args.grace:g}: expected seconds >= 0")
+    if not (math.isfinite(args.node_timeout) and args.node_timeout > 0):
+        raise UsageError(f"--node_timeout {args.node_timeout:g}: expected seconds > 0")
 
 
 def resolve_world(args: argparse.Namespace) -> World:
@@ -122,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_durations(args)
         world = resolve_world(args)
         env = parse_env(args.env)
     except (HostfileError, UsageError) as exc:
