@@ -6,6 +6,7 @@ node's python: `python -c SOURCE REQUEST_JSON` prints a JSON list of problems.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -42,15 +43,30 @@ def check(request: dict) -> list[str]:
         except ImportError:
             problems.append(f"psutil is not installed for {sys.executable}")
     port = request.get("master_port")
-    if port:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # As torch's TCPStore binds it: a port in TIME_WAIT from a previous run is free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("0.0.0.0", int(port)))
-            except OSError:
-                problems.append(f"master port {port} is already in use")
+    if port and not _port_free(int(port)):
+        problems.append(f"master port {port} is already in use")
     return problems
+
+
+def _port_free(port: int) -> bool:
+    """Whether torch's TCPStore could bind the port: on every IPv4 address, and on every
+    IPv6 one where the node has IPv6 (it binds `::` first), so a listener on ::1 counts."""
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        with probe:
+            # As TCPStore binds it: a port in TIME_WAIT from a previous run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE or family == socket.AF_INET:
+                    return False
+    return True
 
 
 if __name__ == "__main__":
