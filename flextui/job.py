@@ -188,7 +188,12 @@ class Job:
                         for listener in self.output_listeners:
                             listener(event["rank"], lines)
                     continue
+                # A rank's last line without a newline is complete once the rank exits.
+                unfinished = event.get("ev") == "exited" and model.ranks[event["rank"]].live
                 model.apply(node_rank, event)
+                if unfinished:
+                    for listener in self.output_listeners:
+                        listener(event["rank"], [model.ranks[event["rank"]].tail[-1]])
                 run_dir.record({"node": node_rank, **event})
                 if copy_logs and event.get("ev") == "exited":
                     run_dir.flush_logs()
