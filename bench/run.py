@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""flextui benchmarks, side by side with pdsh -R ssh and the DeepSpeed launcher.
+
+    ./dev bench [--quick] [--only launch,abort,ingest,idle,ui] [--reps N] [--train-reps N]
+                [--nodes 1,2,4,8] [--no-deepspeed] [--no-pdsh] [--no-results]
+                [--flextui-path DIR]
+
+One command: brings up an 8-node real-OpenSSH cluster on this machine (tests/sshcluster.py,
+prefix "ftb"; network + PID namespaces), sets up the DeepSpeed venv (bench/.ds-venv,
+git-ignored) if needed, runs every benchmark, prints one table and writes it into
+bench/RESULTS.md (and the raw numbers into bench/results.json). Running a subset (--only)
+replaces just those sections there; each section keeps the command that produced it.
+Needs root (namespaces). Full run ~10 min, --quick ~2 min.
+
+--flextui-path DIR runs the console and node launcher from another checkout (PYTHONPATH),
+e.g. a scratch copy with a candidate fix, against the same cluster and baselines.
+Targets come from issue 5; they are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BENCH, PYTHON, REPO, Bench, ensure_deepspeed, log, machine_info, sshcluster  # noqa: E402
+
+import ingest  # noqa: E402
+import launch_abort  # noqa: E402
+
+SECTIONS = ["launch", "abort", "ingest", "idle", "ui"]
+RESULTS_JSON = BENCH / "results.json"
+RESULTS_MD = BENCH / "RESULTS.md"
+LAUNCHER_NAMES = {"flextui": "flextui", "pdsh": "pdsh -R ssh", "deepspeed": "DeepSpeed"}
+
+
+# --------------------------------------------------------------------------------------
+# formatting
+# --------------------------------------------------------------------------------------
+def s(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f} s"
+
+
+def ms(x: float | None) -> str:
+    return "—" if x is None else f"{1000 * x:.0f} ms"
+
+
+def krate(x: float | None) -> str:
+    return "—" if x is None else f"{x / 1000:.0f}k lines/s"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def row(section: str, case: str, flextui: str, pdsh: str = "—", ds: str = "—", target: str = "",
+        result: str = "n/a") -> dict:
+    return {"section": section, "case": case, "flextui": flextui, "pdsh": pdsh, "deepspeed": ds,
+            "target": target, "verdict": result}
+
+
+# --------------------------------------------------------------------------------------
+# rows per section
+# --------------------------------------------------------------------------------------
+def launch_rows(raw: dict, node_counts: list[int]) -> list[dict]:
+    rows = []
+    for workload, by_nodes in raw.items():
+        label = launch_abort.LABEL[workload]
+        med = {n: {l: launch_abort.median_first(rs) for l, rs in by_nodes.get(str(n), {}).items()}
+               for n in node_counts}
+        reps = max((len(rs) for b in by_nodes.values() for rs in b.values()), default=0)
+        for n in node_counts:
+            m = med[n]
+            f, p, d = m.get("flextui"), m.get("pdsh"), m.get("deepspeed")
+            ratio = f / d if f and d else None
+            target = "≤ 0.5× DeepSpeed"
+            rows.append(row(
+                "launch", f"{label}: {n} node{'s' if n > 1 else ''} × 2 slots → every rank's first line"
+                + (f" (median of {reps})" if reps > 1 else ""),
+                s(f), s(p), s(d) + (f" (flextui = {ratio:.2f}×)" if ratio else ""),
+                target, verdict(ratio <= 0.5 if ratio else None)))
+        if 1 in med and max(node_counts) in med and max(node_counts) > 1:
+            hi = max(node_counts)
+            def flat(l):
+                a, b = med[1].get(l), med[hi].get(l)
+                return b / a if a and b else None
+            ff, fp, fd = flat("flextui"), flat("pdsh"), flat("deepspeed")
+            fmt = lambda x: "—" if x is None else f"{x:.2f}×"  # noqa: E731
+            rows.append(row("launch", f"{label}: flatness, {hi} nodes / 1 node", fmt(ff), fmt(fp), fmt(fd),
+                            "≤ 1.3×", verdict(ff <= 1.3 if ff else None)))
+    return rows
+
+
+def abort_rows(results: list[dict], nodes: int, grace: float) -> list[dict]:
+    def describe(r: dict | None) -> str:
+        if r is None:
+            return "—"
+        if r.get("error"):
+            return "error: " + r["error"][:80]
+        if r.get("gone") is not None:
+            return f"{r['gone']:.2f} s, nothing left"
+        left = r.get("left_after_observe") or []
+        return (f"**{sum(left)} processes left** on {sum(1 for c in left if c)}/{len(left)} nodes "
+                f"after {r['observed']:.0f} s (of {sum(r['before'])})")
+
+    rows = []
+    for ignore in (False, True):
+        fl = [r for r in results if r["launcher"] == "flextui" and r["ignore"] == ignore]
+        gones = [r["gone"] for r in fl if r.get("gone") is not None]
+        med = statistics.median(gones) if len(gones) == len(fl) and gones else None
+        if med is not None:
+            ftext = f"{med:.2f} s" + (f" (median of {len(gones)}; max {max(gones):.2f})" if len(gones) > 1 else "")
+        else:
+            ftext = describe(fl[0]) if fl else "—"
+        ds = next((r for r in results if r["launcher"] == "deepspeed" and r["ignore"] == ignore), None)
+        pd = next((r for r in results if r["launcher"] == "pdsh" and r["ignore"] == ignore), None)
+        if ignore:
+            case = (f"Ctrl+C → last process gone, {nodes} nodes × 2, one child each; last rank ignores SIGTERM "
+                    f"(flextui --grace {grace:g})")
+            target = f"≈ grace ({grace:g} s)"
+            ok = med is not None and grace - 0.05 <= med <= grace + 0.5
+        else:
+            case = f"Ctrl+C → last process gone, {nodes} nodes × 2 cooperative workers, one child each"
+            target = "≤ 0.5 s"
+            ok = med is not None and med <= 0.5
+        rows.append(row("abort", case, ftext, describe(pd) + (" (^C^C)" if pd else ""), describe(ds), target,
+                        verdict(ok if fl else None)))
+    return rows
+
+
+def ingest_rows(results: list[dict]) -> list[dict]:
+    def cell(r: dict | None, pdsh: bool = False) -> str:
+        if r is None:
+            return "—"
+        if r.get("error") or not r.get("model_rate"):
+            got = r.get("lines_model")
+            return f"**FAILED**: {got if got is not None else '?'}/{r.get('expect')} lines arrived" + (
+                f" ({r['error'][:60]})" if r.get("error") else "")
+        parts = [krate(r["model_rate"])]
+        if r.get("rundir_rate") and not pdsh:
+            parts[0] += f" (run dir {r['rundir_rate'] / 1000:.0f}k)"
+        parts.append(f"lag p50/p99 {ms(r.get('lag_p50'))}/{ms(r.get('lag_p99'))}")
+        if r.get("stream_cpu") is not None:
+            parts.append(f"CPU {r['stream_cpu']:.2f} core" + (" (pdsh+ssh)" if pdsh else ""))
+        if r.get("launcher_cpu") is not None:
+            parts.append(f"launcher {r['launcher_cpu']:.2f}")
+        parts.append(f"RSS {r.get('peak_rss_mb', 0):.0f} MB")
+        if pdsh and r.get("garbled"):
+            parts.append(f"{r['garbled']} garbled lines")
+        if not r.get("complete"):
+            parts.append(f"**{r.get('lines_model')}/{r.get('expect')} lines**")
+        return ", ".join(parts)
+
+    rows = []
+    names = list(dict.fromkeys(r["load"] for r in results))
+    for name in names:
+        by = {r["mode"]: r for r in results if r["load"] == name}
+        flat = "flat out" in name
+        for mode in ("local", "ssh"):
+            r = by.get(mode)
+            if r is None:
+                continue
+            load = next(l for l in ingest.loads(False) if l["name"] == name)
+            where = "local fast path" if mode == "local" else (
+                f"SSH, {load['nodes']} node{'s' if load['nodes'] > 1 else ''}")
+            ok = None
+            if r.get("model_rate"):
+                cpu_ok = (r.get("stream_cpu") or 0) <= 1.0
+                if flat:
+                    ok = r["model_rate"] >= 200_000 and cpu_ok and r.get("complete")
+                    target = "≥ 200k lines/s, console ≤ 1 core"
+                else:
+                    keeps_up = r["model_rate"] >= 0.9 * (r.get("offered") or 0)
+                    ok = keeps_up and cpu_ok and (r.get("lag_p99") or 9) <= 0.25 and r.get("complete")
+                    target = "keeps up, lag p99 ≤ 250 ms, console ≤ 1 core"
+            else:
+                ok = False
+                target = "≥ 200k lines/s, console ≤ 1 core" if flat else "keeps up, lag p99 ≤ 250 ms, console ≤ 1 core"
+            case = f"ingest {name}" + (f" (offered {r['offered'] / 1000:.0f}k/s)" if r.get("offered") else "") + f", {where}"
+            rows.append(row("ingest", case, cell(r), cell(by.get("pdsh"), True) if mode == "ssh" else "—", "—",
+                            target, verdict(ok)))
+    return rows
+
+
+def idle_rows(results: list[dict]) -> list[dict]:
+    rows = []
+    for r in results:
+        where = "local fast path" if r["mode"] == "local" else "SSH, 8 nodes × 8"
+        if r.get("error"):
+            rows.append(row("idle", f"console CPU, {r['world']} quiet ranks, {where}", "error: " + r["error"][:80],
+                            target="≤ 2% of a core", result=verdict(False)))
+            continue
+        text = (f"{r['console_cpu_pct']:.2f}% of a core (RSS {r['console_rss_mb']:.0f} MB); "
+                f"{r['launchers']} node launcher{'s' if r['launchers'] > 1 else ''}: "
+                f"{r['launcher_cpu_pct']:.2f}% together")
+        rows.append(row("idle", f"console CPU, {r['world']} quiet ranks for {r['seconds']:.0f} s, {where}", text,
+                        target="≤ 2% of a core", result=verdict(r["console_cpu_pct"] <= 2.0)))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# UI (bench/ui_load.py, written by another engineer)
+# --------------------------------------------------------------------------------------
+def run_ui(quick: bool, env: dict) -> tuple[list[dict], dict]:
+    script = BENCH / "ui_load.py"
+    if not script.exists():
+        return [row("ui", "TUI key latency / frames under load; RSS after 10M lines × 64 ranks",
+                    "not measured: bench/ui_load.py does not exist yet")], {"missing": True}
+    argv = [PYTHON, str(script), "--json"] + (["--quick"] if quick else [])
+    cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    if cp.returncode != 0 and "--json" in (cp.stderr or ""):
+        argv = [PYTHON, str(script)] + (["--quick"] if quick else [])
+        cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    raw = {"argv": argv[1:], "code": cp.returncode, "stdout": cp.stdout[-6000:], "stderr": cp.stderr[-3000:]}
+    rows = []
+    data = None
+    for line in reversed(cp.stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if cp.returncode != 0:
+        rows.append(row("ui", "bench/ui_load.py", f"**failed** (exit {cp.returncode}): "
+                        + (cp.stderr.strip().splitlines() or ["?"])[-1][:150]))
+    elif isinstance(data, dict) and isinstance(data.get("rows"), list):
+        for r in data["rows"]:
+            rows.append(row("ui", str(r.get("case", "")), str(r.get("value", r.get("flextui", ""))),
+                            target=str(r.get("target", "")), result=str(r.get("verdict", "n/a"))))
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            rows.append(row("ui", k, str(v)))
+    else:
+        rows.append(row("ui", "bench/ui_load.py output", " / ".join(cp.stdout.strip().splitlines()[-5:])[:300]))
+    return rows, raw
+
+
+# --------------------------------------------------------------------------------------
+# table and RESULTS.md
+# --------------------------------------------------------------------------------------
+HEADER = ["", "case", "flextui", "pdsh -R ssh", "DeepSpeed", "target", "verdict"]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        cells = [r["section"], r["case"], r["flextui"], r["pdsh"], r["deepspeed"], r["target"], r["verdict"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(sections: dict, machine: dict, notes: list[str]) -> None:
+    store = {"sections": {}, "machine": machine, "notes": []}
+    if RESULTS_JSON.exists():
+        try:
+            store = json.loads(RESULTS_JSON.read_text())
+        except ValueError:
+            pass
+    store["sections"].update(sections)
+    store["machine"] = machine
+    store.setdefault("notes_by_section", {})
+    for name in sections:
+        store["notes_by_section"][name] = [n for n in notes if n.startswith(f"[{name}]") or n.startswith("[all]")]
+    RESULTS_JSON.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+
+    ordered = [store["sections"][n] for n in SECTIONS if n in store["sections"]]
+    rows = [r for sec in ordered for r in sec["rows"]]
+    commands = list(dict.fromkeys(sec["command"] for sec in ordered))
+    md = [
+        "# flextui benchmarks",
+        "",
+        "Made by `bench/run.py` (`./dev bench`); do not edit by hand — rerun it. Targets are issue 5's,",
+        "reported, never asserted. Raw numbers: `bench/results.json`.",
+        "",
+        "Command" + ("s" if len(commands) > 1 else "") + " (run from the repository root, as root):",
+        "",
+    ]
+    for sec_name in SECTIONS:
+        sec = store["sections"].get(sec_name)
+        if sec:
+            md.append(f"- {sec_name}: `{sec['command']}` — {sec['date']}")
+    m = store["machine"]
+    md += [
+        "",
+        f"Machine: {m.get('cpus')} cores, {m.get('mem_gb')} GB, Linux {m.get('kernel')}, Python {m.get('python')}, "
+        f"torch {m.get('torch')}, DeepSpeed {m.get('deepspeed')}, {m.get('pdsh')}, {m.get('openssh')}; "
+        f"load average at start {m.get('loadavg_at_start')}.",
+        "",
+        "Every \"node\" is a real sshd in its own network + PID namespace on this one 2-core machine",
+        "(tests/sshcluster.py), so the console, every node's sshd, launcher and workers share 2 cores:",
+        "per-node CPU work adds up here, where on a real cluster it would run in parallel.",
+        "",
+        table(rows),
+        "",
+        "## Notes",
+        "",
+    ]
+    all_notes = [n for name in SECTIONS for n in store.get("notes_by_section", {}).get(name, [])]
+    md += [f"- {n}" for n in dict.fromkeys(all_notes)] or ["- (none)"]
+    md += ["", "## How each figure is measured", "", METHODS]
+    RESULTS_MD.write_text("\n".join(md) + "\n")
+
+
+METHODS = """\
+- **launch**: `Popen` of the launcher → the first stdout line of every rank (`rank N up` /
+  train.py's first line), as the user sees it. 2 slots per node. flextui: `python -m flextui
+  --headless HOSTFILE SCRIPT`. pdsh: `pdsh -R ssh -w HOSTS` running one remote shell per node
+  that exports WORLD_SIZE/MASTER_ADDR/MASTER_PORT/... and starts that node's ranks with RANK and
+  LOCAL_RANK. DeepSpeed: `deepspeed --hostfile H --master_addr FIRST SCRIPT` (its default
+  ssh check included; `--force_multi` for 1 node, else DeepSpeed runs a one-host hostfile on the
+  console machine instead of the node), DS_ACCELERATOR=cpu via `.deepspeed_env`. OpenSSH's ssh
+  ignores $HOME, so pdsh/DeepSpeed get a PATH `ssh` wrapper adding `-F <cluster ssh_config>`.
+  train.py is `--steps 1 --step-time 0`; its first line comes after `import torch`.
+- **abort**: workers print `ready rank N` and start one child each; once all are ready,
+  SIGINT to the launcher's process group (a terminal's Ctrl+C) → the moment no job process
+  (anything but sshd) is left in any node's PID namespace, polled every ~5 ms. For pdsh, two
+  Ctrl+C 0.3 s apart (its own abort gesture). Processes still there after the observation
+  window are counted, then killed by the benchmark.
+- **ingest**: bench/workers/flood.py writes 100-byte lines stamped with `time.time()`;
+  all ranks start writing at one moment (ready files + go file), so load = W × R lines/s
+  exactly. flextui's console is bench/ingest_console.py = `flextui.job.Job` + an output
+  listener: lines/s into the job model = lines / (last line visible − go); the run dir rate
+  comes from polling rank-*.log sizes; lag = visible − stamp (every 8th line); CPU = the
+  console process's CPU time between first and last line / wall; RSS = ru_maxrss. "launcher"
+  = the local node launcher's CPU (it runs on the console machine on the fast path). pdsh:
+  the same workers through `pdsh -R ssh`, read by the benchmark; CPU/RSS of pdsh + its ssh
+  clients. "garbled" = lines not intact because ranks of a node share pdsh's pipe.
+- **idle**: 64 ranks printing one line then sleeping, under `flextui --headless`; console
+  CPU% over the window by psutil (10 ms tick resolution), node launchers' CPU% summed.
+- **ui**: bench/ui_load.py (see that file).
+"""
+
+
+# --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, shorter loads (~2 min)")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--reps", type=int, help="repetitions of each trivial-worker launch and flextui abort "
+                    "(default 3; --quick 1)")
+    ap.add_argument("--train-reps", type=int, help="repetitions of each examples/train.py launch "
+                    "(default 1; --quick 0 = skip)")
+    ap.add_argument("--nodes", default="1,2,4,8", help="node counts for the launch benchmark")
+    ap.add_argument("--abort-nodes", type=int, default=8)
+    ap.add_argument("--grace", type=float, default=2.0, help="flextui --grace in the SIGTERM-ignoring abort")
+    ap.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed launcher")
+    ap.add_argument("--no-install", action="store_true", help="do not create bench/.ds-venv if missing")
+    ap.add_argument("--no-pdsh", action="store_true", help="skip pdsh baselines")
+    ap.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--flextui-path", help="run flextui from this checkout (PYTHONPATH) instead of the repo")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
+    args = ap.parse_args(argv)
+    only = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    reps = args.reps or (1 if args.quick else 3)
+    train_reps = args.train_reps if args.train_reps is not None else (0 if args.quick else 1)
+    node_counts = [int(n) for n in args.nodes.split(",")]
+    command = "./dev bench" + ("" if argv is None and len(sys.argv) == 1 else " " + shlex.join(
+        argv if argv is not None else sys.argv[1:]))
+    if os.geteuid() != 0:
+        print("bench: needs root (network and PID namespaces for the SSH cluster)", file=sys.stderr)
+        return 2
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    notes: list[str] = []
+    started = time.monotonic()
+    launchers = ["flextui"] + ([] if args.no_pdsh else ["pdsh"])
+    ds_python = ds_version = None
+    if not args.no_deepspeed and ({"launch", "abort"} & set(only)):
+        ds_python, ds_version = ensure_deepspeed(install=not args.no_install)
+        if ds_python:
+            launchers.append("deepspeed")
+        else:
+            notes.append(f"[all] DeepSpeed not measured: {ds_version}")
+            log(f"DeepSpeed unavailable: {ds_version}")
+            ds_version = None
+    machine = machine_info(ds_version)
+    if args.flextui_path:
+        notes.append(f"[all] flextui run from {args.flextui_path} (--flextui-path), not the repository")
+    work = Path(tempfile.mkdtemp(prefix="flextui-bench-"))
+    sections: dict[str, dict] = {}
+    all_rows: list[dict] = []
+    need_nodes = max([*node_counts, args.abort_nodes, 8])
+    try:
+        with sshcluster.SSHCluster(need_nodes, work / "cluster", prefix="ftb", auto_prefix=True) as cluster:
+            log(f"cluster up: {need_nodes} nodes ({cluster.nodes[0].name}..), work dir {work}")
+            bench = Bench(cluster, work / "w", ds_python)
+            if args.flextui_path:
+                base = bench.flextui_env
+
+                def flextui_env() -> dict:
+                    env = base()
+                    env["PYTHONPATH"] = os.path.abspath(args.flextui_path) + os.pathsep + env.get("PYTHONPATH", "")
+                    return env
+                bench.flextui_env = flextui_env  # type: ignore[method-assign]
+            for name in only:
+                t0 = time.monotonic()
+                log(f"--- {name} ---")
+                try:
+                    if name == "launch":
+                        workloads = ["hello"] + (["train"] if train_reps else [])
+                        raw = launch_abort.run_launch(bench, launchers, node_counts, workloads,
+                                                      {"hello": reps, "train": train_reps})
+                        rows = launch_rows(raw, node_counts)
+                    elif name == "abort":
+                        raw = launch_abort.run_abort(bench, launchers, args.abort_nodes, reps, args.grace, args.quick)
+                        rows = abort_rows(raw, args.abort_nodes, args.grace)
+                    elif name == "ingest":
+                        raw = ingest.run_ingest(bench, args.quick, not args.no_pdsh)
+                        rows = ingest_rows(raw)
+                    elif name == "idle":
+                        raw = ingest.run_idle(bench, args.quick)
+                        rows = idle_rows(raw)
+                    else:
+                        rows, raw = run_ui(args.quick, bench.flextui_env())
+                        if raw.get("missing"):
+                            notes.append("[ui] bench/ui_load.py does not exist yet: no UI figures")
+                except Exception as exc:  # keep going: one broken section must not lose the others
+                    traceback.print_exc()
+                    rows = [row(name, "benchmark crashed", f"**error**: {type(exc).__name__}: {exc}"[:200])]
+                    raw = {"error": traceback.format_exc()}
+                    notes.append(f"[{name}] crashed: {type(exc).__name__}: {exc}")
+                    bench.clean_nodes()
+                sections[name] = {"rows": rows, "raw": raw, "command": command, "quick": args.quick,
+                                  "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - t0, 1)}
+                all_rows += rows
+                log(f"{name} took {time.monotonic() - t0:.0f}s")
+    finally:
+        if not args.keep:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(all_rows))
+    print(f"\n{len(all_rows)} rows in {time.monotonic() - started:.0f}s")
+    for n in notes:
+        print("note:", n)
+    if not args.no_results:
+        write_results(sections, machine, notes)
+        print(f"wrote {RESULTS_MD.relative_to(REPO)} and {RESULTS_JSON.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
