@@ -21,7 +21,9 @@ Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "hello", "v": 1, "host": str, "pid": int, "node_rank": int, "t": float}
     {"ev": "started", "rank": r, "pid": int, "t": float}
     {"ev": "out", "rank": r, "data": str}      log text, whole lines ("\\n"-terminated)
-                                               except a final partial line at exit;
+                                               except a final partial line at exit and
+                                               a line over 1 MiB (sent in pieces); at
+                                               most ~2 MiB of text per event;
                                                undecodable bytes are surrogate-escaped
     {"ev": "exited", "rank": r, "code": int|null, "signal": int|null, "t": float,
      "stopped": bool}                          stopped: it ended after we began stopping it
@@ -61,7 +63,7 @@ import psutil
 
 PROTOCOL_VERSION = 1
 POLL_INTERVAL = 0.05
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -135,31 +137,33 @@ class Worker:
         self.pid: int | None = None
         self.read_fd: int | None = None
         self.partial = b""
+        self.more = False
         self.code: int | None = None
         self.signal: int | None = None
         self.exited = False
         self.stopped = False
 
     def read_new(self) -> bytes:
-        """Everything appended to the log since the last call, cut at the last newline."""
+        """Up to READ_CHUNK more bytes of the log, cut after the last newline; a line
+        longer than that goes out in pieces. Sets `more` when the read was capped."""
         if self.read_fd is None:
+            self.more = False
             return b""
-        chunks = [self.partial]
-        while True:
-            chunk = os.read(self.read_fd, READ_CHUNK)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if len(chunk) < READ_CHUNK:
-                break
-        data = b"".join(chunks)
+        chunk = os.read(self.read_fd, READ_CHUNK)
+        self.more = len(chunk) == READ_CHUNK
+        data = self.partial + chunk
         cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) >= READ_CHUNK:
+            cut = _utf8_boundary(data)
         self.partial = data[cut:]
         return data[:cut]
 
     def read_rest(self) -> bytes:
-        data = self.read_new() + self.partial
-        self.partial = b""
+        """Like read_new, and once nothing more is waiting also the last unfinished line."""
+        data = self.read_new()
+        if not self.more:
+            data += self.partial
+            self.partial = b""
         return data
 
 
@@ -361,19 +365,26 @@ class NodeLauncher:
     # -- logs ------------------------------------------------------------------------
 
     def flush(self, worker: Worker, final: bool = False) -> bool:
-        data = worker.read_rest() if final else worker.read_new()
-        if data:
-            self.emitter.emit(
-                {"ev": "out", "rank": worker.rank, "data": data.decode("utf-8", "surrogateescape")}
-            )
-        return bool(data)
+        """Emit the worker's new log text (final: all of it); True if more is waiting.
+
+        One event carries at most about READ_CHUNK bytes, however fast a rank floods its
+        log: the console reads events as lines and a giant one would overrun it."""
+        while True:
+            data = worker.read_rest() if final else worker.read_new()
+            if data:
+                self.emitter.emit(
+                    {"ev": "out", "rank": worker.rank, "data": data.decode("utf-8", "surrogateescape")}
+                )
+            if not (final and worker.more):
+                return worker.more
 
     async def follow_logs_until_done(self) -> None:
         """Stream logs until every worker has exited and no descendant is left."""
         while True:
+            more = False
             for worker in self.workers:
                 if not worker.exited:
-                    self.flush(worker)
+                    more = self.flush(worker) or more
             await self.emitter.drain()
             if all(w.exited for w in self.workers):
                 leftovers = self.descendants()
@@ -382,6 +393,9 @@ class NodeLauncher:
                 # Workers are done but left children behind (say, dataloader workers).
                 self.begin_stop("workers exited, stopping their leftover children")
             self.changed.clear()
+            if more:  # a capped read: read on at once, letting signals and stdin in
+                await asyncio.sleep(0)
+                continue
             try:
                 await asyncio.wait_for(self.changed.wait(), POLL_INTERVAL)
             except asyncio.TimeoutError:
@@ -397,6 +411,17 @@ class NodeLauncher:
         if self.stop_signal is not None:
             return 128 + self.stop_signal
         return max((exit_status(w.code, w.signal) for w in self.workers), default=0)
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """len(data), less a UTF-8 sequence cut short at its end (so a piece decodes whole)."""
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte & 0xC0 != 0x80:  # ASCII or a lead byte
+            need = 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return end - back if need > back else end
+    return end
 
 
 def _become_subreaper() -> None:

@@ -330,3 +330,22 @@ def test_launcher_is_self_contained():
     out = subprocess.run([PY, "-c", "import sys, flextui.launch; print(sorted(m for m in sys.modules "
                           "if m.startswith(('torch', 'flextui.'))))"], capture_output=True, text=True)
     assert out.stdout.strip() == "['flextui.launch']"
+
+
+def test_a_flood_and_a_huge_line_come_in_bounded_events(tmp_path, marker):
+    """However fast a rank writes, one event carries at most ~2 MiB (the console reads
+    events as lines); a line longer than that comes in pieces cut on UTF-8 boundaries."""
+    code = ("import os, sys\n"
+            "os.write(1, 'é'.encode() * 3_000_001 + b'\\n')\n"  # one 6 MB line of 2-byte chars
+            "for i in range(40): os.write(1, b'y' * 999_999 + b'\\n')\n"  # 40 MB as fast as it can
+            "os.write(1, b'x' * 5_000_000)\n")  # and a 5 MB last line without newline
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, [[PY, "-c", code, marker]]))
+    assert launcher.finish(timeout=60) == 0
+    raw = (log_dir / "rank-0.log").read_bytes()
+    assert len(raw) == 6_000_003 + 40_000_000 + 5_000_000
+    outs = launcher.of("out", 0)
+    assert max(len(e["data"].encode("utf-8", "surrogateescape")) for e in outs) <= 2 << 20
+    assert max(len(line) for line in launcher.raw) < 16 << 20
+    assert "".join(e["data"] for e in outs).encode("utf-8", "surrogateescape") == raw
+    assert all(e["data"].isascii() or "\udcc3" not in e["data"] for e in outs), "a split 'é'"

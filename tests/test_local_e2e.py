@@ -300,3 +300,19 @@ def test_torch_gloo_job_completes_and_a_failing_rank_sets_the_exit_code(tmp_path
     summary = read_summary(the_run_dir(tmp_path / "bad"))
     assert (summary["first_failure"], summary["exit_code"], summary["state"]) == (2, 4, "failed")
     assert_nothing_survives(marker)
+
+
+def test_a_rank_flooding_its_log_does_not_break_the_console(tmp_path, marker):
+    # A 70 MB line written at once: more than the console's 64 MiB event-line limit if
+    # the launcher sent it as one event (it crashed the console, and so the job).
+    hostfile = write_hostfile(tmp_path, "localhost slots=2\n")
+    flood = tmp_path / "flood.py"
+    flood.write_text("import os\nos.write(1, b'z' * 70_000_000 + b'\\n')\nprint('done')\n")
+    proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(flood), cwd=tmp_path)
+    code, out, err = finish(proc, timeout=60)
+    assert code == 0, err[-3000:]
+    run_dir = the_run_dir(tmp_path / "runs")
+    assert (run_dir / "rank-0.log").stat().st_size == 70_000_006
+    assert [r["lines"] for r in read_summary(run_dir)["ranks"]] == [2, 2]
+    assert "[1|localhost] done\n" in out and out.count("z" * 1000) >= 69_000
+    assert_nothing_survives(marker)
