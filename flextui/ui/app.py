@@ -335,7 +335,9 @@ class FlexApp(App[int]):
         self.open_tab(f"r{rank}")
 
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        if event.tab is not None and event.tab.id:
+        # Only a tab the user clicked: a message from an earlier programmatic switch
+        # arrives late and must not switch back.
+        if event.tab is not None and event.tab.id and event.tab.id == self.tabs.active:
             key = event.tab.id.removeprefix("tab-")
             if key != self.current_tab:
                 self.open_tab(key)

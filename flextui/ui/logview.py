@@ -27,6 +27,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 
 from flextui.model import JobModel, RankState
 from flextui.ui.collapse import GAP, Collapser, format_ranks
@@ -67,6 +68,16 @@ def width_of(text: str) -> int:
     return cell_len(plain(text))
 
 
+def max_width(texts: list[str]) -> int:
+    """The widest of many lines, at C speed for the usual all-ASCII case."""
+    if not texts:
+        return 0
+    widest = max(map(len, texts))
+    if not all(map(str.isascii, texts)) or not all(map(str.isprintable, texts)):
+        widest = max(widest, max(width_of(t) for t in texts))
+    return widest
+
+
 class Matcher:
     """Smart-case substring match: case-insensitive unless the pattern has capitals."""
 
@@ -103,6 +114,7 @@ class Source:
     end = 0
     live = ""
     dirty_from = 0  # lowest line whose look changed in the last sync (>= old end: appends only)
+    prefix_width = 0  # the widest prefix() (for scroll and wrap widths)
 
     def sync(self) -> bool:
         raise NotImplementedError
@@ -169,6 +181,8 @@ class CombinedSource(Source):
         self.model = model
         self.rows = Collapser(max_rows=max_rows, window=window)
         self.hosts = [r.info.host for r in model.ranks]
+        n = len(self.hosts)
+        self.prefix_width = max(len(f"[0-{n - 1}] "), *(len(f"[{n - 1}|{h}] ") for h in self.hosts))
 
     def sync(self) -> bool:
         rows = self.rows
@@ -337,7 +351,7 @@ class LogView(ScrollView, can_focus=True):
         self.layout_ = layout
         self._syncing = True
         try:
-            self.virtual_size = Size(width if self.wrap else self._max_width, layout.height)
+            self._set_virtual_size(Size(width if self.wrap else self._max_width, layout.height))
             if self.follow:
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
             elif anchor is not None and anchor[0] is not None:
@@ -349,6 +363,22 @@ class LogView(ScrollView, can_focus=True):
             self._syncing = False
         self.refresh()
         return True
+
+    def _set_virtual_size(self, size: Size) -> None:
+        """Like `self.virtual_size = size` without a re-layout of the whole screen.
+
+        The view's own size is fixed by CSS, so only its scrollbars depend on the
+        virtual size; the reactive's layout=True would re-arrange every widget (the
+        65 tabs...) on each sync while the rings fill up.
+        """
+        if size == self.virtual_size:
+            return
+        scroll_update = getattr(self, "_scroll_update", None)
+        if scroll_update is None:  # a Textual without it: the plain (slower) way
+            self.virtual_size = size
+            return
+        self.set_reactive(Widget.virtual_size, size)
+        scroll_update(size)
 
     def set_palette(self, palette: Palette) -> None:
         self.palette = palette
@@ -527,19 +557,12 @@ class LogView(ScrollView, can_focus=True):
         self._mscan = end
         return matches
 
-    def _item_width(self, index: int, text: str | None) -> int:
-        source = self.source
-        return width_of(source.prefix(index)) + width_of(text or "")
-
     def _track_width(self, end: int, live: str | None) -> None:
         # Only lines new since the last sync; the widest line seen sets the scroll range.
         source = self.source
         start = max(self._wscan, source.first)
-        widest = self._max_width
-        for index, text in source.scan(start, end):
-            w = self._item_width(index, text)
-            if w > widest:
-                widest = w
+        texts = [text for _, text in source.scan(start, end)]
+        widest = max(self._max_width, max_width(texts) + source.prefix_width)
         if live is not None:
             widest = max(widest, width_of(live))
         self._max_width = widest
@@ -562,9 +585,11 @@ class LogView(ScrollView, can_focus=True):
         else:
             a = bisect_left(matches, start, self._moff)
             new = ((i, source.text(i)) for i in matches[a:])
+        pw = source.prefix_width
         for index, text in new:
             wabs.append(index)
-            wrows.append(max(1, -(-self._item_width(index, text) // width)))
+            w = (len(text) if text.isascii() and text.isprintable() else width_of(text)) + pw
+            wrows.append(-(-w // width) if w > width else 1)
         rows = list(wrows)
         if live is not None:
             rows.append(max(1, -(-width_of(live) // width)))
