@@ -1,0 +1,213 @@
+"""UI pieces that need no running app: collapsing, formatting, themes, line cleaning."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from flextui.model import JobModel
+from flextui.ui.collapse import GAP, Collapser, format_ranks
+from flextui.ui.format import RateMeter, fmt_duration, fmt_rate, job_state_text, status_text
+from flextui.ui.logview import ERROR_RE, Matcher, clean, max_width, plain, width_of
+from flextui.ui.testing import demo_job
+from flextui.ui.theming import (
+    BUILTIN_DIR, STATUS_VARIABLES, Palette, ThemeError, load_theme_file, load_themes, resolve_theme,
+)
+from flextui.world import World
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the "all ranks" collapse ----------------------------------------------------------
+
+
+def test_format_ranks():
+    assert format_ranks([3]) == "3"
+    assert format_ranks([0, 1, 2, 3, 4, 5, 6, 7]) == "0-7"
+    assert format_ranks([7, 0, 2, 1, 5]) == "0-2,5,7"
+
+
+def test_identical_lines_from_many_ranks_collapse_into_one_row():
+    rows = Collapser(window=64)
+    rows.add([(r, "loss 1.0") for r in range(8)])
+    assert len(rows.rows) == 1 and rows.rows[0].ranks == list(range(8))
+
+
+def test_interleaved_blocks_collapse_line_by_line():
+    rows = Collapser(window=64)
+    block = ["== config ==", "lr 0.1", "batch 8"]
+    rows.add([(r, line) for r in range(4) for line in block])
+    assert [(r.text, format_ranks(r.ranks)) for r in rows.rows] == [
+        ("== config ==", "0-3"), ("lr 0.1", "0-3"), ("batch 8", "0-3")]
+
+
+def test_same_rank_repeating_a_line_makes_a_new_row_and_distinct_lines_stay():
+    rows = Collapser(window=64)
+    rows.add([(0, "tick"), (0, "tick"), (1, "rank 1 step 1"), (2, "rank 2 step 1")])
+    assert [r.text for r in rows.rows] == ["tick", "tick", "rank 1 step 1", "rank 2 step 1"]
+
+
+def test_merges_only_within_the_window():
+    rows = Collapser(window=4)
+    rows.add([(0, "same")] + [(0, f"line {i}") for i in range(10)] + [(1, "same")])
+    assert rows.rows[0].ranks == [0] and rows.rows[-1].text == "same" and rows.rows[-1].ranks == [1]
+
+
+def test_feed_reads_incrementally_and_marks_what_it_missed():
+    combined: deque = deque(maxlen=5)
+    rows = Collapser(max_rows=100)
+    combined.extend([(0, "a"), (1, "b")])
+    assert rows.feed(combined, 2) and [r.text for r in rows.rows] == ["a", "b"]
+    assert not rows.feed(combined, 2)
+    combined.extend((0, f"x{i}") for i in range(10))  # 12 seen, ring keeps 5
+    rows.feed(combined, 12)
+    texts = [r.text for r in rows.rows]
+    assert texts[2].startswith("… 5 line(s) not shown") and rows.rows[2].ranks == [GAP]
+    assert texts[3:] == [f"x{i}" for i in range(5, 10)]
+
+
+def test_rows_are_bounded_and_numbered_absolutely():
+    rows = Collapser(max_rows=10)
+    rows.add([(0, f"l{i}") for i in range(25)])
+    assert len(rows.rows) == 10 and rows.first == 15 and rows.end == 25
+    assert rows.row(15).text == "l15" and rows.row(14) is None
+
+
+def test_model_feeds_the_combined_ring_including_final_partial_lines():
+    model = JobModel(World.from_slots({"localhost": [0, 1]}), "r", combined_lines=3)
+    model.apply(0, {"ev": "out", "rank": 0, "data": "a\nb\n"})
+    model.apply(0, {"ev": "out", "rank": 1, "data": "c\npartial"})
+    model.apply(0, {"ev": "exited", "rank": 1, "code": 0, "t": 1.0})
+    assert list(model.combined) == [(0, "b"), (1, "c"), (1, "partial")]
+    assert model.combined_count == 4
+
+
+# -- plain-text formatting ---------------------------------------------------------------
+
+
+def test_status_words_follow_the_issue():
+    job = demo_job()
+    words = [status_text(r) for r in job.model.ranks]
+    assert words[0] == "running" and words[5] == "failed 1" and words[7] == "stopped SIGTERM"
+    job.exit(0, code=0)
+    job.exit(1, code=None, signal=9)
+    assert status_text(job.model.ranks[0]) == "exited 0"
+    assert status_text(job.model.ranks[1]) == "killed SIGKILL"
+
+
+def test_durations_rates_and_countdown():
+    assert fmt_duration(3.21) == "3.2s" and fmt_duration(125) == "2:05" and fmt_duration(3725) == "1:02:05"
+    assert fmt_rate(0) == "-" and fmt_rate(2.34) == "2.3" and fmt_rate(999) == "999" and fmt_rate(64000) == "64k"
+    job = demo_job()
+    assert job_state_text(job.model, job.t0 + 11) == ("stopping — SIGKILL in 8s", "killed")
+    assert job_state_text(job.model, job.t0 + 30) == ("stopping — SIGKILL sent", "killed")
+
+
+def test_rate_meter():
+    job = demo_job()
+    meter = RateMeter(job.model)
+    assert not meter.sample(100.0)
+    job.out(0, "x\n" * 50)
+    assert meter.sample(101.0)
+    assert meter.rates[0] == 50 and meter.total == 50
+
+
+# -- line cleaning, search --------------------------------------------------------------
+
+
+def test_clean_makes_any_line_safe_to_draw():
+    assert clean("plain text") == ("plain text", False)
+    text, ansi = clean("\x1b[31mred\x1b[0m\tand a bell\x07 and C1\x9b")
+    assert ansi and "\x07" not in text and "\x9b" not in text and "\t" not in text
+    assert plain("\x1b[31mred\x1b[0m") == "red"
+    assert "?" in clean("bad \udcff byte")[0]  # a lone surrogate is not drawn
+    assert width_of("日本") == 4 and width_of("abc") == 3
+    assert max_width(["a", "abcd", "日本語"]) == 6 and max_width([]) == 0
+
+
+def test_matcher_is_smart_case():
+    assert Matcher("loss")("Step 1 LOSS 3") and not Matcher("Loss")("loss 3")
+    assert list(Matcher("ab").spans("xxABxab")) == [(2, 4), (5, 7)]
+    assert Matcher("red")("\x1b[31mred\x1b[0m")
+
+
+@pytest.mark.parametrize("line", [
+    "Traceback (most recent call last):", "RuntimeError: boom", "ERROR rank 3 died",
+    "torch.distributed.DistBackendError: NCCL", "Segmentation fault (core dumped)",
+])
+def test_error_lines(line):
+    assert ERROR_RE.search(line)
+
+
+@pytest.mark.parametrize("line", ["step 3 loss 1.0", "errors=0", "error_rate 0.1"])
+def test_not_error_lines(line):
+    assert not ERROR_RE.search(line)
+
+
+# -- themes ---------------------------------------------------------------------------------
+
+
+def test_builtin_themes_load_with_every_status_colour():
+    themes, errors = load_themes([])
+    assert errors == [] and {"dark", "light"} <= set(themes)
+    for theme in themes.values():
+        assert set(STATUS_VARIABLES) <= set(theme.variables)
+    assert themes["dark"].dark and not themes["light"].dark
+
+
+def test_top_level_themes_dir_is_the_package_one():
+    assert (REPO / "themes").resolve() == BUILTIN_DIR.resolve()
+    assert (REPO / "themes" / "dark.toml").is_file()
+
+
+def test_user_theme_dir_overrides_and_bad_files_are_reported(tmp_path):
+    (tmp_path / "mine.toml").write_text('primary = "#ff0000"\n[variables]\nstatus-failed = "#00ff00"\n')
+    (tmp_path / "light.toml").write_text('name = "light"\nprimary = "#123456"\ndark = false\n')
+    (tmp_path / "broken.toml").write_text('primary = "not a colour"\n')
+    (tmp_path / "typo.toml").write_text('primray = "#ffffff"\n')
+    themes, errors = load_themes([tmp_path])
+    assert themes["mine"].variables["status-failed"] == "#00ff00"
+    assert themes["mine"].variables["status-running"] == STATUS_VARIABLES["status-running"]
+    assert themes["light"].primary == "#123456"
+    assert len(errors) == 2 and any("broken.toml" in e and "not a colour" in e for e in errors)
+    assert any("unknown key 'primray'" in e for e in errors)
+
+
+def test_user_theme_dir_from_xdg(tmp_path, monkeypatch):
+    (tmp_path / "flextui" / "themes").mkdir(parents=True)
+    (tmp_path / "flextui" / "themes" / "solar.toml").write_text('primary = "#b58900"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("FLEXTUI_THEME_DIR", raising=False)
+    themes, _ = load_themes()
+    assert "solar" in themes
+
+
+def test_resolve_theme(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLEXTUI_THEME", raising=False)
+    themes, _ = load_themes([])
+    assert resolve_theme(None, themes) == "dark"
+    assert resolve_theme("light", themes) == "light"
+    with pytest.raises(ThemeError, match="unknown theme 'drak'.*dark, light"):
+        resolve_theme("drak", themes)
+    path = tmp_path / "x.toml"
+    path.write_text('name = "from-path"\nprimary = "#abcdef"\n')
+    assert resolve_theme(str(path), themes) == "from-path" and "from-path" in themes
+    monkeypatch.setenv("FLEXTUI_THEME", "light")
+    assert resolve_theme(None, themes) == "light"
+
+
+def test_palette_takes_status_colours_from_the_theme():
+    theme = load_theme_file(BUILTIN_DIR / "light.toml")
+    palette = Palette({**theme.to_color_system().generate(), **theme.variables})
+    assert palette.status["failed"].color.triplet.hex.lower() == theme.variables["status-failed"].lower()
+    assert not palette.dark
+
+
+def test_themes_are_package_data():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"themes/*.toml"' in text and '"*.tcss"' in text
+    assert (BUILTIN_DIR.parent / "app.tcss").is_file()
+    assert os.path.isdir(BUILTIN_DIR)
