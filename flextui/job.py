@@ -60,6 +60,7 @@ class Job:
         self.state_listeners: list[Callable[[], None]] = []
         self._finished = asyncio.Event()
         self._preflighted = False
+        self._kill_requested = False
 
     # -- running --------------------------------------------------------------------
 
@@ -94,6 +95,11 @@ class Job:
             self._finished.set()
             self._notify()
             raise
+        if self.model.stop_started_at is not None:
+            # Stopped (Ctrl+C) while the launchers were starting: tell the late ones too.
+            for channel in self.channels.values():
+                channel.send({"cmd": "kill"} if self._kill_requested
+                             else {"cmd": "stop", "reason": self.model.stop_reason})
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
             await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
@@ -259,6 +265,7 @@ class Job:
             self.kill()
 
     def kill(self) -> None:
+        self._kill_requested = True
         self.model.begin_stop("killed by user", 0.0, by_user=True)
         for channel in self.channels.values():
             channel.send({"cmd": "kill"})

@@ -316,3 +316,20 @@ def test_a_rank_flooding_its_log_does_not_break_the_console(tmp_path, marker):
     assert [r["lines"] for r in read_summary(run_dir)["ranks"]] == [2, 2]
     assert "[1|localhost] done\n" in out and out.count("z" * 1000) >= 69_000
     assert_nothing_survives(marker)
+
+
+def test_sigint_while_the_launcher_is_starting_is_not_lost(tmp_path, marker, worker):
+    # The run directory appears just before the node launchers start: a Ctrl+C then
+    # used to be recorded but never sent to them, and the job ran on to its end.
+    hostfile = write_hostfile(tmp_path, "localhost slots=2\n")
+    proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(worker), "--run-for", "30", cwd=tmp_path)
+    deadline = time.monotonic() + 15
+    while not (tmp_path / "runs").exists() and time.monotonic() < deadline:
+        time.sleep(0.0005)  # the window is a few milliseconds wide
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, out + err
+    assert time.monotonic() - began < 5, "the job was stopped, not run to its end"
+    assert read_summary(the_run_dir(tmp_path / "runs"))["state"] == "aborted"
+    assert_nothing_survives(marker)
