@@ -7,12 +7,18 @@ node's python: `python -c SOURCE REQUEST_JSON` prints a JSON list of problems.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
+
+_FIND_MODULE = (
+    "import importlib.util, sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "sys.exit(0 if importlib.util.find_spec(sys.argv[2]) else 1)"
+)
 
 
 def check(request: dict) -> list[str]:
@@ -29,11 +35,16 @@ def check(request: dict) -> list[str]:
         if not found:
             problems.append(f"program {script} not found or not executable")
     elif script and request.get("module"):
-        sys.path.insert(0, cwd)
+        # In a child python: finding pkg.mod imports pkg, which must not run inside the
+        # console (nor leave the job's directory on its sys.path, nor crash it).
         try:
-            if importlib.util.find_spec(script) is None:
-                problems.append(f"module {script} not found")
-        except (ImportError, ValueError):
+            found = subprocess.run(
+                [sys.executable, "-c", _FIND_MODULE, cwd, script], cwd=cwd, timeout=120,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            found = False
+        if not found:
             problems.append(f"module {script} not found")
     elif script and not os.path.isfile(os.path.join(cwd, script)):
         problems.append(f"script {script} not found in {cwd}")
