@@ -333,3 +333,48 @@ def test_sigint_while_the_launcher_is_starting_is_not_lost(tmp_path, marker, wor
     assert time.monotonic() - began < 5, "the job was stopped, not run to its end"
     assert read_summary(the_run_dir(tmp_path / "runs"))["state"] == "aborted"
     assert_nothing_survives(marker)
+
+
+@pytest.mark.parametrize("mode", ["--module", "--no_python", "--no_local_rank"])
+def test_command_modes_end_to_end(tmp_path, marker, mode):
+    hostfile = write_hostfile(tmp_path, "localhost slots=2\n")
+    if mode == "--module":
+        pkg = tmp_path / "fxjob"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        (pkg / "main.py").write_text("import os, sys\nprint('module', os.environ['RANK'], sys.argv[1:])\n")
+        target, expect = ["fxjob.main", "a"], "module {rank} ['--local_rank={rank}', 'a']"
+    elif mode == "--no_python":
+        run = tmp_path / "run.sh"
+        run.write_text('#!/bin/sh\necho "shell $RANK $*"\n')
+        run.chmod(0o755)
+        target, expect = ["./run.sh", "a"], "shell {rank} --local_rank={rank} a"
+    else:
+        (tmp_path / "plain.py").write_text("import os, sys\nprint('plain', os.environ['RANK'], sys.argv[1:])\n")
+        target, expect = ["plain.py", "a"], "plain {rank} ['a']"
+    proc = start_flextui(*flextui_args(tmp_path, mode), str(hostfile), *target, cwd=tmp_path)
+    code, out, err = finish(proc)
+    assert code == 0, out + err
+    run_dir = the_run_dir(tmp_path / "runs")
+    for rank in range(2):
+        assert read_text(run_dir / f"rank-{rank}.log") == expect.format(rank=rank) + "\n"
+        assert f"[{rank}|localhost] {expect.format(rank=rank)}\n" in out
+
+
+def test_a_failure_on_one_node_stops_the_other_node(tmp_path, marker, worker):
+    # Two node launchers (localhost, 127.0.0.1): rank 3 on node 1 fails; node 0's ranks
+    # are stopped by the console's stop command, not by their own launcher.
+    hostfile = write_hostfile(tmp_path, "localhost slots=2\n127.0.0.1 slots=2\n")
+    proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(worker), "--children", "1",
+                         "--fail", "3", "--code", "6", "--after", "0.8", cwd=tmp_path)
+    run_dir = wait_ready(tmp_path, range(4))
+    children = pids_in_logs(run_dir, range(4), "child")
+    code, out, err = finish(proc)
+    assert code == 6, out + err
+    events = read_events(run_dir)
+    stopping = {e["node"]: e["reason"] for e in events if e["ev"] == "stopping"}
+    assert stopping == {0: "rank 3 failed", 1: "rank 3 failed"}
+    summary = read_summary(run_dir)
+    assert (summary["first_failure"], summary["exit_code"]) == (3, 6)
+    assert [r["stopped"] for r in summary["ranks"]] == [True, True, True, False]
+    assert_nothing_survives(marker, [r["pid"] for r in summary["ranks"]] + children)
