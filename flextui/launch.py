@@ -42,6 +42,41 @@ silently dropped network closes no channel. A stdin that is a regular file or /d
 is not watched (no console: the launcher runs until its workers end). The first worker to
 exit non-zero stops the others; the launcher then exits with that worker's code (128 +
 signal for a signal); workers not started yet by then are never started.
+
+Elastic mode (the spec has "elastic" and no "workers"):
+    "elastic": {"agent": [python, "-m", "torch.distributed.run", ..options..],
+                "python": str, "nproc": int,
+                "worker": {"head": [..], "tail": [..], "local_rank_arg": bool}}
+The launcher's only child is torch's elastic agent (own session, stdout+stderr to
+`<log_dir>/elastic-node<N>/agent.log`), which rendezvous with the other nodes and starts,
+restarts and stops the workers itself. Each worker runs through a small shim (SHIM_SOURCE)
+that writes the command's stdout+stderr to `elastic-node<N>/w<pid>.log` and records the
+identity torch gave it (RANK, WORLD_SIZE, MASTER_ADDR:PORT, ...) and its outcome, so logs
+are kept per attempt and global rank and exit codes are exact. The workers the agent
+starts together after one rendezvous form a group; `seq` numbers this node's groups
+0, 1, ..; the console maps (node, seq) to a global attempt by the round's identity
+(master, world_size), which is the same on every node of a round. Events (besides hello,
+stopping, killing, error and done as above; no "started"):
+    {"ev": "agent", "pid": int, "argv": [..], "t": float}     the agent started
+    {"ev": "agent_out", "data": str}           the agent's own log text (as "out")
+    {"ev": "attempt", "seq": s, "restart_count": int, "world_size": W, "group_rank": g,
+     "group_world_size": G, "master": "addr:port",
+     "ranks": [{"rank": r, "local_rank": l, "pid": int|null}, ..], "t": float}
+                                               a new worker group on this node; sent again
+                                               (same seq) if a straggler joins it late
+    {"ev": "out", "seq": s, "rank": r, "data": str}
+    {"ev": "exited", "seq": s, "rank": r, "code": int|null, "signal": int|null,
+     "t": float, "stopped": bool}              stopped: by us (stop, stop_attempt, stop_rank)
+    {"ev": "stopping_attempt", "seq": s, "reason": str, "t": float}
+    {"ev": "agent_exited", "code": int|null, "signal": int|null, "stopped": bool, "t": float}
+Commands (besides stop, kill and ping):
+    {"cmd": "stop_attempt", "master": "addr:port", "world_size": W, "reason": str}
+        stop (SIGTERM, SIGKILL after the grace) this node's workers of that round, now or
+        when they appear: a peer node is gone, so they would fail or hang; the agent then
+        restarts them and re-rendezvous with whoever is left
+    {"cmd": "stop_rank", "rank": r}  stop a worker of the current group (the agent restarts)
+A worker that fails is the agent's business (restart up to --max-restarts), not a reason
+to stop; the launcher ends when the agent has, exiting with the agent's status.
 """
 
 from __future__ import annotations
@@ -198,13 +233,7 @@ class NodeLauncher:
             loop.add_signal_handler(sig, self.on_signal, sig)
         stdin_task = asyncio.ensure_future(self.watch_stdin())
         os.makedirs(self.log_dir, exist_ok=True)
-        for worker in self.workers:
-            if self.stopping:
-                # A worker that could not start stopped the job: the rest never run (their
-                # ranks stay without a "started" event) and must not be waited for.
-                worker.exited = True
-                continue
-            self.spawn(worker)
+        self.start_processes()
         self.reap()
         await self.follow_logs_until_done()
         stdin_task.cancel()
@@ -212,6 +241,15 @@ class NodeLauncher:
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
         await self.emitter.close()
         return code
+
+    def start_processes(self) -> None:
+        for worker in self.workers:
+            if self.stopping:
+                # A worker that could not start stopped the job: the rest never run (their
+                # ranks stay without a "started" event) and must not be waited for.
+                worker.exited = True
+                continue
+            self.spawn(worker)
 
     def spawn(self, worker: Worker) -> None:
         env = dict(os.environ)
@@ -413,6 +451,357 @@ class NodeLauncher:
         return max((exit_status(w.code, w.signal) for w in self.workers), default=0)
 
 
+# -- elastic mode: torch's elastic agent as the only child ----------------------------
+
+#: Runs as each worker of torch's agent (`python -S -c SHIM_BOOT`, the source in the env):
+#: starts the user's command with stdout+stderr in one file of its own, describes itself in
+#: `w<pid>.json` (identity from the env torch gave it) and its outcome in `w<pid>.status`,
+#: then ends the way the command did, so the agent sees the real exit code or signal.
+#: It needs no signal forwarding: torch (killpg) and this launcher (every descendant)
+#: signal the command directly. The command's argv comes from the env, not through
+#: torchrun, which would rewrite `$$` and `${local_rank}` in arguments.
+SHIM_SOURCE = r'''
+import json, os, signal, subprocess, sys, time
+env = os.environ
+out_dir = env.pop("FLEXTUI_ELASTIC_DIR")
+spec = json.loads(env.pop("FLEXTUI_WORKER"))
+env.pop("FLEXTUI_SHIM", None)
+for name in spec.get("unset", ()):
+    env.pop(name, None)
+for ours, theirs in (("CROSS_RANK", "GROUP_RANK"), ("CROSS_SIZE", "GROUP_WORLD_SIZE"),
+                     ("LOCAL_SIZE", "LOCAL_WORLD_SIZE")):
+    if theirs in env:
+        env[ours] = env[theirs]
+local_rank = env.get("LOCAL_RANK", "0")
+argv = spec["head"] + (["--local_rank=" + local_rank] if spec.get("local_rank_arg") else []) + spec["tail"]
+base = os.path.join(out_dir, "w%d" % os.getpid())
+
+
+def write(path, record):
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def number(name, default=-1):
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        return default
+
+
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(sig, lambda *_: None)  # outlive the command to report it; exec resets these
+meta = {"shim": os.getpid(), "rank": number("RANK"), "local_rank": number("LOCAL_RANK"),
+        "local_world_size": number("LOCAL_WORLD_SIZE"), "world_size": number("WORLD_SIZE"),
+        "group_rank": number("GROUP_RANK"), "group_world_size": number("GROUP_WORLD_SIZE"),
+        "restart_count": number("TORCHELASTIC_RESTART_COUNT", 0),
+        "master": "%s:%s" % (env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")), "t": time.time()}
+log = os.open(base + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+try:
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+except OSError as exc:
+    os.write(log, ("flextui: cannot start %s: %s\n" % (argv[0], exc.strerror)).encode())
+    write(base + ".json", dict(meta, pid=None))
+    write(base + ".status", {"code": 127, "signal": None, "t": time.time()})
+    os._exit(127)
+os.close(log)
+write(base + ".json", dict(meta, pid=child.pid))
+code = child.wait()
+write(base + ".status", {"code": code if code >= 0 else None, "signal": -code if code < 0 else None,
+                         "t": time.time()})
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+    os._exit(128 - code)
+os._exit(code)
+'''
+SHIM_BOOT = "import os;exec(os.environ['FLEXTUI_SHIM'])"
+GROUP_WAIT = 2.0  # seconds to wait for all of a worker group's shims before announcing it
+
+
+class ElasticWorker(Worker):
+    """One worker of the agent, seen through the files its shim writes."""
+
+    def __init__(self, meta: dict, base: str, seq: int) -> None:
+        super().__init__({"rank": meta["rank"], "argv": []}, os.path.dirname(base))
+        self.log_path = base + ".log"
+        self.status_path = base + ".status"
+        self.seq = seq
+        self.local_rank: int = meta["local_rank"]
+        self.pid = meta.get("pid")
+        try:
+            self.shim: psutil.Process | None = psutil.Process(meta["shim"])
+        except psutil.Error:
+            self.shim = None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return [self.shim, *self.shim.children(recursive=True)] if self.shim else []
+        except psutil.Error:
+            return []
+
+    def gone(self) -> bool:
+        try:
+            return self.shim is None or self.shim.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    def close(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+
+
+class WorkerGroup:
+    """The workers one agent started together after one rendezvous (one attempt)."""
+
+    def __init__(self, seq: int, meta: dict) -> None:
+        self.seq = seq
+        self.meta = meta
+        self.key = (meta["master"], meta["world_size"], meta["restart_count"], meta["group_rank"])
+        self.identity = (meta["master"], meta["world_size"])  # the same on every node of the round
+        self.workers: dict[int, ElasticWorker] = {}
+        self.first_seen = time.monotonic()
+        self.announced = False
+        self.stopped = False
+
+
+class ElasticNodeLauncher(NodeLauncher):
+    """Runs torch's elastic agent and reports the workers it starts, attempt by attempt."""
+
+    def __init__(self, spec: dict, grace: float, console_timeout: float = 0.0) -> None:
+        super().__init__(spec, grace, console_timeout)
+        self.elastic = spec["elastic"]
+        self.dir = os.path.join(self.log_dir, f"elastic-node{spec.get('node_rank', 0)}")
+        self.agent = Worker({"rank": -1, "argv": self.agent_argv()}, self.dir)
+        self.agent.log_path = os.path.join(self.dir, "agent.log")
+        self.workers = [self.agent]  # what the base class signals, reaps and waits for
+        self.groups: list[WorkerGroup] = []
+        self.seen: set[str] = set()
+        self.doomed: dict[tuple, str] = {}  # attempt identity -> why its workers must stop
+
+    def agent_argv(self) -> list[str]:
+        return [*self.elastic["agent"], "--log-dir", os.path.join(self.dir, "torchelastic"),
+                "--no-python", self.elastic["python"], "-S", "-c", SHIM_BOOT]
+
+    def start_processes(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        env = dict(os.environ)
+        env.update(self.spec.get("env", {}))
+        # Workers would find stale addresses in a rendezvous store shared across restarts
+        # (pytorch#135712): every round gets a fresh one. INFO makes the agent's log say
+        # what it does; the shim takes back from the workers whatever we added.
+        added = [name for name in ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "LOGLEVEL") if name not in env]
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+        env.setdefault("LOGLEVEL", "INFO")
+        env["FLEXTUI_ELASTIC_DIR"] = self.dir
+        env["FLEXTUI_SHIM"] = SHIM_SOURCE
+        env["FLEXTUI_WORKER"] = json.dumps({**self.elastic["worker"], "unset": added})
+        agent = self.agent
+        log = open(agent.log_path, "ab", buffering=0)
+        try:
+            agent.proc = subprocess.Popen(
+                agent.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.spec.get("cwd") or None, env=env, start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot start torch's elastic agent: {agent.argv[0]}: {exc.strerror}"
+            self.emitter.emit({"ev": "error", "rank": None, "message": message})
+            agent.code, agent.exited = 127, True
+            return
+        finally:
+            log.close()
+        agent.pid = agent.proc.pid
+        agent.read_fd = os.open(agent.log_path, os.O_RDONLY)
+        self.by_pid[agent.pid] = agent
+        self.emitter.emit({"ev": "agent", "pid": agent.pid, "argv": agent.argv, "t": time.time()})
+
+    def on_exit(self, worker: Worker, code: int | None, sig: int | None) -> None:
+        # Only the agent is our child; when it is gone so is the job on this node.
+        self.flush(worker, final=True)
+        worker.code, worker.signal, worker.exited = code, sig, True
+        self.emitter.emit({"ev": "agent_exited", "code": code, "signal": sig,
+                           "stopped": self.stopping, "t": time.time()})
+        self.changed.set()
+
+    def on_command(self, command: dict) -> None:
+        kind = command.get("cmd")
+        if kind == "stop_attempt":
+            identity = (command.get("master"), command.get("world_size"))
+            reason = command.get("reason", "stopped by console")
+            self.doomed.setdefault(identity, reason)
+            for group in self.groups:
+                if group.identity == identity and group.announced:
+                    self.stop_group(group, reason)
+        elif kind == "stop_rank":
+            for group in self.groups[-1:]:
+                for worker in group.workers.values():
+                    if worker.rank == command.get("rank") and not worker.exited:
+                        self.stop_worker(worker)
+        else:
+            super().on_command(command)
+
+    def stop_group(self, group: WorkerGroup, reason: str) -> None:
+        if group.stopped:
+            return
+        group.stopped = True
+        self.emitter.emit({"ev": "stopping_attempt", "seq": group.seq, "reason": reason, "t": time.time()})
+        for worker in group.workers.values():
+            self.stop_worker(worker)
+
+    def stop_worker(self, worker: ElasticWorker) -> None:
+        """SIGTERM its tree now, SIGKILL what is left of it after the grace. The agent sees
+        a failed worker and restarts its group (counted in --max-restarts)."""
+        if worker.exited:
+            return
+        worker.stopped = True
+        self.signal_tree(worker.tree(), signal.SIGTERM)
+        asyncio.get_running_loop().call_later(
+            self.grace, lambda: self.signal_tree(worker.tree(), signal.SIGKILL))
+
+    # -- discovering workers -----------------------------------------------------------
+
+    def scan(self) -> None:
+        try:
+            names = [n for n in os.listdir(self.dir) if n.endswith(".json") and n not in self.seen]
+        except OSError:
+            names = []
+        found = []
+        for name in names:
+            try:
+                with open(os.path.join(self.dir, name)) as f:
+                    meta = json.load(f)
+            except (OSError, ValueError):
+                continue  # not there yet (the shim renames it into place)
+            self.seen.add(name)
+            found.append((meta.get("t", 0.0), name, meta))
+        for _, name, meta in sorted(found, key=lambda item: item[:2]):
+            self.add_worker(meta, os.path.join(self.dir, name[: -len(".json")]))
+        for group in self.groups:
+            if not group.announced and (
+                len(group.workers) >= self.elastic["nproc"] or self.agent.exited
+                or time.monotonic() - group.first_seen > GROUP_WAIT
+            ):
+                self.announce(group)
+
+    def add_worker(self, meta: dict, base: str) -> None:
+        group = self.groups[-1] if self.groups else None
+        key = (meta["master"], meta["world_size"], meta["restart_count"], meta["group_rank"])
+        if group is None or group.key != key or meta["local_rank"] in group.workers:
+            group = WorkerGroup(len(self.groups), meta)
+            self.groups.append(group)
+        worker = ElasticWorker(meta, base, group.seq)
+        group.workers[worker.local_rank] = worker
+        if group.announced:  # a straggler after GROUP_WAIT: announce the group again
+            self.announce(group)
+
+    def announce(self, group: WorkerGroup) -> None:
+        group.announced = True
+        meta = group.meta
+        self.emitter.emit({
+            "ev": "attempt", "seq": group.seq, "restart_count": meta["restart_count"],
+            "world_size": meta["world_size"], "group_rank": meta["group_rank"],
+            "group_world_size": meta["group_world_size"], "master": meta["master"],
+            "ranks": [{"rank": w.rank, "local_rank": w.local_rank, "pid": w.pid}
+                      for _, w in sorted(group.workers.items())],
+            "t": meta.get("t"),
+        })
+        for worker in group.workers.values():
+            if worker.read_fd is None and not worker.exited:
+                try:
+                    worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
+                except OSError:
+                    pass
+        reason = self.doomed.get(group.identity)
+        if reason is not None:
+            self.stop_group(group, reason)
+
+    def check_exit(self, worker: ElasticWorker, final: bool = False) -> None:
+        status = _read_json(worker.status_path)
+        if status is None:
+            if not (final or worker.gone()):
+                return
+            status = _read_json(worker.status_path)  # it may have written it just now
+        if status is None:  # gone without a word: only SIGKILL does that to the shim
+            status = {"code": None, "signal": signal.SIGKILL, "t": time.time()}
+        self.flush(worker, final=True)
+        worker.close()
+        worker.code, worker.signal, worker.exited = status.get("code"), status.get("signal"), True
+        self.emitter.emit({"ev": "exited", "seq": worker.seq, "rank": worker.rank,
+                           "code": worker.code, "signal": worker.signal, "t": status.get("t"),
+                           "stopped": worker.stopped or self.stopping})
+
+    def live_workers(self):
+        for group in self.groups:
+            if group.announced:
+                for worker in group.workers.values():
+                    if not worker.exited:
+                        yield worker
+
+    # -- logs --------------------------------------------------------------------------
+
+    def flush(self, worker: Worker, final: bool = False) -> bool:
+        while True:
+            data = worker.read_rest() if final else worker.read_new()
+            if data:
+                text = data.decode("utf-8", "surrogateescape")
+                if worker is self.agent:
+                    self.emitter.emit({"ev": "agent_out", "data": text})
+                else:
+                    self.emitter.emit({"ev": "out", "seq": worker.seq, "rank": worker.rank, "data": text})
+            if not (final and worker.more):
+                return worker.more
+
+    async def follow_logs_until_done(self) -> None:
+        """Stream the agent's and its workers' logs until the agent is gone with every
+        process it left behind."""
+        while True:
+            self.scan()
+            more = self.flush(self.agent) if not self.agent.exited else False
+            for worker in list(self.live_workers()):
+                more = self.flush(worker) or more
+                self.check_exit(worker)
+            await self.emitter.drain()
+            if self.agent.exited:
+                if not self.descendants():
+                    break
+                self.begin_stop("torch's elastic agent exited, stopping what it left behind")
+            self.changed.clear()
+            if more:
+                await asyncio.sleep(0)
+                continue
+            try:
+                await asyncio.wait_for(self.changed.wait(), POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+        self.scan()
+        for group in self.groups:
+            if not group.announced:
+                self.announce(group)
+        for worker in list(self.live_workers()):
+            self.check_exit(worker, final=True)
+        if self.agent.read_fd is not None:
+            self.flush(self.agent, final=True)
+        if self.escalation:
+            self.escalation.cancel()
+
+    def exit_code(self) -> int:
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        if self.agent.pid is None and self.agent.code is None:
+            return 1
+        return exit_status(self.agent.code, self.agent.signal)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _utf8_boundary(data: bytes) -> int:
     """len(data), less a UTF-8 sequence cut short at its end (so a piece decodes whole)."""
     end = len(data)
@@ -452,7 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_pid:
         with open(args.save_pid, "w") as f:
             f.write(f"{os.getpid()}\n")
-    return asyncio.run(NodeLauncher(spec, args.grace, args.console_timeout).run())
+    launcher = ElasticNodeLauncher if spec.get("elastic") else NodeLauncher
+    return asyncio.run(launcher(spec, args.grace, args.console_timeout).run())
 
 
 if __name__ == "__main__":
