@@ -121,8 +121,9 @@ def test_rate_meter():
 def test_clean_makes_any_line_safe_to_draw():
     assert clean("plain text") == ("plain text", False)
     text, ansi = clean("\x1b[31mred\x1b[0m\tand a bell\x07 and C1\x9b")
-    assert ansi and "\x07" not in text and "\x9b" not in text and "\t" not in text
-    assert plain("\x1b[31mred\x1b[0m") == "red"
+    assert ansi and "\x07" not in text and "\x9b" not in text
+    assert plain("\x1b[31mred\x1b[0m\tx") == "red     x"  # tabs expand after the escapes go
+    assert clean("a\tb") == ("a       b", False)
     assert "?" in clean("bad \udcff byte")[0]  # a lone surrogate is not drawn
     assert width_of("日本") == 4 and width_of("abc") == 3
     assert max_width(["a", "abcd", "日本語"]) == 6 and max_width([]) == 0

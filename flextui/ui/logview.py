@@ -51,15 +51,20 @@ def clean(text: str) -> tuple[str, bool]:
     if not text.isascii():  # lone surrogates from undecodable bytes become "?"
         text = text.encode("utf-8", "replace").decode("utf-8", "replace")
     has_ansi = "\x1b" in text
-    if "\t" in text:
+    text = _CONTROL_RE.sub("\ufffd", text)
+    if "\t" in text and not has_ansi:  # with escapes, tabs are expanded after parsing them
         text = text.expandtabs(8)
-    return _CONTROL_RE.sub("\ufffd", text), has_ansi
+    return text, has_ansi
 
 
 def plain(text: str) -> str:
     """What search, filter and widths see: no escapes, no control characters."""
     text, has_ansi = clean(text)
-    return ANSI_RE.sub("", text) if has_ansi else text
+    if has_ansi:
+        text = ANSI_RE.sub("", text).replace("\x1b", "\ufffd")
+        if "\t" in text:
+            text = text.expandtabs(8)
+    return text
 
 
 def width_of(text: str) -> int:
@@ -508,7 +513,8 @@ class LogView(ScrollView, can_focus=True):
         super().watch_scroll_y(old_value, new_value)
         if self._syncing:
             return
-        if new_value < old_value and self.follow:
+        # Scrolling up pauses follow; being clamped to a new bottom (a resize) does not.
+        if new_value < old_value and self.follow and new_value < self.max_scroll_y:
             self.follow = False
             self.post_message(self.Changed())
         elif not self.follow and new_value > old_value and new_value >= self.max_scroll_y:
@@ -625,6 +631,8 @@ class LogView(ScrollView, can_focus=True):
             text = Text.from_ansi(shown, no_wrap=True, end="")
             if "\x1b" in text.plain:
                 text = Text(text.plain.replace("\x1b", "\ufffd"), end="")
+            if "\t" in text.plain:
+                text.expand_tabs(8)
         else:
             text = Text(shown, no_wrap=True, end="")
         text.stylize_before(line_style)  # Text.render ignores Text.style: make it a span

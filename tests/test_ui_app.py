@@ -1,0 +1,391 @@
+"""Pilot tests of the console's behaviour on a FakeJob (no processes; fast).
+
+The same app against real local jobs is in test_ui_job.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flextui.ui.app import FlexApp, stop_job_of
+from flextui.ui.logview import RankSource
+from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
+from flextui.ui.testing import DEMO_NOW, FakeJob, demo_job
+
+SIZE = (120, 40)
+
+
+def make_app(job, **kw) -> FlexApp:
+    kw.setdefault("theme_dirs", [])
+    kw.setdefault("clock", lambda: job.t0 + 5)
+    return FlexApp(job, **kw)
+
+
+async def settle(pilot, seconds: float = 0.15) -> None:
+    await pilot.pause(seconds)
+
+
+def screen_text(app) -> str:
+    return "\n".join(app.log_view.visible_text())
+
+
+def bar_text(app) -> str:
+    return "\n".join(t.plain for t in app.job_bar.lines)
+
+
+async def finish(app, pilot) -> None:
+    app.job.finish()
+    await settle(pilot)
+    app.exit()
+    await stop_job_of(app)
+
+
+async def test_tabs_for_every_rank_and_number_keys():
+    job = FakeJob({"a": 8, "b": 8})
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.tabs.tab_count == 17 and app.current_tab == "all"
+        await pilot.press("3")
+        assert app.current_tab == "r3" and isinstance(app.log_view.source, RankSource)
+        await pilot.press("1", "2")  # quickly: rank 12
+        assert app.current_tab == "r12" and app.table.cursor == 12
+        await pilot.press("tab")
+        assert app.current_tab == "r13"
+        await pilot.press("shift+tab", "shift+tab")
+        assert app.current_tab == "r11"
+        await pilot.press("a")
+        assert app.current_tab == "all"
+        await pilot.press("left_square_bracket")
+        assert app.current_tab == "r15"
+        await finish(app, pilot)
+
+
+async def test_selecting_a_row_opens_its_tab():
+    job = FakeJob()
+    job.start_all()
+    job.out(2, "hello from two\n")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "down", "enter")
+        assert app.current_tab == "r2" and app.focused is app.log_view
+        assert "hello from two" in screen_text(app)
+        await pilot.press("t")
+        assert app.focused is app.table
+        await pilot.click("#ranks", offset=(5, 1))
+        assert app.current_tab == "r1"
+        await finish(app, pilot)
+
+
+async def test_follow_pauses_on_scroll_up_and_keeps_its_place():
+    job = FakeJob(tail_lines=300)
+    job.start_all()
+    job.out(0, "".join(f"line {i}\n" for i in range(200)))
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        await settle(pilot)
+        view = app.log_view
+        assert view.follow and "line 199" in screen_text(app)
+        await pilot.press("t")  # focus the log
+        assert app.focused is view
+        await pilot.press("up", "up", "up")
+        assert not view.follow
+        top = view.visible_text()[0]
+        job.out(0, "".join(f"line {i}\n" for i in range(200, 400)))  # the ring drops 100
+        await settle(pilot)
+        assert view.visible_text()[0] == top, "a paused view stays on the same text"
+        assert "PAUSED" in app.status_line.lines[0].plain
+        await pilot.press("f")
+        assert view.follow and "line 399" in screen_text(app)
+        assert "FOLLOWING" in app.status_line.lines[0].plain
+        await pilot.press("home")
+        assert not view.follow and view.visible_text()[0] == "line 100"  # oldest kept
+        await pilot.press("end")
+        assert view.follow
+        await finish(app, pilot)
+
+
+async def test_search_next_previous_and_highlight():
+    job = FakeJob()
+    job.start_all()
+    job.out(1, "".join(f"step {i} {'needle' if i % 50 == 7 else 'hay'}\n" for i in range(300)))
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1")
+        await settle(pilot)
+        view = app.log_view
+        await pilot.press("slash", *"needle", "enter")
+        assert view.search is not None and view.current_line() is not None
+        first = view.cursor
+        assert "needle" in view.current_line() and not view.follow
+        await pilot.press("n")
+        assert view.cursor > first and "needle" in view.current_line()
+        await pilot.press("N")
+        assert view.cursor == first
+        # the match is drawn with the theme's match style
+        y = view.layout_.item_row(view.layout_.abs_to_item(first)) - int(view.scroll_y)
+        strip = view.render_line(y)
+        styles = [seg.style for seg in strip if "needle" in seg.text]
+        assert styles and styles[0].bgcolor == app.palette.match.bgcolor
+        await pilot.press("slash", *"nothing-like-this", "enter")
+        assert view.cursor == first  # not found: stays
+        await finish(app, pilot)
+
+
+async def test_filter_shows_only_matching_lines_and_keeps_up():
+    job = FakeJob()
+    job.start_all()
+    job.out(0, "".join(f"step {i} {'loss' if i % 3 == 0 else 'other'}\n" for i in range(90)))
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        await pilot.press("ampersand", *"loss", "enter")
+        await settle(pilot)
+        view = app.log_view
+        shown = [line for line in view.visible_text() if line]
+        assert view.layout_.count == 30 and shown and all("loss" in line for line in shown)
+        job.out(0, "new loss line\nnew other line\n")
+        await settle(pilot)
+        assert view.layout_.count == 31 and "new loss line" in screen_text(app)
+        assert "filter “loss” (31 lines)" in app.status_line.lines[0].plain
+        await pilot.press("ampersand", "ctrl+u", "enter")  # empty: filter off
+        assert view.filter is None and view.layout_.count == 92
+        await finish(app, pilot)
+
+
+async def test_wrap_toggle():
+    job = FakeJob()
+    job.start_all()
+    job.out(0, "short\n" + "x" * 250 + "END\nafter\n")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        await settle(pilot)
+        view = app.log_view
+        assert view.layout_.height == 3 and view.virtual_size.width >= 253
+        await pilot.press("w")
+        assert view.wrap and view.layout_.height > 3
+        text = screen_text(app)
+        assert "END" in text and "after" in text
+        await pilot.press("w")
+        assert not view.wrap and view.layout_.height == 3
+        await finish(app, pilot)
+
+
+async def test_error_jump_and_first_failure_jump():
+    job = demo_job()
+    app = make_app(job, clock=lambda: DEMO_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert "first failure: rank 5 on node-b, failed 1" in bar_text(app)
+        assert "SIGKILL in 8s" in bar_text(app)
+        assert app._tab_label("r5").plain == "▶5"
+        await pilot.press("x")
+        view = app.log_view
+        assert app.current_tab == "r5" and view.current_line() == "Traceback (most recent call last):"
+        await pilot.press("3", "e")
+        assert app.current_tab == "r3" and "NCCL watchdog" not in (view.current_line() or "")
+        await pilot.press("a", "e")
+        assert "Traceback" in view.current_line()
+        await pilot.press("e")
+        assert "RuntimeError" in view.current_line()
+        await finish(app, pilot)
+
+
+async def test_progress_bars_show_as_one_live_line_and_odd_bytes_are_drawn_safely():
+    job = FakeJob()
+    job.start_all()
+    job.out(0, "start\n\x1b[31mred\x1b[0m\tand \x07bell \udcff\n")
+    for pct in range(0, 101, 10):
+        job.out(0, f"\rtraining {pct}%")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        await settle(pilot)
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows == ["start", "red     and \ufffdbell \ufffd", "training 100%"]
+        assert "training 100%" in app.table.render_line(0).text
+        await finish(app, pilot)
+
+
+async def test_all_ranks_view_collapses_identical_lines():
+    job = FakeJob({"localhost": 8})
+    job.start_all()
+    for rank in range(8):
+        job.out(rank, "loss 1.0\n")
+    job.out(3, "only three\n")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows == ["[0-7] loss 1.0", "[3|localhost] only three"]
+        await finish(app, pilot)
+
+
+async def test_stop_rank_node_and_kill_ask_first():
+    job = FakeJob({"a": 2, "b": 2})
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "down", "down", "k")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert job.calls == []
+        await pilot.press("k", "y")
+        assert job.calls == [("stop_rank", 3)]
+        await pilot.press("K", "y")
+        assert job.calls[-1] == ("stop_node", 1)
+        await pilot.press("exclamation_mark", "y")
+        assert job.calls[-1] == ("kill",)
+        await settle(pilot)
+        assert app.job_done and isinstance(app.screen, SummaryScreen)
+        await pilot.press("escape")
+        await pilot.press("k")
+        assert not isinstance(app.screen, ConfirmScreen)  # nothing runs any more
+        app.exit()
+        await stop_job_of(app)
+
+
+async def test_ctrl_c_aborts_then_kills_then_quits():
+    job = FakeJob(finish_on_stop=False)
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+c")
+        assert job.calls[:2] == [("abort",), ("stop", "aborted by user")]
+        assert "stopping — SIGKILL in" in bar_text(app)
+        await pilot.press("ctrl+c")
+        assert ("kill",) in job.calls
+        await settle(pilot)
+        assert app.job_done and job.model.exit_code == 130
+        await pilot.press("ctrl+c")
+        await settle(pilot)
+    assert app.return_value == 130
+    await stop_job_of(app)
+
+
+async def test_quit_asks_while_running_and_stops_the_job_first():
+    job = FakeJob(finish_on_stop=False)
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.is_running and job.calls == []
+        await pilot.press("q", "y")
+        assert job.calls == [("stop", "quit by user")] and app.is_running
+        assert "quitting when the job has stopped" in bar_text(app)
+        job.end_all(signal=15, stopped=True)  # the ranks go
+        await settle(pilot, 0.3)
+        assert not app.is_running
+    assert app.return_value == 130
+    await stop_job_of(app)
+
+
+async def test_quit_when_finished_needs_no_confirmation():
+    job = FakeJob(run_forever=False)
+    job.start_all()
+    job.end_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, SummaryScreen)
+        assert "job succeeded (exit code 0)" in app.screen.query_one("#verdict").render().plain
+        await pilot.press("q")
+        await settle(pilot)
+    assert app.return_value == 0
+
+
+async def test_launch_error_is_shown_and_raised_after_exit():
+    job = FakeJob(launch_error="node-b: ssh: connect refused")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.launch_error == "node-b: ssh: connect refused"
+        assert "error: node-b: ssh: connect refused" in bar_text(app)
+        await pilot.press("escape", "q")
+        await settle(pilot)
+    assert app.job_exception is not None and job.model.exit_code != 0
+
+
+async def test_help_lists_every_binding():
+    job = FakeJob()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        listed = " ".join(keys for _, rows in app.help_sections() for keys, _ in rows)
+        from flextui.ui.app import _key_display
+        from flextui.ui.logview import LogView
+        from flextui.ui.widgets import RankTable
+        for binding in [*FlexApp.BINDINGS, *RankTable.BINDINGS, *LogView.BINDINGS]:
+            for key in binding.key.split(","):
+                if not key.isdigit():
+                    assert _key_display(key) in listed.split(), key
+        assert "0-9" in listed
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await finish(app, pilot)
+
+
+async def test_theme_cycles_and_status_colours_follow(tmp_path):
+    job = demo_job()
+    (tmp_path / "zz-mine.toml").write_text('primary = "#ff00ff"\n[variables]\nstatus-failed = "#00ff00"\n')
+    app = make_app(job, theme_dirs=[tmp_path], clock=lambda: DEMO_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.theme == "dark"
+        dark_failed = app.palette.status["failed"]
+        await pilot.press("T")
+        await settle(pilot)
+        assert app.theme == "light" and app.palette.status["failed"] != dark_failed
+        await pilot.press("T")
+        await settle(pilot)
+        assert app.theme == "zz-mine"
+        assert app.palette.status["failed"].color.triplet.hex == "#00ff00"
+        await pilot.press("T")
+        assert app.theme == "dark"
+        await finish(app, pilot)
+
+
+async def test_unknown_theme_is_an_error_before_the_screen():
+    from flextui.ui.theming import ThemeError
+
+    with pytest.raises(ThemeError):
+        FlexApp(FakeJob(), theme="nope", theme_dirs=[])
+
+
+async def test_command_palette_opens_a_rank():
+    job = FakeJob({"localhost": 8})
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"open rank 6")
+        await settle(pilot, 0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.current_tab == "r6"
+        await finish(app, pilot)
+
+
+async def test_app_crash_path_never_leaves_the_job_running():
+    job = FakeJob(finish_on_stop=False)
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.exit()  # as if the app ended without the user quitting
+    await asyncio.wait_for(stop_job_of(app), 5)
+    assert ("kill",) in job.calls and app.job_task.done()
