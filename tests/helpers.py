@@ -30,8 +30,10 @@ WORKER_SOURCE = r'''
 import argparse, json, os, signal, subprocess, sys, time
 
 MARKER = os.path.dirname(os.path.abspath(__file__)) + os.sep
-SLEEPER = "import signal, sys, time\n" \
+# A child: sets its SIGTERM disposition, says so with a file, sleeps.
+SLEEPER = "import os, signal, sys, time\n" \
           "if sys.argv[1] == 'ignore': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
+          "open(os.path.join(sys.argv[2], f'up-{os.getpid()}'), 'w').close()\n" \
           "time.sleep(600)"
 # Double fork: the middle process starts a new session, starts the sleeper and exits at
 # once, so the sleeper is an orphan in its own session (a daemonised dataloader, say).
@@ -40,6 +42,12 @@ DAEMONIZE = "import os, subprocess, sys\n" \
             "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], stdout=subprocess.DEVNULL, start_new_session=True)\n" \
             "print(p.pid, flush=True)\n" \
             "os._exit(0)"
+
+def wait_up(pid):
+    """Until the child has set up its signals (else a quick SIGTERM races its start)."""
+    deadline = time.time() + 30
+    while not os.path.exists(os.path.join(MARKER, f"up-{pid}")) and time.time() < deadline:
+        time.sleep(0.005)
 
 def ranks(text):
     return {int(r) for r in text.split(",")} if text else set()
@@ -79,11 +87,13 @@ if rank in ranks(args.lines_ranks):
     sys.exit(0)
 for _ in range(args.children):
     child = subprocess.Popen([sys.executable, "-c", SLEEPER, "ignore" if rank in ranks(args.ignore_term) else "-", MARKER])
+    wait_up(child.pid)
     print(f"child {child.pid}", flush=True)
 if args.orphan:
     mid = subprocess.run([sys.executable, "-c", DAEMONIZE, SLEEPER,
                           "ignore" if args.orphan_ignores_term else "-", MARKER],
                          stdout=subprocess.PIPE, text=True, check=True)
+    wait_up(int(mid.stdout))
     print(f"orphan {int(mid.stdout)}", flush=True)
 print(f"ready rank {rank} pid {os.getpid()}", flush=True)
 start = time.time()

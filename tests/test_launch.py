@@ -221,7 +221,7 @@ def test_sigterm_ignoring_worker_is_killed_after_the_grace(tmp_path, marker, wor
     launcher.finish()
     (stopping,), (killing,) = launcher.of("stopping"), launcher.of("killing")
     assert stopping["grace"] == 0.7
-    assert 0.6 <= killing["t"] - stopping["t"] <= 2.0
+    assert 0.6 <= killing["t"] - stopping["t"] <= 3.0
     assert killing["count"] >= 2  # rank 0 and its child (it ignores SIGTERM too)
     assert launcher.of("exited", 0)[0]["signal"] == signal.SIGKILL
     assert launcher.of("exited", 1)[0]["signal"] == signal.SIGTERM

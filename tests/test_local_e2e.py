@@ -206,8 +206,8 @@ def test_sigterm_ignoring_worker_is_sigkilled_after_the_grace(tmp_path, marker, 
     events = read_events(run_dir)
     failed_at = next(e["t"] for e in events if e["ev"] == "exited" and e["rank"] == 0)
     (killing,) = [e for e in events if e["ev"] == "killing"]
-    assert 0.9 <= killing["t"] - failed_at <= 2.5, killing["t"] - failed_at
-    assert 0.9 <= ended - failed_at <= 4.0
+    assert 0.9 <= killing["t"] - failed_at <= 3.0, killing["t"] - failed_at
+    assert 0.9 <= ended - failed_at <= 6.0
     summary = read_summary(run_dir)
     assert [r["signal"] for r in summary["ranks"][1:]] == [signal.SIGKILL] * 3
     assert summary["first_failure"] == 0 and summary["exit_code"] == 5
