@@ -7,7 +7,9 @@ test asserts that none is left, polling up to a deadline.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -102,8 +104,9 @@ def test_env_per_rank_two_local_nodes_uneven_slots(tmp_path, marker, worker):
     assert out.splitlines()[-1] == "job succeeded (exit code 0)"
     assert out.startswith(f"flextui: run {run_dir.name}: 3 ranks on 2 node(s), logs in ")
 
-    # The run directory.
+    # The run directory: <YYYYmmdd-HHMMSS>-<id>/
     assert run_dir.parent == tmp_path / "runs"
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]+", run_dir.name)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "events.jsonl", "rank-0.log", "rank-1.log", "rank-2.log", "summary.json"]
     summary = read_summary(run_dir)
@@ -140,7 +143,13 @@ def test_one_rank_exits_3_stops_everything(tmp_path, marker, worker):
             assert (rank["status"], rank["code"], rank["stopped"]) == ("failed", 3, False)
         else:
             assert (rank["status"], rank["signal"], rank["stopped"]) == ("killed", signal.SIGTERM, True)
-    assert out.splitlines()[-1] == "job failed (exit code 3); first failure: rank 2 on localhost, exit 3"
+    table = out.splitlines()[-6:]
+    assert table[0].split() == ["RANK", "HOST", "GPU", "PID", "OUTCOME", "DURATION"]
+    for rank, row in zip(summary["ranks"], table[1:5]):
+        outcome = "exit 3" if rank["rank"] == 2 else "signal 15 (SIGTERM) (stopped)"
+        assert row.split()[:4] == [str(rank["rank"]), "localhost", str(rank["gpu"]), str(rank["pid"])]
+        assert f"  {outcome}  " in row and row.endswith("s")
+    assert table[5] == "job failed (exit code 3); first failure: rank 2 on localhost, exit 3"
     assert "rank 2 failed" in [e.get("reason") for e in read_events(run_dir) if e["ev"] == "stopping"]
     assert_nothing_survives(marker, [r["pid"] for r in summary["ranks"]] + helpers)
 
@@ -378,3 +387,14 @@ def test_a_failure_on_one_node_stops_the_other_node(tmp_path, marker, worker):
     assert (summary["first_failure"], summary["exit_code"]) == (3, 6)
     assert [r["stopped"] for r in summary["ranks"]] == [True, True, True, False]
     assert_nothing_survives(marker, [r["pid"] for r in summary["ranks"]] + children)
+
+
+def test_this_machines_name_is_a_local_host(tmp_path, marker, worker):
+    hostfile = write_hostfile(tmp_path, f"{socket.gethostname()} slots=2\n")
+    proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(worker), "--env", "--run-for", "0",
+                         cwd=tmp_path)
+    code, out, err = finish(proc)
+    assert code == 0, out + err
+    reports = env_reports(the_run_dir(tmp_path / "runs"), range(2))
+    assert [r["env"]["MASTER_ADDR"] for r in reports.values()] == [socket.gethostname()] * 2
+    assert_nothing_survives(marker)
