@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+from flextui.elastic import DEFAULT_MAX_RESTARTS, ElasticConfig, check_world
 from flextui.environment import worker_exports
 from flextui.hostfile import HostfileError, read_hostfile, select_slots
 from flextui.job import Job, JobConfig
@@ -63,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
     ssh.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
                      help="a node cut off from the console this long stops its job (default 30)")
+    ela = parser.add_argument_group(
+        "elastic (torch's elastic agent on every node: c10d rendezvous at MASTER_ADDR:MASTER_PORT)")
+    ela.add_argument("--elastic", action="store_true",
+                     help="run torch.distributed.run on each node; a lost node does not end the job")
+    ela.add_argument("--min_nodes", "--min-nodes", type=int, help="fewest nodes to run with (default 1)")
+    ela.add_argument("--max_nodes", "--max-nodes", type=int, help="most nodes (default: all selected)")
+    ela.add_argument("--max_restarts", "--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS,
+                     help=f"worker group restarts before failing (default {DEFAULT_MAX_RESTARTS})")
+    ela.add_argument("--rdzv_conf", "--rdzv-conf", default="", metavar="K=V,...",
+                     help="extra torchrun --rdzv-conf, e.g. last_call_timeout=5,keep_alive_interval=2")
+    ela.add_argument("--monitor_interval", "--monitor-interval", type=float,
+                     help="torchrun --monitor-interval (seconds)")
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
     out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
@@ -87,6 +100,24 @@ def resolve_world(args: argparse.Namespace) -> World:
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port {args.master_port} is not a valid port")
     return World.from_slots(selected, args.master_addr, args.master_port)
+
+
+def resolve_elastic(args: argparse.Namespace, world: World) -> ElasticConfig | None:
+    given = [name for name in ("min_nodes", "max_nodes", "monitor_interval") if getattr(args, name) is not None]
+    if not args.elastic:
+        if given or args.rdzv_conf:
+            raise UsageError(f"--{(given or ['rdzv_conf'])[0]} needs --elastic")
+        return None
+    config = ElasticConfig(
+        min_nodes=1 if args.min_nodes is None else args.min_nodes,
+        max_nodes=len(world.nodes) if args.max_nodes is None else args.max_nodes,
+        max_restarts=args.max_restarts, rdzv_conf=args.rdzv_conf, monitor_interval=args.monitor_interval,
+    )
+    try:
+        check_world(world, config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return config
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -139,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         check_durations(args)
         world = resolve_world(args)
         env = parse_env(args.env)
+        elastic = resolve_elastic(args, world)
     except (HostfileError, UsageError) as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -148,12 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         no_python=args.no_python, no_local_rank=args.no_local_rank,
     )
     if args.dry_run:
-        print(json.dumps(world.plan(), indent=2) if args.json else format_plan(world, command))
+        if args.json:
+            plan = world.plan() if elastic is None else {**world.plan(), "elastic": elastic.plan()}
+            print(json.dumps(plan, indent=2))
+        else:
+            print(format_plan(world, command))
+            if elastic is not None:
+                print(f"elastic: torch.distributed.run --nnodes {elastic.min_nodes}:{elastic.max_nodes} "
+                      f"--max-restarts {elastic.max_restarts} on every node, c10d rendezvous at "
+                      f"{world.master_addr}:{world.master_port}; ranks are assigned per attempt")
         return 0
     cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
         cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env), node_timeout=args.node_timeout,
+        elastic=elastic,
     )
     job = Job(config, make_transports(args))
     headless = args.headless or not sys.stdout.isatty()

@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import TextIO
 
+from flextui.elastic import ElasticJobModel, describe_attempt, describe_elastic
 from flextui.job import Job
 from flextui.model import JobModel, RankState, RankStatus
 
@@ -53,10 +54,16 @@ class HeadlessConsole:
         self.job = job
         self.out = out
         self.prefixes = [f"[{r.rank}|{r.host}] " for r in job.world.ranks]
+        self.elastic = isinstance(job.model, ElasticJobModel)
+        self._attempts_told = self._lost_told = 0
         job.output_listeners.append(self.print_lines)
 
     def print_lines(self, rank: int, lines: list[str]) -> None:
-        prefix = self.prefixes[rank]
+        if self.elastic:  # the current attempt's mapping
+            info = self.job.model.ranks[rank].info
+            prefix = f"[{rank}|{info.host}] "
+        else:
+            prefix = self.prefixes[rank]
         self.out.write(prefix + ("\n" + prefix).join(lines) + "\n")
 
     async def run(self) -> int:
@@ -65,12 +72,16 @@ class HeadlessConsole:
             loop.add_signal_handler(sig, self._on_signal, sig)
         model = self.job.model
         self.job.state_listeners.append(self._announce_once)
+        if self.elastic:
+            self.job.state_listeners.append(self._tell_elastic)
         try:
             code = await self.job.run()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         self.out.write(summary_table(model) + "\n")
+        if self.elastic:
+            self.out.write("".join(f"flextui: {line}\n" for line in describe_elastic(model)))
         self.out.flush()
         return code
 
@@ -82,6 +93,20 @@ class HeadlessConsole:
                 f"flextui: run {self.job.run_id}: {world.world_size} ranks on "
                 f"{len(world.nodes)} node(s), logs in {self.job.run_dir.path}\n"
             )
+
+    def _tell_elastic(self) -> None:
+        """One line per new attempt and per lost node (--elastic)."""
+        model = self.job.model
+        for node_rank in model.lost_nodes[self._lost_told:]:
+            self.out.write(f"flextui: {model.nodes[node_rank].error}; the others go on "
+                           f"(--min_nodes {model.elastic.min_nodes})\n")
+        self._lost_told = len(model.lost_nodes)
+        # An attempt is told once it is the current one and settled (all its ranks placed).
+        for attempt in model.attempts[self._attempts_told:]:
+            if attempt is model.current_attempt and len(attempt.claimed()) < attempt.world_size:
+                break
+            self.out.write(f"flextui: {describe_attempt(model, attempt)}\n")
+            self._attempts_told += 1
 
     def _on_signal(self, sig: int) -> None:
         deadline = self.job.model.stop_deadline()

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flextui import elastic
+from flextui.elastic import ElasticConfig, ElasticJobModel
 from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState
 from flextui.rundir import RunDir
 from flextui.transport import LaunchError, NodeChannel, Transport
@@ -36,6 +38,7 @@ class JobConfig:
     # A node that hears nothing from the console for this long stops its job: a silently
     # dropped network closes no channel. The console pings three times per period.
     node_timeout: float = 30.0
+    elastic: ElasticConfig | None = None  # --elastic: torch's elastic agent on every node
 
 
 def new_run_id() -> str:
@@ -52,7 +55,10 @@ class Job:
         self.config = config
         self.world = config.world
         self.run_id = run_id or new_run_id()
-        self.model = JobModel(self.world, self.run_id, config.tail_lines)
+        if config.elastic is not None:
+            self.model: JobModel = ElasticJobModel(self.world, self.run_id, config.elastic, config.tail_lines)
+        else:
+            self.model = JobModel(self.world, self.run_id, config.tail_lines)
         self.run_dir = RunDir(config.log_root, self.run_id)
         self.transports = {node.node_rank: transport_for(node) for node in self.world.nodes}
         self.channels: dict[int, NodeChannel] = {}
@@ -86,7 +92,10 @@ class Job:
         await self.preflight()
         try:
             self.run_dir.create()
-            self.run_dir.record({"ev": "plan", **self.world.plan(), "run_id": self.run_id})
+            plan = {"ev": "plan", **self.world.plan(), "run_id": self.run_id}
+            if self.config.elastic is not None:
+                plan["elastic"] = self.config.elastic.plan()
+            self.run_dir.record(plan)
             await self._start_all()
         except LaunchError as exc:
             self.model.error = str(exc)
@@ -102,7 +111,8 @@ class Job:
                              else {"cmd": "stop", "reason": self.model.stop_reason})
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
-            await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
+            follow = self._follow_elastic if self.config.elastic is not None else self._follow
+            await asyncio.gather(*(follow(n, ch) for n, ch in self.channels.items()))
         finally:
             heartbeat.cancel()
             await self._close_channels()
@@ -135,6 +145,10 @@ class Job:
                 "need_psutil": True,
                 "master_port": self.world.master_port if node.node_rank == 0 else None,
             }
+            if self.config.elastic is not None:
+                request["need_torch"] = True
+                host = elastic.rendezvous_host(self.world)
+                request["master_port"] = self.world.master_port if node.node_rank == host.node_rank else None
             checks.append(self.transports[node.node_rank].preflight(node, request))
         results = await asyncio.gather(*checks, return_exceptions=True)
         for result in results:
@@ -164,6 +178,21 @@ class Job:
         else:
             log_dir = f"{self.config.remote_log_root}/{self.run_id}"
         cmd = self.config.command
+        if self.config.elastic is not None:
+            return {
+                "run_id": self.run_id,
+                "node_rank": node.node_rank,
+                "log_dir": log_dir,
+                "cwd": self.config.cwd or os.getcwd(),
+                "env": {**self.config.env, **elastic.node_env(node)},
+                "workers": [],
+                "elastic": {
+                    "agent": elastic.agent_argv(cmd.python, self.world, node, self.run_id, self.config.elastic),
+                    "python": cmd.python,
+                    "nproc": len(node.slots),
+                    "worker": elastic.worker_spec(cmd),
+                },
+            }
         return {
             "run_id": self.run_id,
             "node_rank": node.node_rank,
@@ -220,6 +249,68 @@ class Job:
                 self.stop(reason)
             self._notify()
 
+    async def _follow_elastic(self, node_rank: int, channel: NodeChannel) -> None:
+        """Like _follow for --elastic: logs go to attempt-<k>/rank-<N>.log; a lost node or
+        a failed rank does not stop the job (torch's agents re-rendezvous), see elastic.py."""
+        model, run_dir = self.model, self.run_dir
+        host = self.world.nodes[node_rank].host
+        try:
+            async for event in channel.events():
+                kind = event.get("ev")
+                if kind == "out":
+                    attempt = model.attempt_of(node_rank, event.get("seq"))
+                    if attempt is not None:
+                        run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
+                    lines = model.apply(node_rank, event)
+                    if lines:
+                        for listener in self.output_listeners:
+                            listener(event["rank"], lines)
+                    continue
+                if kind == "agent_out":
+                    run_dir.write_agent_log(host, event["data"])
+                    model.apply(node_rank, event)
+                    continue
+                current = model.current_attempt
+                model.apply(node_rank, event)
+                record = {"node": node_rank, **event}
+                if kind == "attempt":
+                    record["attempt"] = model.attempt_of(node_rank, event["seq"]).number
+                    if model.current_attempt is not current and current is not None:
+                        run_dir.close_attempt_logs(current.number)
+                elif kind == "exited":
+                    run_dir.flush_logs()
+                run_dir.record(record)
+                self._elastic_decide()
+                self._notify()
+        except (OSError, ConnectionError) as exc:
+            model.nodes[node_rank].error = str(exc)
+        node = model.nodes[node_rank]
+        if not node.done:
+            detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"
+            reason = f"node {node.host} lost: {detail.splitlines()[-1] if detail else ''}"
+            model.node_lost(node_rank, reason)
+            run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        self._elastic_decide()
+        self._notify()
+
+    def _elastic_decide(self) -> None:
+        """After a node left (or ended badly): stop the job if too few nodes are left, else
+        stop the survivors' workers of its rounds so their agents re-rendezvous now."""
+        model = self.model
+        cause = model.stop_cause()
+        if cause is not None:
+            self.stop(cause)
+            return
+        for attempt in model.take_doomed_attempts():
+            self.run_dir.record({"ev": "stop_attempt", "attempt": attempt.number,
+                                 "reason": attempt.doomed, "t": time.time()})
+            command = {"cmd": "stop_attempt", "master": attempt.master,
+                       "world_size": attempt.world_size, "reason": attempt.doomed}
+            for node_rank in model.active_nodes():
+                channel = self.channels.get(node_rank)
+                if channel is not None:
+                    channel.send(command)
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.config.node_timeout / 3)
@@ -272,14 +363,22 @@ class Job:
         self._notify()
 
     def stop_rank(self, rank: int) -> None:
-        node_rank = self.world.ranks[rank].node_rank
+        """Stop one rank (in --elastic: of the current attempt; its agent then restarts)."""
+        if self.config.elastic is not None:
+            node_rank = self.model.ranks[rank].info.node_rank if rank < len(self.model.ranks) else -1
+        else:
+            node_rank = self.world.ranks[rank].node_rank
         channel = self.channels.get(node_rank)
         if channel is not None:
             channel.send({"cmd": "stop_rank", "rank": rank})
 
     def stop_node(self, node_rank: int) -> None:
+        """Stop a node's ranks. In --elastic: take the node out of the job (its agent
+        stops; the others re-rendezvous without it if --min_nodes allows)."""
         channel = self.channels.get(node_rank)
-        if channel is not None:
+        if channel is not None and self.config.elastic is not None:
+            channel.send({"cmd": "stop", "reason": "node taken out of the job by the user"})
+        elif channel is not None:
             for rank in self.world.nodes[node_rank].ranks:
                 channel.send({"cmd": "stop_rank", "rank": rank})
 

@@ -53,6 +53,11 @@ def check(request: dict) -> list[str]:
             import psutil  # noqa: F401
         except ImportError:
             problems.append(f"psutil is not installed for {sys.executable}")
+    if request.get("need_torch"):  # --elastic runs torch's elastic agent on the node
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # finds it without importing it
+            problems.append(f"torch is not installed for {sys.executable} (--elastic needs it)")
     port = request.get("master_port")
     if port and not _port_free(int(port)):
         problems.append(f"master port {port} is already in use")

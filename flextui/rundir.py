@@ -4,6 +4,9 @@
         rank-<N>.log     everything rank N wrote, byte for byte
         events.jsonl     lifecycle events from every node launcher (not log text)
         summary.json     every rank's outcome, written when the job ends
+    and with --elastic, instead of rank-<N>.log:
+        attempt-<k>/rank-<N>.log   what global rank N wrote in attempt k (rendezvous round)
+        agent-<host>.log           torch's elastic agent on that host
 """
 
 from __future__ import annotations
@@ -40,6 +43,30 @@ class RunDir:
             )
         log.write(data)
         log.flush()  # one write per launcher batch, so others can tail the run dir live
+
+    def attempt_log(self, attempt: int, rank: int) -> str:
+        return os.path.join(self.path, f"attempt-{attempt}", f"rank-{rank}.log")
+
+    def write_attempt_log(self, attempt: int, rank: int, data: str) -> None:
+        """Append streamed log text of rank N in attempt k (--elastic)."""
+        self._append(("attempt", attempt, rank), lambda: self.attempt_log(attempt, rank), data)
+
+    def write_agent_log(self, host: str, data: str) -> None:
+        self._append(("agent", host), lambda: os.path.join(self.path, f"agent-{host}.log"), data)
+
+    def close_attempt_logs(self, attempt: int) -> None:
+        """Close an old attempt's files (a late write reopens them)."""
+        for key in [k for k in self._logs if isinstance(k, tuple) and k[:2] == ("attempt", attempt)]:
+            self._logs.pop(key).close()
+
+    def _append(self, key, path_of, data: str) -> None:
+        log = self._logs.get(key)
+        if log is None:
+            path = path_of()
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            log = self._logs[key] = open(path, "a", encoding="utf-8", errors="surrogateescape", newline="")
+        log.write(data)
+        log.flush()
 
     def flush_logs(self) -> None:
         for log in self._logs.values():

@@ -1,0 +1,460 @@
+"""Elastic jobs (`--elastic`): torch's own elastic agent on every node, attempts in the model.
+
+Each node launcher runs `python -m torch.distributed.run` with c10d rendezvous at
+MASTER_ADDR:MASTER_PORT (the rendezvous store lives on that node) and rendezvous id = the
+run id; the agents decide ranks, restarts and membership. flextui keeps its lifecycle
+around them (abort, nothing left behind) and follows what they do:
+
+- an *attempt* is one rendezvous round: the workers every participating agent started
+  after it, with one world size and one rank -> host mapping. Launchers report their
+  worker groups (node-local `seq`); ElasticJobModel groups them into global attempts by the
+  round's identity (master addr:port, world size), which every node of a round shares.
+- a lost node (its channel closed) does not abort the job: it is marked lost, and the
+  surviving nodes' workers of any round it was part of are stopped (they would fail, or
+  hang forever in init_process_group) so their agents re-rendezvous at once. The job is
+  stopped only when fewer than --min_nodes nodes are left or the rendezvous host is gone.
+
+Pure logic besides the model; no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from flextui.model import JobModel, JobState, RankState, RankStatus
+from flextui.world import Command, Node, RankInfo, World
+
+DEFAULT_MAX_RESTARTS = 3
+AGENT_TAIL_LINES = 2000
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    rdzv_conf: str = ""  # extra torchrun --rdzv-conf key=value,... (wins over ours)
+    monitor_interval: float | None = None  # torchrun's --monitor-interval; None: its default
+
+    def plan(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_world(world: World, config: ElasticConfig) -> None:
+    """Raise ValueError (a one-line reason) if torch's agent cannot run this world."""
+    slots = {len(node.slots) for node in world.nodes}
+    if len(slots) > 1:
+        raise ValueError(
+            "--elastic runs the same number of workers on every node (torch's --nproc-per-node), "
+            f"but the selected hosts have {', '.join(map(str, sorted(slots)))} slots: use --num_gpus N")
+    if config.min_nodes > len(world.nodes):
+        raise ValueError(f"--min_nodes {config.min_nodes} but the hostfile selects {len(world.nodes)} node(s)")
+    if not 1 <= config.min_nodes <= config.max_nodes:
+        raise ValueError(f"need 1 <= --min_nodes ({config.min_nodes}) <= --max_nodes ({config.max_nodes})")
+    if config.max_restarts < 0:
+        raise ValueError("--max_restarts must be >= 0")
+
+
+def rendezvous_host(world: World) -> Node:
+    """The node that hosts the c10d rendezvous store: the one named by MASTER_ADDR."""
+    for node in world.nodes:
+        if node.host == world.master_addr:
+            return node
+    return world.nodes[0]
+
+
+def agent_argv(python: str, world: World, node: Node, run_id: str, config: ElasticConfig) -> list[str]:
+    """torchrun for one node, without the entrypoint (the launcher adds its worker shim)."""
+    is_host = node.node_rank == rendezvous_host(world).node_rank
+    conf = ",".join(filter(None, [f"is_host={int(is_host)}", config.rdzv_conf]))
+    argv = [
+        python, "-m", "torch.distributed.run",
+        f"--nnodes={config.min_nodes}:{config.max_nodes}",
+        f"--nproc-per-node={len(node.slots)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={world.master_addr}:{world.master_port}",
+        f"--rdzv-id={run_id}",
+        f"--rdzv-conf={conf}",
+        f"--max-restarts={config.max_restarts}",
+    ]
+    if config.monitor_interval is not None:
+        argv.append(f"--monitor-interval={config.monitor_interval:g}")
+    return argv
+
+
+def worker_spec(command: Command) -> dict:
+    """The user's command for the launcher's shim: `head --local_rank=N tail`."""
+    head = dataclasses.replace(command, args=(), no_local_rank=True).argv(0)
+    return {"head": head, "tail": list(command.args), "local_rank_arg": not command.no_local_rank}
+
+
+def node_env(node: Node) -> dict[str, str]:
+    """What a node's workers get from us; torch's agent sets RANK, WORLD_SIZE, MASTER_* etc.
+    (and the shim CROSS_RANK, CROSS_SIZE, LOCAL_SIZE from them) per attempt."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, node.slots)), "PYTHONUNBUFFERED": "1"}
+
+
+# -- the model -------------------------------------------------------------------------
+
+
+@dataclass
+class NodeGroup:
+    """One node's part of an attempt (the launcher's `attempt` event)."""
+
+    node_rank: int
+    seq: int
+    group_rank: int
+    restart_count: int
+    ranks: list[int]
+
+
+@dataclass
+class Attempt:
+    number: int  # 0, 1, ...: the run dir's attempt-<number>/
+    world_size: int
+    master: str  # addr:port of the round's worker store (MASTER_ADDR:MASTER_PORT)
+    group_world_size: int  # nodes in the round
+    started_at: float
+    ranks: list[RankState]  # by global rank; a rank no node reported yet stays PENDING
+    groups: dict[int, NodeGroup] = field(default_factory=dict)  # by node rank
+    doomed: str | None = None  # why the console stopped its workers
+
+    @property
+    def restart_count(self) -> int:
+        """torch's TORCHELASTIC_RESTART_COUNT (the highest among the round's nodes)."""
+        return max((g.restart_count for g in self.groups.values()), default=0)
+
+    @property
+    def node_ranks(self) -> list[int]:
+        return sorted(self.groups)
+
+    @property
+    def finished(self) -> bool:
+        return all(r.status.finished for r in self.ranks)
+
+    @property
+    def succeeded(self) -> bool:
+        return all(r.status is RankStatus.EXITED for r in self.ranks)
+
+    @property
+    def first_failure(self) -> RankState | None:
+        failed = [r for r in self.ranks if r.status.finished and r.status is not RankStatus.EXITED]
+        return min(failed, key=lambda r: r.ended_at or 0.0, default=None)
+
+    def claimed(self) -> set[int]:
+        return {rank for group in self.groups.values() for rank in group.ranks}
+
+    def summary(self, now: float) -> dict:
+        return {
+            "attempt": self.number,
+            "world_size": self.world_size,
+            "restart_count": self.restart_count,
+            "master": self.master,
+            "started_at": self.started_at,
+            "nodes": [{"node_rank": g.node_rank, "group_rank": g.group_rank, "ranks": g.ranks}
+                      for g in sorted(self.groups.values(), key=lambda g: g.group_rank)],
+            "stopped_by_console": self.doomed,
+            "ranks": [_rank_summary(r, now) for r in self.ranks],
+        }
+
+
+def _rank_summary(r: RankState, now: float) -> dict:
+    return {
+        "rank": r.rank, "host": r.info.host, "node_rank": r.info.node_rank,
+        "local_rank": r.info.local_rank, "gpu": r.info.gpu, "pid": r.pid,
+        "status": r.status.value, "code": r.code, "signal": r.signal,
+        "stopped": r.stopped, "duration": round(r.runtime(now), 3), "lines": r.line_count,
+    }
+
+
+class ElasticJobModel(JobModel):
+    """JobModel for --elastic. What differs for a reader (UI, headless):
+
+    - `ranks` is the *current* attempt's ranks (replaced when a new attempt starts; its
+      length is that attempt's world size). Before the first attempt it is the planned
+      world (every selected slot, PENDING).
+    - `attempts` keeps every attempt with its own RankStates (bounded tails), so old
+      attempts stay readable; `current_attempt`, `world_size`, `restart_count`.
+    - `lost_nodes`: nodes whose connection dropped (also NodeState.lost), in order.
+    - `agent_logs[node_rank]`: a RankState holding torch's agent log of that node.
+    - `combined` is cleared when a new attempt starts (its ranks are the new attempt's).
+    """
+
+    def __init__(self, world: World, run_id: str, elastic: ElasticConfig, *args, **kwargs) -> None:
+        super().__init__(world, run_id, *args, **kwargs)
+        self.elastic = elastic
+        self.attempts: list[Attempt] = []
+        self.lost_nodes: list[int] = []
+        self.agent_pids: dict[int, int] = {}
+        self.agent_exits: dict[int, dict] = {}
+        self.agent_logs = {
+            n.node_rank: RankState(RankInfo(-1, n.host, n.node_rank, -1, -1), AGENT_TAIL_LINES)
+            for n in world.nodes
+        }
+        self._by_group: dict[tuple[int, int], Attempt] = {}
+        self._last_attempt: dict[int, int] = {}  # node rank -> its latest attempt number
+        self._tail_lines = self.ranks[0].tail_lines if self.ranks else kwargs.get("tail_lines", 5000)
+        self._stop_cause_given = False
+        self._host_node = rendezvous_host(world).node_rank
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def world_size(self) -> int:
+        attempt = self.current_attempt
+        return attempt.world_size if attempt else self.world.world_size
+
+    @property
+    def restart_count(self) -> int:
+        attempt = self.current_attempt
+        return attempt.restart_count if attempt else 0
+
+    def attempt_of(self, node_rank: int, seq: int | None) -> Attempt | None:
+        return self._by_group.get((node_rank, seq))
+
+    def active_nodes(self) -> list[int]:
+        """Nodes still in the job: not lost, launcher not done."""
+        return [n.node_rank for n in self.nodes if not n.done and not n.lost]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def apply(self, node_rank: int, event: dict) -> list[str] | None:
+        kind = event.get("ev")
+        if kind == "out":
+            attempt = self._by_group.get((node_rank, event.get("seq")))
+            if attempt is None or not 0 <= event["rank"] < attempt.world_size:
+                return None
+            lines = attempt.ranks[event["rank"]].add_output(event["data"])
+            if attempt is not self.current_attempt:
+                return None  # a late flush of an older attempt: kept there, not shown live
+            if lines:
+                self.combined.extend((event["rank"], line) for line in lines)
+                self.combined_count += len(lines)
+            return lines
+        if kind == "agent_out":
+            return self.agent_logs[node_rank].add_output(event["data"])
+        if kind == "attempt":
+            self._add_group(node_rank, event)
+        elif kind == "exited":
+            attempt = self._by_group.get((node_rank, event.get("seq")))
+            if attempt is not None and 0 <= event["rank"] < attempt.world_size:
+                self._elastic_rank_exited(attempt, attempt.ranks[event["rank"]], event)
+        elif kind == "agent":
+            self.agent_pids[node_rank] = event.get("pid")
+        elif kind == "agent_exited":
+            self.agent_exits[node_rank] = event
+            self.agent_logs[node_rank].finish_output()
+        elif kind in ("hello", "stopping", "error", "done"):
+            return super().apply(node_rank, event)
+        return None
+
+    def _add_group(self, node_rank: int, event: dict) -> Attempt:
+        key = (node_rank, event["seq"])
+        attempt = self._by_group.get(key)
+        ranks = [r["rank"] for r in event["ranks"] if 0 <= r["rank"] < event["world_size"]]
+        if attempt is None:
+            attempt = self._match(node_rank, event, ranks) or self._new_attempt(event)
+            self._by_group[key] = attempt
+            self._last_attempt[node_rank] = max(attempt.number, self._last_attempt.get(node_rank, -1))
+        attempt.groups[node_rank] = NodeGroup(node_rank, event["seq"], event.get("group_rank", -1),
+                                              event.get("restart_count", 0), ranks)
+        node = self.world.nodes[node_rank]
+        for r in event["ranks"]:
+            if not 0 <= r["rank"] < attempt.world_size:
+                continue
+            local = r["local_rank"]
+            gpu = node.slots[local] if 0 <= local < len(node.slots) else local
+            state = attempt.ranks[r["rank"]]
+            state.info = RankInfo(r["rank"], node.host, node_rank, local, gpu)
+            if state.status is RankStatus.PENDING:
+                state.status, state.started_at = RankStatus.RUNNING, event.get("t")
+            state.pid = r.get("pid") or state.pid
+        if self.state is JobState.LAUNCHING:
+            self.state = JobState.RUNNING
+        return attempt
+
+    def _match(self, node_rank: int, event: dict, ranks: list[int]) -> Attempt | None:
+        """The earliest attempt this node's group belongs to: the same round identity, this
+        node not in it yet, none of these ranks claimed, newer than the node's last one."""
+        last = self._last_attempt.get(node_rank, -1)
+        for attempt in self.attempts:
+            if (attempt.number > last and attempt.master == event.get("master")
+                    and attempt.world_size == event["world_size"] and node_rank not in attempt.groups
+                    and not attempt.claimed() & set(ranks)):
+                return attempt
+        return None
+
+    def _new_attempt(self, event: dict) -> Attempt:
+        world_size = event["world_size"]
+        attempt = Attempt(
+            number=len(self.attempts), world_size=world_size, master=event.get("master", ""),
+            group_world_size=event.get("group_world_size", 0), started_at=event.get("t") or time.time(),
+            ranks=[RankState(RankInfo(i, "", -1, -1, -1), self._tail_lines) for i in range(world_size)],
+        )
+        self.attempts.append(attempt)
+        self.ranks = attempt.ranks
+        self.combined.clear()  # its (rank, line) pairs were about the previous attempt's ranks
+        return attempt
+
+    def _elastic_rank_exited(self, attempt: Attempt, rank: RankState, event: dict) -> None:
+        if rank.live:
+            rank.finish_output()
+            if attempt is self.current_attempt:
+                self.combined.append((rank.rank, rank.tail[-1]))
+                self.combined_count += 1
+        rank.code, rank.signal = event.get("code"), event.get("signal")
+        rank.ended_at = event.get("t")
+        rank.stopped = bool(event.get("stopped"))
+        if rank.signal:
+            rank.status = RankStatus.KILLED
+        elif rank.code:
+            rank.status = RankStatus.FAILED
+        else:
+            rank.status = RankStatus.EXITED
+        # A failed rank is the agents' business (restart); never the job's first failure.
+
+    def node_lost(self, node_rank: int, reason: str) -> None:
+        node = self.nodes[node_rank]
+        if node.done:
+            return
+        node.lost, node.done, node.error = True, True, reason
+        self.lost_nodes.append(node_rank)
+        now = time.time()
+        for attempt in self.attempts:
+            group = attempt.groups.get(node_rank)
+            for rank_no in group.ranks if group else ():
+                rank = attempt.ranks[rank_no]
+                if not rank.status.finished:
+                    rank.finish_output()
+                    rank.status, rank.ended_at = RankStatus.LOST, now
+        self.agent_logs[node_rank].finish_output()
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def _gone(self, node_rank: int) -> bool:
+        """Lost, or its launcher ended without success while the job goes on."""
+        node = self.nodes[node_rank]
+        return node.lost or (node.done and node.code != 0)
+
+    @property
+    def must_stop(self) -> bool:
+        return self.stop_cause() is not None
+
+    def stop_cause(self) -> str | None:
+        """Why the console must stop the whole job now, if it must."""
+        if self.stop_started_at is not None or self.state.finished:
+            return None
+        active = self.active_nodes()
+        if not active:
+            return None
+        host = self.nodes[self._host_node]
+        if self._gone(self._host_node):
+            return f"node {host.host} hosts the rendezvous and is gone"
+        if any(n.done and n.code == 0 for n in self.nodes):
+            return None  # finishing: nodes end one by one
+        if len(active) < self.elastic.min_nodes and any(self._gone(n.node_rank) for n in self.nodes):
+            return f"only {len(active)} node(s) left, fewer than --min_nodes {self.elastic.min_nodes}"
+        return None
+
+    def take_doomed_attempts(self) -> list[Attempt]:
+        """Attempts whose surviving workers must be stopped (once each): a node of theirs is
+        gone, or they wait for more nodes than are left; they would fail or hang."""
+        if self.stop_started_at is not None or self.state.finished:
+            return []
+        active = set(self.active_nodes())
+        doomed = []
+        for attempt in self.attempts:
+            if attempt.doomed or attempt.finished:
+                continue
+            gone = [n for n in attempt.groups if self._gone(n)]
+            if gone:
+                attempt.doomed = f"node {', '.join(self.nodes[n].host for n in gone)} left the job"
+            elif attempt.group_world_size > len(active):
+                attempt.doomed = (f"its round has {attempt.group_world_size} nodes, "
+                                  f"only {len(active)} are left")
+            else:
+                continue
+            doomed.append(attempt)
+        return doomed
+
+    def finish(self) -> None:
+        self.ended_at = time.time()
+        for attempt in self.attempts:
+            for rank in attempt.ranks:
+                if not rank.status.finished:  # never reported, or its node ended silently
+                    rank.finish_output()
+                    rank.status, rank.ended_at = RankStatus.LOST, rank.ended_at or self.ended_at
+        last = self.current_attempt
+        if self.error:
+            self.state = JobState.FAILED
+        elif self.aborted_by_user:
+            self.state = JobState.ABORTED
+        elif (last is not None and last.succeeded and self.stop_started_at is None
+              and all(self.nodes[n].done and self.nodes[n].code == 0 for n in last.groups)):
+            self.state = JobState.SUCCEEDED
+        else:
+            self.state = JobState.FAILED
+
+    @property
+    def exit_code(self) -> int:
+        if self.state is JobState.SUCCEEDED:
+            return 0
+        if self.aborted_by_user or self.state is JobState.ABORTED:
+            return 130
+        codes = [n.code for n in self.nodes if not n.lost and n.code]
+        if self.stop_reason is None and codes:
+            return codes[0]  # torch's agent's verdict (e.g. 1: restarts exhausted)
+        if self.lost_nodes:
+            return 255
+        return codes[0] if codes else 1
+
+    def summary(self) -> dict:
+        summary = super().summary()
+        now = self.ended_at or time.time()
+        summary["world_size"] = self.world_size
+        summary["ranks"] = [_rank_summary(r, now) for r in self.ranks]
+        summary["elastic"] = {
+            **self.elastic.plan(),
+            "attempts": [a.summary(now) for a in self.attempts],
+            "restart_count": self.restart_count,
+            "world_size": self.world_size,
+            "lost_nodes": [{"node_rank": n, "host": self.nodes[n].host, "reason": self.nodes[n].error}
+                           for n in self.lost_nodes],
+            "agents": {self.nodes[n].host: {"pid": self.agent_pids.get(n),
+                                            "code": self.agent_exits.get(n, {}).get("code"),
+                                            "signal": self.agent_exits.get(n, {}).get("signal")}
+                       for n in range(len(self.nodes))},
+        }
+        return summary
+
+
+def describe_attempt(model: ElasticJobModel, attempt: Attempt) -> str:
+    """One line: `attempt 1 (restart 1): world size 4: ranks 0-1 ftn1, 2-3 ftn3`."""
+    parts = []
+    for group in sorted(attempt.groups.values(), key=lambda g: min(g.ranks, default=0)):
+        ranks = sorted(group.ranks)
+        span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else (str(ranks[0]) if ranks else "-")
+        parts.append(f"{span} {model.nodes[group.node_rank].host}")
+    return (f"attempt {attempt.number} (restart {attempt.restart_count}): world size "
+            f"{attempt.world_size}: ranks {', '.join(parts)}")
+
+
+def describe_elastic(model: ElasticJobModel) -> list[str]:
+    """Summary lines for the end of a run."""
+    lines = [describe_attempt(model, a) for a in model.attempts]
+    if model.lost_nodes:
+        lines.append("lost: " + ", ".join(f"{model.nodes[n].host} ({model.nodes[n].error})"
+                                          for n in model.lost_nodes))
+    return lines
+
+
+__all__ = [
+    "Attempt", "ElasticConfig", "ElasticJobModel", "NodeGroup", "agent_argv", "check_world",
+    "describe_attempt", "describe_elastic", "node_env", "rendezvous_host", "worker_spec",
+]
