@@ -379,6 +379,7 @@ class FlexApp(App[int]):
         if first is None:
             self.notify("No rank has failed.", timeout=3)
             return
+        self.clear_notifications()  # a toast must not cover the traceback
         self.open_rank(first.rank)
         self.log_view.focus()
         if not self.log_view.jump_to_traceback():

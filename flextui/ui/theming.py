@@ -41,6 +41,7 @@ STATUS_VARIABLES = {
     "log-cursor": "#2C3647",
     "log-error": "#F2606E",
     "log-live": "#9AA5B8",
+    "row-cursor": "#284B78",
 }
 
 _THEME_FIELDS = {f.name for f in fields(Theme)} - {"variables", "ansi"}
@@ -179,8 +180,7 @@ class Palette:
         self.accent = Style(color=color("accent"), bold=True)
         self.success = Style(color=color("success"), bold=True)
         self.bold = Style(bold=True)
-        self.row_cursor = Style(
-            color=color("block-cursor-foreground"), bgcolor=color("block-cursor-background"),
-        )
-        self.row_cursor_blurred = Style(bgcolor=color("block-cursor-blurred-background"))
+        # Background only, so status colours stay readable on the selected row.
+        self.row_cursor = Style(bgcolor=color("row-cursor"))
+        self.row_cursor_blurred = Style(bgcolor=color("log-cursor"))
         self.header = Style(color=color("foreground-muted", "#808080"), bold=True)
