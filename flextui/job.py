@@ -91,7 +91,11 @@ class Job:
         """Preflight every node, launch all, follow until every node is done."""
         await self.preflight()
         try:
-            self.run_dir.create()
+            try:
+                self.run_dir.create()
+            except OSError as exc:
+                raise LaunchError(f"cannot create the run directory {self.run_dir.path}: "
+                                  f"{exc.strerror or exc}") from None
             plan = {"ev": "plan", **self.world.plan(), "run_id": self.run_id}
             if self.config.elastic is not None:
                 plan["elastic"] = self.config.elastic.plan()

@@ -128,6 +128,8 @@ def bad_cases(tmp_path: Path, busy_port: int):
         "non-numeric port": (["--master_port", "x", "local", "ok.py"], "invalid int value: 'x'"),
         "negative grace": (["--grace", "-1", "local", "ok.py"], "--grace -1"),
         "no script": (["local"], "required: script"),
+        "unusable log dir": (["--log-dir", str(tmp_path / "ok.py" / "runs"), "local", "ok.py"],
+                             "cannot create the run directory"),
     }
 
 
@@ -137,7 +139,7 @@ def bad_cases(tmp_path: Path, busy_port: int):
     "include and exclude", "include with num_gpus", "too many gpus", "everything excluded",
     "missing script", "missing module", "missing program", "missing working dir", "bad env",
     "env without key", "master port in use", "invalid master port", "non-numeric port",
-    "negative grace", "no script",
+    "negative grace", "no script", "unusable log dir",
 ])
 def test_bad_input(tmp_path, case):
     with socket.socket() as busy:  # a master port someone else listens on
