@@ -1,0 +1,157 @@
+"""End to end as a user sees it: `flextui HOSTFILE worker.py` in a real terminal (tmux),
+keys typed with send-keys, the screen read with capture-pane.
+
+Each test uses its own tmux server socket and kills it afterwards; workers carry a
+unique marker so nothing they start can outlive the test unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+WORKER = r'''
+import os, sys, time
+rank = int(os.environ["RANK"])
+mode = [a for a in sys.argv[1:] if not a.startswith("--local_rank")][0]
+print(f"rank {rank} says hello", flush=True)
+if mode == "quick":
+    for i in range(3):
+        print(f"rank {rank} step {i}", flush=True)
+        time.sleep(0.2)
+    sys.exit(0)
+while True:
+    print(f"rank {rank} tick", flush=True)
+    time.sleep(0.2)
+'''
+
+
+class Terminal:
+    def __init__(self, tmp_path, width: int = 160, height: int = 45) -> None:
+        self.socket = f"flextui-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tmp = tmp_path
+        self.width, self.height = width, height
+        self.exit_file = tmp_path / "exit-code"
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
+                                text=True, timeout=10)
+        if result.returncode != 0:
+            raise RuntimeError(f"tmux {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def start(self, argv: list[str]) -> None:
+        command = " ".join(_quote(a) for a in argv)
+        shell = f"cd {_quote(str(self.tmp))} && {command}; echo $? > {_quote(str(self.exit_file))}"
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height),
+                  "-e", "LANG=C.UTF-8", "-e", "LC_ALL=C.UTF-8", "sh", "-c", shell)
+
+    def screen(self) -> str:
+        try:
+            return self.tmux("capture-pane", "-p", "-t", "t")
+        except RuntimeError:
+            return ""
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "t", *keys)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
+
+    def exit_code(self, timeout: float = 15.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_file.exists() and self.exit_file.read_text().strip():
+                return int(self.exit_file.read_text())
+            time.sleep(0.1)
+        raise AssertionError(f"flextui did not exit; the screen was:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """Worker processes (python -u worker.py ... MARKER), not the console or tmux."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            argv = proc.info["cmdline"] or []
+            if marker in argv and "-u" in argv:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    (tmp_path / "worker.py").write_text(WORKER)
+    term = Terminal(tmp_path)
+    term.marker = f"flextui-tmux-test-{uuid.uuid4().hex[:8]}"
+    yield term
+    term.close()
+    leftovers = marked(term.marker)
+    for proc in leftovers:
+        proc.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+def flextui(term: Terminal, mode: str) -> list[str]:
+    return [sys.executable, "-m", "flextui", "--grace", "3", "hostfile", "worker.py", mode, term.marker]
+
+
+def test_a_job_runs_to_the_end_and_q_quits_with_its_code(terminal):
+    terminal.start(flextui(terminal, "quick"))
+    terminal.wait_for("RANK HOST")
+    screen = terminal.wait_for("SUCCEEDED (exit code 0)")
+    assert "job succeeded (exit code 0)" in screen  # the summary
+    terminal.keys("Escape")
+    time.sleep(0.3)  # a lone ESC followed at once by "1" would read as Alt+1
+    terminal.keys("1")
+    screen = terminal.wait_for("rank 1 localhost gpu 1")
+    assert "rank 1 step 2" in screen
+    terminal.keys("q")
+    assert terminal.exit_code() == 0
+
+
+def test_ctrl_c_stops_the_job_and_the_app_stays_until_q(terminal):
+    terminal.start(flextui(terminal, "forever"))
+    terminal.wait_for("● 2 running")
+    terminal.wait_for("rank 1 tick")
+    assert len(marked(terminal.marker)) >= 2
+    terminal.keys("C-c")
+    terminal.wait_for("ABORTED (exit code 130)")
+    assert marked(terminal.marker) == []
+    assert not terminal.exit_file.exists()  # the logs stay readable
+    terminal.keys("q")
+    assert terminal.exit_code() == 130
+
+
+def test_q_on_a_running_job_asks_then_stops_it(terminal):
+    terminal.start(flextui(terminal, "forever"))
+    terminal.wait_for("rank 0 tick")
+    terminal.keys("q")
+    terminal.wait_for("Stop every rank and quit?")
+    terminal.keys("y")
+    assert terminal.exit_code() == 130
+    assert marked(terminal.marker) == []
