@@ -169,6 +169,24 @@ def pids_alive(pids: Iterable[int], timeout: float = 5.0) -> list[int]:
         time.sleep(0.05)
 
 
+def pids_running(pids: Iterable[int], timeout: float = 5.0) -> list[int]:
+    """Like pids_alive, but a zombie counts as gone: for a process whose parent died
+    (then reaping it is init's business, and this machine's init takes its time)."""
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    pids = [p for p in pids if p]
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if running(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
 def kill_marked(marker: str) -> None:
     """Test clean-up: SIGKILL this test's own leftovers (so one failure cannot leak)."""
     for process in marked(marker):

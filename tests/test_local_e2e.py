@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.helpers import (  # noqa: F401 - fixtures
-    PY, TRAIN, free_port, logs_contain, marker, pids_alive, read_events, read_summary,
+    PY, TRAIN, free_port, logs_contain, marker, pids_alive, pids_running, read_events, read_summary,
     read_text, start_flextui, survivors, the_run_dir, wait_for, wait_run_dir, worker,
 )
 
@@ -198,8 +198,10 @@ def test_kill_9_of_flextui_stops_everything(tmp_path, marker, worker):
     assert len(workers) >= 4 and len(helpers) == 8
     proc.kill()
     proc.wait()
-    # The launcher sees stdin EOF and stops everything by itself (no console left).
-    assert_nothing_survives(marker, launchers + workers + helpers)
+    # The launcher sees stdin EOF and stops everything by itself (no console left); it
+    # reaps its workers and their children, and init reaps it.
+    assert_nothing_survives(marker, workers + helpers)
+    assert pids_running(launchers) == []
     assert all(f"ready rank {r}" in read_text(run_dir / f"rank-{r}.log") for r in range(4))
 
 
