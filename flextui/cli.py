@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
     )
     add = parser.add_argument
-    add("hostfile", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line")
-    add("script", help="training script (or module with --module, program with --no_python)")
+    add("hostfile", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with --launcher slurm)")
+    add("script", nargs="?", help="training script (or module with --module, program with --no_python)")
     add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script").required = False
     sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
     sel.add_argument("-i", "--include", help="e.g. 'node1@node2:0,2': all of node1, slots 0,2 of node2")
@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
     ssh.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
                      help="a node cut off from the console this long stops its job (default 30)")
+    slurm = parser.add_argument_group("Slurm (the nodes of an allocation)")
+    slurm.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
+                       help="slurm: one srun step per node of the current allocation (SLURM_JOB_ID) "
+                            "or of a new one (--slurm_args); no HOSTFILE argument (default ssh)")
+    slurm.add_argument("--slurm_args", "--slurm-args", metavar="'SALLOC OPTIONS'",
+                       help="request a new allocation with these salloc options, e.g. '-N2 -p gpu "
+                            "--gpus-per-node=8 -t 60'; released when the job ends")
+    slurm.add_argument("-H", "--hostfile", dest="hostfile_option", metavar="HOSTFILE",
+                       help="hostfile as an option (then no HOSTFILE argument); with --launcher slurm "
+                            "it names slots for (some of) the allocated nodes")
     ela = parser.add_argument_group(
         "elastic (torch's elastic agent on every node: c10d rendezvous at MASTER_ADDR:MASTER_PORT)")
     ela.add_argument("--elastic", action="store_true",
@@ -91,8 +101,15 @@ def check_durations(args: argparse.Namespace) -> None:
         raise UsageError(f"--node_timeout {args.node_timeout:g}: expected seconds > 0")
 
 
-def resolve_world(args: argparse.Namespace) -> World:
-    hosts = read_hostfile(args.hostfile)
+def shift_positionals(args: argparse.Namespace) -> None:
+    """No HOSTFILE argument (--launcher slurm, or --hostfile given): the first word is SCRIPT."""
+    words = [w for w in (args.hostfile, args.script) if w is not None] + list(args.script_args)
+    args.hostfile = args.hostfile_option
+    args.script, args.script_args = (words[0], words[1:]) if words else (None, [])
+
+
+def resolve_world(args: argparse.Namespace, hosts: dict[str, int] | None = None) -> World:
+    hosts = read_hostfile(args.hostfile) if hosts is None else hosts
     selected = select_slots(
         hosts, include=args.include, exclude=args.exclude,
         num_nodes=args.num_nodes, num_gpus=args.num_gpus,
@@ -166,9 +183,36 @@ async def _run_tui(job: Job, theme: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.launcher == "slurm" or args.hostfile_option is not None:
+        shift_positionals(args)
+    if args.script is None:
+        parser.error("the following arguments are required: script")
+    if args.launcher == "slurm":
+        return _main_slurm(args)
+    return _main(args)
+
+
+def _main_slurm(args: argparse.Namespace) -> int:
+    from flextui.transport.slurm import SlurmBackend  # noqa: PLC0415 - only when needed
+
     try:
         check_durations(args)
-        world = resolve_world(args)
+        parse_env(args.env)
+    except UsageError as exc:  # before asking Slurm for anything
+        print(f"flextui: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        with SlurmBackend.from_args(args) as backend:  # an allocation it made is released on exit
+            return _main(args, backend)
+    except LaunchError as exc:
+        print(f"flextui: error: {exc}", file=sys.stderr)
+        return LAUNCH_ERROR
+
+
+def _main(args: argparse.Namespace, slurm=None) -> int:
+    try:
+        check_durations(args)
+        world = resolve_world(args, slurm.hosts(args) if slurm else None)
         env = parse_env(args.env)
         elastic = resolve_elastic(args, world)
     except (HostfileError, UsageError) as exc:
@@ -196,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env), node_timeout=args.node_timeout,
         elastic=elastic,
     )
-    job = Job(config, make_transports(args))
+    job = Job(config, slurm.transport_for if slurm else make_transports(args))
     headless = args.headless or not sys.stdout.isatty()
     try:
         if headless:

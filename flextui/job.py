@@ -243,6 +243,12 @@ class Job:
                 self._notify()
         except (OSError, ConnectionError) as exc:
             model.nodes[node_rank].error = str(exc)
+        interrupted = channel.interruption()
+        if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
+            model.error = model.error or interrupted
+            run_dir.record({"ev": "interrupted", "node": node_rank, "reason": interrupted, "t": time.time()})
+            self.stop(interrupted)
+            self._notify()
         node = model.nodes[node_rank]
         if not node.done:
             detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"

@@ -38,6 +38,11 @@ class NodeChannel(abc.ABC):
         """Whatever the launcher said outside the protocol (its stderr), for errors."""
         return ""
 
+    def interruption(self) -> str | None:
+        """Why the launcher was ended from outside the job (say, its Slurm job was
+        cancelled), once events() has ended; None when it was not."""
+        return None
+
 
 class Transport(abc.ABC):
     #: Whether the launcher's log dir is the console's run dir (no need to copy logs).

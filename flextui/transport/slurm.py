@@ -1,0 +1,534 @@
+"""Slurm transport (`--launcher slurm`): node launchers as srun job steps in an allocation.
+
+The allocation is the current one (SLURM_JOB_ID set: inside sbatch/salloc) or a new one
+made from `--slurm_args`; its nodes come from `scontrol show hostnames`, in Slurm's order,
+so MASTER_ADDR is the first allocated node. Slots per node: `--num_gpus`, else the
+allocation's GPUs on that node, else its tasks per node when tasks were asked for, else 1;
+a `--hostfile` may still name slots and a subset of the allocated nodes.
+
+One srun step per node, not one step for all nodes:
+
+    srun --jobid=J --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist=HOST
+         --kill-on-bad-exit=1 --overlap --mpi=none --job-name=flextui-<token>-<node rank>
+         PYTHON -c <launcher source> --spec ... (every word its own argv entry, no shell)
+
+* It is the per-node Transport interface as it stands: a step's stdin/stdout *is* that
+  node's channel, so commands reach one node, a node's spec travels in its own argv (one
+  combined spec for hundreds of nodes would outgrow the 128 KiB limit of one argument),
+  and nothing needs demultiplexing (`srun --label` would prefix and can split long lines).
+* Failure stays the console's business, as with SSH: a rank failing on one node makes
+  the console stop the others gracefully, within --grace. In one multi-node step,
+  `--kill-on-bad-exit` would instead have Slurm kill the other nodes' launchers the moment
+  one exits non-zero, cutting their grace and losing their last events. Per step (one
+  task) it only ever applies to that node's own launcher.
+* A lost node ends only its own step; the console sees the channel close and stops the rest.
+* Cost: one srun process per node on the console's machine and one step creation each,
+  fine for the tens to hundreds of nodes this console shows.
+
+`--overlap` lets the launcher's step share the allocation with other steps (the
+preflight steps just before it, or a batch script's own), so it never waits for "busy"
+resources. A step gets all of the job's CPUs, memory and GRES on its node by default, so
+the workers have all of them; the workers' CUDA_VISIBLE_DEVICES (slot ids) are mapped onto
+the GPUs Slurm gave the step (`slot i` -> i-th entry of the step's CUDA_VISIBLE_DEVICES).
+Variables that would reshape our one-task step (SLURM_NTASKS, SLURM_GPUS_PER_TASK, ...,
+inherited from an sbatch script) are dropped from srun's environment; each worker gets
+SLURM_PROCID/LOCALID/NODEID/NTASKS that agree with its flextui rank, so frameworks that
+read them do not all see task 0 of 1.
+
+Lifecycle: closing a step's stdin (console gone, even by SIGKILL: the pipe closes) is the
+launcher's stdin EOF, so it stops every process tree. On `scancel` (or a time limit)
+slurmstepd sends SIGTERM to the launcher and its workers, then SIGKILL after KillWait; the
+launcher stops its trees as on any stop, srun reports the cancellation, and the channel
+tells the job (NodeChannel.interruption), which then fails with that reason and a non-zero
+exit. At the end the transport scancels any step of its own still listed (a hung srun),
+and an allocation it created is released: salloc holds it only as long as a small holder
+process whose stdin is a pipe from the console, so it is released at the end, on Ctrl+C,
+and also if the console is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from flextui import launch, preflight
+from flextui.hostfile import HostfileError, read_hostfile
+from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
+from flextui.world import Node
+
+STREAM_LIMIT = 64 << 20  # one event can carry a whole read chunk of log text
+RELEASE_TIMEOUT = 15.0
+
+# srun input variables that would change the shape of our one-task step if inherited
+# from the allocation's environment (sbatch/salloc export the job's options as these).
+STEP_SHAPING = re.compile(
+    r"^SLURM_(NTASKS.*|NPROCS|NNODES|CPUS_PER_(TASK|GPU)|GPUS.*|MEM_PER_.*|DISTRIBUTION|"
+    r"(CPU|MEM|GPU)_BIND|EXACT|EXCLUSIVE|OVERLAP|HINT|THREADS_PER_CORE|TRES_PER_TASK|"
+    r"HOSTFILE|ARBITRARY|TIMELIMIT|JOB_NAME|NODELIST|STEP_.*)$"
+    r"|^SRUN_.*$|^CUDA_VISIBLE_DEVICES$"
+)
+CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT \S+(?: DUE TO ([A-Z_ ]+?))? \*\*\*")
+ENDED_STATES = {
+    "CANCELLED": "was cancelled", "TIMEOUT": "reached its time limit", "PREEMPTED": "was preempted",
+    "NODE_FAIL": "lost a node", "DEADLINE": "reached its deadline", "BOOT_FAIL": "failed to boot",
+    "OUT_OF_MEMORY": "ran out of memory", "FAILED": "failed",
+}
+
+
+def _inline_program(module, prologue: str = "") -> str:
+    """`python -c` code that runs a self-contained module's source as __main__."""
+    packed = base64.b64encode(zlib.compress(Path(module.__file__).read_bytes(), 9)).decode()
+    return f"{prologue}import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+
+
+# Runs on the node before the launcher: maps slot ids in the spec's CUDA_VISIBLE_DEVICES
+# onto the GPUs Slurm gave this step (its own CUDA_VISIBLE_DEVICES), when it gave any.
+GPU_PROLOGUE = """import base64 as _b,json as _j,os as _o,sys as _s
+def _remap():
+    g=[x for x in _o.environ.get('CUDA_VISIBLE_DEVICES','').split(',') if x]
+    i=_s.argv.index('--spec')+1
+    spec=_j.loads(_b.b64decode(_s.argv[i]));env=spec.get('env',{})
+    if not g or not env.get('CUDA_VISIBLE_DEVICES'):return
+    env['CUDA_VISIBLE_DEVICES']=','.join(g[int(k)] if k.isdigit() and int(k)<len(g) else k for k in env['CUDA_VISIBLE_DEVICES'].split(','))
+    _s.argv[i]=_b.b64encode(_j.dumps(spec).encode()).decode()
+_remap()
+"""
+LAUNCHER_PROGRAM = _inline_program(launch, GPU_PROLOGUE)
+PREFLIGHT_PROGRAM = _inline_program(preflight)
+# Holds a salloc allocation: says which job it is, then lives until its stdin closes.
+HOLDER_PROGRAM = (
+    "import json,os,sys;"
+    "print(json.dumps({k:v for k,v in os.environ.items() if k.startswith('SLURM_')}),flush=True);"
+    "sys.stdin.read()"
+)
+
+
+def map_gpus(slots: str, step_gpus: str) -> str:
+    """What GPU_PROLOGUE does, for tests: slot ids -> the step's CUDA_VISIBLE_DEVICES entries."""
+    gpus = [g for g in step_gpus.split(",") if g]
+    if not gpus or not slots:
+        return slots
+    return ",".join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(","))
+
+
+def srun_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not STEP_SHAPING.match(k)}
+
+
+def expand_counts(spec: str) -> list[int]:
+    """Slurm's compressed per-node counts: '2(x3),1' -> [2, 2, 2, 1]."""
+    counts = []
+    for part in filter(None, spec.split(",")):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not match:
+            raise ValueError(f"bad Slurm count list {spec!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in a `scontrol show job -d` GRES field: 'gpu:a100:2(IDX:0-1),nic:1' -> 2."""
+    total = 0
+    for item in re.split(r",(?![^(]*\))", gres):
+        fields = item.split("(")[0].split(":")
+        if fields[0] == "gpu" and len(fields) >= 2 and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def _run(argv: list[str], timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env=env if env is not None else srun_environ(), stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise LaunchError(f"{argv[0]} not found: is Slurm installed on this machine?") from None
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"{' '.join(argv[:3])} did not answer within {timeout:g}s") from None
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    line = (errors or lines or [""])[-1]
+    return re.sub(r"^(srun|salloc|scontrol|slurmstepd(-\S+)?): (error: )?", "", line)
+
+
+class Allocation:
+    """A Slurm job whose nodes the flextui job runs on; `owned` if flextui made it."""
+
+    def __init__(self, job_id: str, slurm_env: dict[str, str], holder: subprocess.Popen | None = None,
+                 salloc_log: deque | None = None) -> None:
+        self.job_id = job_id
+        self.slurm_env = slurm_env
+        self.holder = holder
+        self.salloc_log = salloc_log if salloc_log is not None else deque(maxlen=50)
+        self.info = ""
+        self.nodes: list[str] = []
+        self.gpus: dict[str, int] = {}
+
+    @property
+    def owned(self) -> bool:
+        return self.holder is not None
+
+    @classmethod
+    def current(cls, environ=os.environ) -> Allocation:
+        job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+        if not job_id:
+            raise LaunchError("--launcher slurm: not inside a Slurm allocation (SLURM_JOB_ID is not set); "
+                              "run inside sbatch/salloc or pass --slurm_args to request one")
+        alloc = cls(job_id, {k: v for k, v in environ.items() if k.startswith("SLURM_")})
+        alloc.describe()
+        return alloc
+
+    @classmethod
+    def create(cls, slurm_args: list[str], python: str = sys.executable) -> Allocation:
+        """salloc SLURM_ARGS with a holder process; waits (as salloc does) until granted."""
+        if shutil.which("salloc") is None:
+            raise LaunchError("salloc not found: is Slurm installed on this machine?")
+        env = {k: v for k, v in srun_environ().items() if not k.startswith(("SLURM_JOB", "SLURM_JOBID"))}
+        argv = ["salloc", "--job-name=flextui", *slurm_args, python, "-c", HOLDER_PROGRAM]
+        holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=env, start_new_session=True, text=True)
+        log: deque = deque(maxlen=50)
+        granted = threading.Event()
+
+        def pump() -> None:  # salloc's messages: shown while waiting, kept afterwards
+            for line in holder.stderr:
+                log.append(line.rstrip("\n"))
+                if not granted.is_set():
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+
+        threading.Thread(target=pump, daemon=True).start()
+        alloc = cls("", {}, holder, log)
+        try:
+            line = holder.stdout.readline()
+            granted.set()
+            if not line:
+                holder.wait(10)
+                raise LaunchError(f"salloc {shlex.join(slurm_args)} failed: {_last_error(chr(10).join(log))}")
+            alloc.slurm_env = json.loads(line)
+            alloc.job_id = alloc.slurm_env.get("SLURM_JOB_ID", "")
+            alloc.describe()
+        except BaseException:
+            alloc.release()
+            raise
+        return alloc
+
+    def describe(self) -> None:
+        result = _run(["scontrol", "show", "job", "-d", "-o", self.job_id])
+        if result.returncode != 0:
+            raise LaunchError(f"Slurm job {self.job_id}: {_last_error(result.stderr)}")
+        self.info = result.stdout
+        state = self.field("JobState")
+        if state != "RUNNING":
+            raise LaunchError(f"Slurm job {self.job_id} is not running (state {state})")
+        self.nodes = hostnames(self.field("NodeList"))
+        for group, gres in re.findall(r"\bNodes=(\S+) CPU_IDs=\S+ Mem=\S+ GRES=(\S*)", self.info):
+            for host in hostnames(group):
+                self.gpus[host] = gpu_count(gres)
+
+    def field(self, name: str) -> str:
+        match = re.search(rf"(?:^|\s){re.escape(name)}=(\S*)", self.info)
+        return match.group(1) if match else ""
+
+    def default_slots(self) -> dict[str, int]:
+        """GPUs per node if the job has any, else its tasks per node if tasks were asked for, else 1."""
+        tasks = [1] * len(self.nodes)
+        if self.slurm_env.get("SLURM_NTASKS") and self.slurm_env.get("SLURM_TASKS_PER_NODE"):
+            counts = expand_counts(self.slurm_env["SLURM_TASKS_PER_NODE"])
+            if len(counts) == len(self.nodes):
+                tasks = counts
+        return {host: self.gpus.get(host) or max(1, n) for host, n in zip(self.nodes, tasks)}
+
+    def release(self) -> None:
+        """Give back an allocation flextui made (no-op for the one it runs in)."""
+        holder, self.holder = self.holder, None
+        if holder is None:
+            return
+        if holder.stdin:
+            try:
+                holder.stdin.close()  # the holder exits, salloc relinquishes the allocation
+            except OSError:
+                pass
+        try:
+            holder.wait(RELEASE_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        if self.job_id:
+            subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30, env=srun_environ())
+        holder.terminate()
+        try:
+            holder.wait(RELEASE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """`scontrol show hostnames`: 'n[1-3],gpu7' -> ['n1', 'n2', 'n3', 'gpu7']."""
+    if not nodelist or nodelist == "(null)":
+        return []
+    result = _run(["scontrol", "show", "hostnames", nodelist])
+    if result.returncode != 0:
+        raise LaunchError(f"scontrol show hostnames {nodelist}: {_last_error(result.stderr)}")
+    return result.stdout.split()
+
+
+class SlurmBackend:
+    """What the CLI needs for `--launcher slurm`: the allocation, its hosts, the transport.
+
+    A context manager: an allocation made from `--slurm_args` is released on exit.
+    """
+
+    def __init__(self, allocation: Allocation, args) -> None:
+        self.allocation = allocation
+        self.transport = SlurmTransport(
+            allocation.job_id, python=args.remote_python,
+            timeout=max(30.0, getattr(args, "connect_timeout", 30.0)),
+        )
+
+    @classmethod
+    def from_args(cls, args) -> SlurmBackend:
+        if args.slurm_args is not None:
+            try:
+                slurm_args = shlex.split(args.slurm_args)
+            except ValueError as exc:
+                raise LaunchError(f"--slurm_args {args.slurm_args!r}: {exc}") from None
+            try:
+                allocation = Allocation.create(slurm_args, python=sys.executable)
+            except KeyboardInterrupt:
+                raise LaunchError("interrupted while waiting for the Slurm allocation") from None
+        else:
+            allocation = Allocation.current()
+        return cls(allocation, args)
+
+    def __enter__(self) -> SlurmBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.allocation.release()
+
+    def hosts(self, args) -> dict[str, int]:
+        """Host -> slots for hostfile-style selection (--include/--exclude/--num_* apply after)."""
+        alloc = self.allocation
+        if args.hostfile:
+            hosts = read_hostfile(args.hostfile)
+            outside = [h for h in hosts if h not in alloc.nodes]
+            if outside:
+                raise HostfileError(f"{args.hostfile}: host {outside[0]!r} is not in Slurm job {alloc.job_id} "
+                                    f"(its nodes: {','.join(alloc.nodes)})")
+            return hosts
+        if args.num_gpus is not None and args.num_gpus >= 1:
+            return {host: args.num_gpus for host in alloc.nodes}
+        return alloc.default_slots()
+
+    def transport_for(self, node: Node) -> Transport:
+        return self.transport
+
+
+class SlurmChannel(NodeChannel):
+    def __init__(self, node: Node, process: asyncio.subprocess.Process, transport: SlurmTransport) -> None:
+        super().__init__(node)
+        self.process = process
+        self.transport = transport
+        self._stderr = b""
+        self._stderr_task = asyncio.ensure_future(self._collect_stderr())
+        self._interruption: str | None = None
+
+    async def _collect_stderr(self) -> None:
+        self._stderr = await self.process.stderr.read()
+
+    async def events(self) -> AsyncIterator[dict]:
+        while True:
+            try:
+                line = await self.process.stdout.readline()
+            except (ValueError, OSError):  # an over-long line: the stream is unusable
+                break
+            if not line:
+                break
+            event = decode_event(line)
+            if event is not None:
+                yield event
+        await self.process.wait()
+        await self._stderr_task
+        self._interruption = await self.transport.interruption(self.stderr_text())
+
+    def stderr_text(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    def send(self, command: dict) -> None:
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            try:
+                stdin.write(encode_command(command))
+            except (OSError, RuntimeError):
+                pass
+
+    async def close(self) -> None:
+        if self.process.stdin and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        if self.process.returncode is None:
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except asyncio.TimeoutError:
+                self.process.terminate()  # srun forwards SIGTERM to the launcher, then exits
+                try:
+                    await asyncio.wait_for(self.process.wait(), 10)
+                except asyncio.TimeoutError:
+                    self.process.kill()  # its step is scancelled by the transport's close()
+
+    def interruption(self) -> str | None:
+        return self._interruption
+
+    def diagnostics(self) -> str:
+        text = self.stderr_text()
+        if "execve(): " in text and "No such file or directory" in text:
+            return f"python not found: {self.transport.python}"
+        return _last_error(text) or (f"srun exited with status {self.process.returncode}"
+                                     if self.process.returncode else "")
+
+
+class SlurmTransport(Transport):
+    def __init__(self, job_id: str, *, python: str | None = None, timeout: float = 30.0, fanout: int = 32) -> None:
+        self.job_id = job_id
+        self.python = python or sys.executable
+        self.timeout = timeout
+        self.token = secrets.token_hex(4)
+        self._fanout = asyncio.Semaphore(max(1, fanout))  # concurrent preflight steps
+        self._closed = False
+
+    def srun_argv(self, node: Node, name: str, cwd: str | None, program: list[str]) -> list[str]:
+        argv = [
+            "srun", f"--jobid={self.job_id}", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1",
+            f"--nodelist={node.host}", "--kill-on-bad-exit=1", "--overlap", "--mpi=none",
+            f"--job-name=flextui-{self.token}-{name}",
+        ]
+        if cwd:
+            argv.append(f"--chdir={cwd}")
+        return argv + program
+
+    async def preflight(self, node: Node, request: dict) -> None:
+        # No --chdir: whether the working directory exists on the node is preflight's check.
+        argv = self.srun_argv(node, f"preflight{node.node_rank}", None,
+                              [self.python, "-c", PREFLIGHT_PROGRAM, json.dumps(request)])
+        async with self._fanout:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, env=srun_environ(), start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise LaunchError("srun not found: is Slurm installed on this machine?") from None
+            try:
+                stdout, stderr = await asyncio.wait_for(process.communicate(), self.timeout)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+                raise LaunchError(f"{node.host}: srun preflight did not finish within {self.timeout:g}s") from None
+        err = stderr.decode(errors="replace")
+        if "execve(): " in err and "No such file or directory" in err:
+            raise LaunchError(f"{node.host}: python not found: {self.python}")
+        try:
+            problems = json.loads(stdout)
+        except ValueError:
+            detail = _last_error(err) or f"srun exited with status {process.returncode}"
+            raise LaunchError(f"{node.host}: preflight failed: {detail}") from None
+        if problems:
+            raise LaunchError(f"{node.host}: {problems[0]}")
+
+    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+        launcher_args, cwd = self._with_slurm_task_env(launcher_args)
+        argv = self.srun_argv(node, str(node.node_rank), cwd, [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=STREAM_LIMIT, env=srun_environ(),
+                # Its own session: a terminal's Ctrl+C reaches only the console, which stops
+                # the job in order (srun would otherwise act on SIGINT itself).
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise LaunchError("srun not found: is Slurm installed on this machine?") from None
+        return SlurmChannel(node, process, self)
+
+    @staticmethod
+    def _with_slurm_task_env(launcher_args: list[str]) -> tuple[list[str], str | None]:
+        """Give each worker Slurm task variables that match its flextui rank."""
+        args = list(launcher_args)
+        try:
+            i = args.index("--spec") + 1
+            spec = json.loads(base64.b64decode(args[i]))
+        except (ValueError, IndexError):
+            return args, None
+        env = spec.get("env", {})
+        world_size = env.get("WORLD_SIZE")
+        for worker in spec.get("workers", []):
+            extra = {"SLURM_PROCID": str(worker["rank"]), "SLURM_LOCALID": str(worker["local_rank"]),
+                     "SLURM_NODEID": str(spec.get("node_rank", 0))}
+            if world_size:
+                extra.update(SLURM_NTASKS=world_size, SLURM_NPROCS=world_size)
+            worker["env"] = {**extra, **worker.get("env", {})}
+        args[i] = base64.b64encode(json.dumps(spec, separators=(",", ":")).encode()).decode()
+        return args, spec.get("cwd")
+
+    async def interruption(self, srun_stderr: str) -> str | None:
+        """Why a step ended from outside the job (scancel, time limit, ...), else None."""
+        match = CANCELLED.search(srun_stderr)
+        revoked = "has been revoked" in srun_stderr
+        if not match and not revoked:
+            return None
+        state = await asyncio.get_running_loop().run_in_executor(None, self._job_state)
+        if state in ENDED_STATES:
+            return f"Slurm job {self.job_id} {ENDED_STATES[state]}"
+        if match:
+            what, ident, _, due = match.groups()
+            reason = f"Slurm {what.lower()} {ident} was cancelled"
+            return reason + (f" due to {due.lower()}" if due else "")
+        return f"Slurm job {self.job_id} allocation was revoked"
+
+    def _job_state(self) -> str:
+        try:
+            result = _run(["scontrol", "show", "job", "-o", self.job_id], timeout=10)
+        except LaunchError:
+            return "UNKNOWN"
+        match = re.search(r"\bJobState=(\S+)", result.stdout)
+        return match.group(1) if match else "UNKNOWN"
+
+    def leftover_steps(self) -> list[str]:
+        result = _run(["squeue", "-h", "-s", "-j", self.job_id, "-o", "%i %j"], timeout=15)
+        prefix = f"flextui-{self.token}-"
+        return [step for step, _, name in (ln.partition(" ") for ln in result.stdout.splitlines())
+                if name.startswith(prefix)]
+
+    async def close(self) -> None:
+        """After every channel: scancel any step of ours Slurm still lists (a hung srun)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+
+        def sweep() -> None:
+            try:
+                steps = self.leftover_steps()
+                if steps:
+                    _run(["scancel", *steps], timeout=15)
+            except LaunchError:
+                pass
+
+        await loop.run_in_executor(None, sweep)
