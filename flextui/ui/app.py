@@ -134,7 +134,8 @@ class FlexApp(App[int]):
         self.job_done = False
         self.palette = Palette(STATUS_VARIABLES)
         self.rates = RateMeter(self.model)
-        self.sources = {"all": CombinedSource(self.model)}
+        window = max(256, 4 * len(self.model.ranks))  # how far back "all ranks" merges
+        self.sources = {"all": CombinedSource(self.model, window=window)}
         for rank in self.model.ranks:
             self.sources[f"r{rank.rank}"] = RankSource(rank)
         self.tab_ids = list(self.sources)
