@@ -180,9 +180,25 @@ async def _run_tui(job: Job, theme: str | None) -> int:
     return await run_app(job, theme=theme)
 
 
+def attach_slurm_args(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--slurm_args -N2` as `--slurm_args=-N2` (argparse takes a lone '-N2' for an option);
+    only among flextui's own options, before the first positional word."""
+    argv, i = list(argv), 0
+    while i < len(argv) - 1 and argv[i].startswith("-") and argv[i] != "--":
+        word = argv[i]
+        if word in ("--slurm_args", "--slurm-args"):
+            argv[i:i + 2] = [f"{word}={argv[i + 1]}"]
+        else:
+            action = parser._option_string_actions.get(word)
+            i += 1 if action is None or action.nargs == 0 else 2  # skip the option's value
+            continue
+        i += 1
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_slurm_args(parser, sys.argv[1:] if argv is None else argv))
     if args.launcher == "slurm" or args.hostfile_option is not None:
         shift_positionals(args)
     if args.script is None:

@@ -123,3 +123,68 @@ def make_cluster(request, _ssh_cluster_pool):
     yield make
     for c in handed_out:
         _sc_check_after(c)
+
+
+# --------------------------------------------------------------------------- #
+# Slurm test cluster (tests/slurmcluster.py): slurmctld + munged on the host, one real
+# slurmd per node in the SSH cluster's namespaces.
+#
+#   slurm_cluster   session: 3-node SlurmCluster (started on first use, stopped at end)
+#   slurm           function: the same cluster with no job queued and every node idle
+#                   before the test; after it, a job still queued (an allocation not
+#                   released) or a process left on any node (slurmstepd included) fails
+#                   the test, after a short grace, and is cleaned up.
+# --------------------------------------------------------------------------- #
+import slurmcluster as _slurmcluster  # noqa: E402
+
+SLURM_CLUSTER_NODES = 3
+SLURM_LEAK_GRACE_S = 3.0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    try:
+        _slurmcluster.check_prerequisites()
+    except _slurmcluster.ClusterError as e:
+        pytest.fail(f"{e}\n(./dev test installs slurmctld, slurmd and munge and runs tests as root)", pytrace=False)
+    c = _slurmcluster.SlurmCluster(SLURM_CLUSTER_NODES, tmp_path_factory.mktemp("slurm_cluster"), "fts")
+    try:
+        c.start()
+    except _slurmcluster.ClusterError as e:
+        pytest.fail(f"could not start the Slurm test cluster: {e}", pytrace=False)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _slurm_leftovers(c) -> tuple[list[str], dict]:
+    procs = {n.name: p for n in c.nodes if (p := c.job_processes(n))}
+    return c.jobs(), procs
+
+
+def _slurm_clean(c, jobs, procs) -> None:
+    if jobs:
+        c.slurm("scancel", *jobs, check=False)
+    for name, ps in procs.items():
+        c.kill_node_processes(name, [pid for pid, _, _ in ps])
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    c = slurm_cluster
+    jobs, procs = _slurm_leftovers(c)
+    if jobs or procs:
+        _slurm_clean(c, jobs, procs)
+        pytest.fail(f"the Slurm test cluster was not clean before this test (killed): jobs {jobs}, "
+                    f"processes {procs}", pytrace=False)
+    c.wait_idle()
+    yield c
+    deadline = _sc_time.monotonic() + SLURM_LEAK_GRACE_S
+    while any(leftovers := _slurm_leftovers(c)) and _sc_time.monotonic() < deadline:
+        _sc_time.sleep(0.05)
+    if any(leftovers):
+        _slurm_clean(c, *leftovers)
+        pytest.fail(f"LEAK on the Slurm test cluster {SLURM_LEAK_GRACE_S:.0f}s after the test (cleaned now): "
+                    f"jobs still queued {leftovers[0]}, processes on nodes {leftovers[1]}", pytrace=False)
+    c.wait_idle()

@@ -172,9 +172,9 @@ class SlurmCluster:
             return self
         check_prerequisites()
         t0 = time.monotonic()
+        self._cleanup_stale()
         self._started = True
         try:
-            self._cleanup_stale()
             self.base_dir.mkdir(parents=True, exist_ok=True)
             self.net.start()
             self.timings["net"] = time.monotonic() - t0
@@ -183,7 +183,7 @@ class SlurmCluster:
             self._start_slurmctld()
             for n in self.nodes:
                 self._start_slurmd(n)
-            self._wait_nodes_idle()
+            self.wait_idle()
             self._write_state()
         except BaseException:
             self.stop()
@@ -212,7 +212,7 @@ class SlurmCluster:
     def restart_slurmd(self, node) -> None:
         n = self.net.node(node)
         self._start_slurmd(n)
-        self._wait_nodes_idle([n.name])
+        self.wait_idle([n.name])
 
     # ----------------------------------------------------- inside the nodes
     def job_processes(self, node) -> list[tuple[int, int, str]]:
@@ -347,7 +347,7 @@ class SlurmCluster:
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=self.env(), start_new_session=True,
         )
 
-    def _wait_nodes_idle(self, names: Sequence[str] | None = None) -> None:
+    def wait_idle(self, names: Sequence[str] | None = None) -> None:
         names = set(names or (n.name for n in self.nodes))
         deadline = time.monotonic() + self.ready_timeout
         while True:

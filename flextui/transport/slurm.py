@@ -59,6 +59,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -493,22 +494,30 @@ class SlurmTransport(Transport):
         revoked = "has been revoked" in srun_stderr
         if not match and not revoked:
             return None
-        state = await asyncio.get_running_loop().run_in_executor(None, self._job_state)
+        state = await asyncio.get_running_loop().run_in_executor(None, self._final_job_state)
         if state in ENDED_STATES:
             return f"Slurm job {self.job_id} {ENDED_STATES[state]}"
         if match:
             what, ident, _, due = match.groups()
-            reason = f"Slurm {what.lower()} {ident} was cancelled"
-            return reason + (f" due to {due.lower()}" if due else "")
+            # COMPLETING: the whole job is ending (not just our step), its final state not known yet
+            subject = f"Slurm job {self.job_id}" if state == "COMPLETING" else f"Slurm {what.lower()} {ident}"
+            return f"{subject} was cancelled" + (f" due to {due.lower()}" if due else "")
         return f"Slurm job {self.job_id} allocation was revoked"
 
-    def _job_state(self) -> str:
-        try:
-            result = _run(["scontrol", "show", "job", "-o", self.job_id], timeout=10)
-        except LaunchError:
-            return "UNKNOWN"
-        match = re.search(r"\bJobState=(\S+)", result.stdout)
-        return match.group(1) if match else "UNKNOWN"
+    def _final_job_state(self, patience: float = 2.0) -> str:
+        """The job's state; while it is COMPLETING (its steps being killed), wait a little
+        for the state it ends in (CANCELLED, TIMEOUT, ...)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                result = _run(["scontrol", "show", "job", "-o", self.job_id], timeout=10)
+            except LaunchError:
+                return "UNKNOWN"
+            match = re.search(r"\bJobState=(\S+)", result.stdout)
+            state = match.group(1) if match else "UNKNOWN"
+            if state != "COMPLETING" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
 
     def leftover_steps(self) -> list[str]:
         result = _run(["squeue", "-h", "-s", "-j", self.job_id, "-o", "%i %j"], timeout=15)
