@@ -99,7 +99,7 @@ def test_status_words_follow_the_issue():
 
 
 def test_durations_rates_and_countdown():
-    assert fmt_duration(3.21) == "3.2s" and fmt_duration(125) == "2:05" and fmt_duration(3725) == "1:02:05"
+    assert fmt_duration(3.21) == "3.2s" and fmt_duration(42.7) == "42s" and fmt_duration(125) == "2:05" and fmt_duration(3725) == "1:02:05"
     assert fmt_rate(0) == "-" and fmt_rate(2.34) == "2.3" and fmt_rate(999) == "999" and fmt_rate(64000) == "64k"
     job = demo_job()
     assert job_state_text(job.model, job.t0 + 11) == ("stopping — SIGKILL in 8s", "killed")

@@ -26,7 +26,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.widgets import Footer, Input, Tab, Tabs
 
 from flextui.transport import LaunchError
-from flextui.ui.format import RateMeter, status_text
+from flextui.ui.format import RateMeter, fmt_duration, status_text
 from flextui.ui.logview import ERROR_RE, CombinedSource, LogView, RankSource
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
@@ -146,6 +146,7 @@ class FlexApp(App[int]):
         self._digits = ""
         self._digit_at = 0.0
         self._tab_signature: tuple = ()
+        self._table_signature: tuple = ()
         self._announced_failure = False
         self._summary_shown = False
         self._prompt_mode: str | None = None
@@ -208,6 +209,7 @@ class FlexApp(App[int]):
             widget.palette = self.palette
             widget.refresh()
         self._tab_signature = ()
+        self._table_signature = ()
         self._tick()
 
     # -- the job ------------------------------------------------------------------------
@@ -256,7 +258,13 @@ class FlexApp(App[int]):
         self.rates.sample(now)
         self.table.rates = self.rates.rates
         self.table.now = now
-        self.table.refresh()
+        # Redraw the table only when something in it changed (idle jobs cost ~nothing).
+        table_sig = (self.rates.rates, model.first_failure, [
+            (r.status, r.line_count, r.live, fmt_duration(r.runtime(now)) if r.started_at else "")
+            for r in model.ranks])
+        if table_sig != self._table_signature:
+            self._table_signature = table_sig
+            self.table.refresh()
         run_dir = getattr(getattr(self.job, "run_dir", None), "path", None)
         self.job_bar.set(job_bar_lines(model, self.palette, now, run_dir, self.rates.total,
                                        self.quitting, self.launch_error))

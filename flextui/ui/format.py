@@ -33,8 +33,10 @@ def status_key(rank: RankState) -> str:
 
 def fmt_duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
-    if seconds < 60:
+    if seconds < 10:
         return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{int(seconds)}s"
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
