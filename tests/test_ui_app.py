@@ -27,6 +27,13 @@ async def settle(pilot, seconds: float = 0.15) -> None:
     await pilot.pause(seconds)
 
 
+async def prompt(pilot, key: str, text: str) -> None:
+    """Open the search (slash) or filter (ampersand) prompt and submit `text`."""
+    await pilot.press(key)
+    pilot.app.prompt.value = text
+    await pilot.press("enter")
+
+
 def screen_text(app) -> str:
     return "\n".join(app.log_view.visible_text())
 
@@ -119,7 +126,7 @@ async def test_search_next_previous_and_highlight():
         await pilot.press("1")
         await settle(pilot)
         view = app.log_view
-        await pilot.press("slash", *"needle", "enter")
+        await prompt(pilot, "slash", "needle")
         assert view.search is not None and view.current_line() is not None
         first = view.cursor
         assert "needle" in view.current_line() and not view.follow
@@ -132,7 +139,7 @@ async def test_search_next_previous_and_highlight():
         strip = view.render_line(y)
         styles = [seg.style for seg in strip if "needle" in seg.text]
         assert styles and styles[0].bgcolor == app.palette.match.bgcolor
-        await pilot.press("slash", *"nothing-like-this", "enter")
+        await prompt(pilot, "slash", "nothing-like-this")
         assert view.cursor == first  # not found: stays
         await finish(app, pilot)
 
@@ -144,7 +151,7 @@ async def test_filter_shows_only_matching_lines_and_keeps_up():
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("0")
-        await pilot.press("ampersand", *"loss", "enter")
+        await prompt(pilot, "ampersand", "loss")
         await settle(pilot)
         view = app.log_view
         shown = [line for line in view.visible_text() if line]
@@ -153,7 +160,7 @@ async def test_filter_shows_only_matching_lines_and_keeps_up():
         await settle(pilot)
         assert view.layout_.count == 31 and "new loss line" in screen_text(app)
         assert "filter “loss” (31 lines)" in app.status_line.lines[0].plain
-        await pilot.press("ampersand", "ctrl+u", "enter")  # empty: filter off
+        await prompt(pilot, "ampersand", "")  # empty: filter off
         assert view.filter is None and view.layout_.count == 92
         await finish(app, pilot)
 
@@ -372,8 +379,8 @@ async def test_command_palette_opens_a_rank():
         await settle(pilot)
         await pilot.press("ctrl+p")
         await settle(pilot)
-        await pilot.press(*"open rank 6")
-        await settle(pilot, 0.5)
+        await pilot.press(*"rank 6")
+        await settle(pilot, 0.3)
         await pilot.press("enter")
         await settle(pilot)
         assert app.current_tab == "r6"
