@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import queue
+import random
 import socket
 import subprocess
 import sys
@@ -207,10 +208,33 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.02)
 
 
+def _bindable(family: int, address: str, port: int) -> bool:
+    try:
+        sock = socket.socket(family)
+    except OSError:
+        return True  # no such family here (no IPv6)
+    with sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for --master_port, free now and below the kernel's ephemeral range, so an
+    outgoing connection (another test's, a benchmark's SSH) cannot take it meanwhile."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if _bindable(socket.AF_INET, "0.0.0.0", port) and _bindable(socket.AF_INET6, "::", port):
+            return port
+    raise RuntimeError("no free port found")
 
 
 def read_text(path: Path) -> str:

@@ -249,7 +249,7 @@ def test_every_line_of_a_100k_line_rank_is_logged_and_printed(tmp_path, marker, 
     proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(worker), "--lines", str(lines),
                          "--lines-ranks", "1", "--run-for", "0.2", cwd=tmp_path)
     code, out, err = finish(proc, timeout=60)
-    assert code == 0, err
+    assert code == 0, out[-3000:] + err
     run_dir = the_run_dir(tmp_path / "runs")
     expected = [f"rank 1 line {i} of {lines}" for i in range(lines)]
     assert (run_dir / "rank-1.log").read_text() == "".join(line + "\n" for line in expected)
