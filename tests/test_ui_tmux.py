@@ -64,7 +64,7 @@ class Terminal:
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "t", *keys)
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             screen = self.screen()
@@ -73,7 +73,7 @@ class Terminal:
             time.sleep(0.1)
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
-    def exit_code(self, timeout: float = 15.0) -> int:
+    def exit_code(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.exit_file.exists() and self.exit_file.read_text().strip():
@@ -153,5 +153,16 @@ def test_q_on_a_running_job_asks_then_stops_it(terminal):
     terminal.keys("q")
     terminal.wait_for("Stop every rank and quit?")
     terminal.keys("y")
+    assert terminal.exit_code() == 130
+    assert marked(terminal.marker) == []
+
+
+def test_sigterm_to_the_console_stops_the_job_and_exits(terminal):
+    terminal.start(flextui(terminal, "forever"))
+    terminal.wait_for("rank 1 tick")
+    consoles = [p for p in psutil.process_iter(["cmdline"])
+                if terminal.marker in (p.info["cmdline"] or []) and "flextui" in (p.info["cmdline"] or [])]
+    assert len(consoles) == 1
+    consoles[0].terminate()
     assert terminal.exit_code() == 130
     assert marked(terminal.marker) == []

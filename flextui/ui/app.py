@@ -183,7 +183,8 @@ class FlexApp(App[int]):
             self.job_task = asyncio.get_running_loop().create_task(self._run_job())
         self.set_interval(TICK, self._tick)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # The terminal's Ctrl+C is a key here; these come from `kill` or a closed terminal.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 self._signals.append(sig)
@@ -239,12 +240,15 @@ class FlexApp(App[int]):
             self.action_summary()
 
     def _on_signal(self, sig: int) -> None:
-        """SIGTERM / SIGHUP to the console: stop the job, quit when it has stopped."""
-        self.quitting = True
+        """SIGTERM / SIGHUP / SIGINT to the console: stop the job, quit when it has stopped."""
         if self.job_done:
             self.exit(self.model.exit_code)
+        elif self.quitting:  # a second signal: no more grace
+            self.job.kill()
         else:
+            self.quitting = True
             self.job.stop(f"console got {signal.Signals(sig).name}", by_user=True)
+            self._tick()
 
     # -- the refresh timer ------------------------------------------------------------
 
