@@ -172,9 +172,12 @@ def _rank_summary(r: RankState, now: float) -> dict:
 class ElasticJobModel(JobModel):
     """JobModel for --elastic. What differs for a reader (UI, headless):
 
-    - `ranks` is the *current* attempt's ranks (replaced when a new attempt starts; its
-      length is that attempt's world size). Before the first attempt it is the planned
-      world (every selected slot, PENDING).
+    - `ranks[:world_size]` are the *current* attempt's ranks (their RankStates are
+      replaced when a new attempt starts, and `info` says where each runs now). `ranks`
+      keeps the planned length (every selected slot) so views sized at start stay
+      valid: the slots past the current world size are idle placeholders (PENDING, no
+      host). Before the first attempt it is the planned world, PENDING. `current_ranks`
+      is the current attempt's list alone.
     - `attempts` keeps every attempt with its own RankStates (bounded tails), so old
       attempts stay readable; `current_attempt`, `world_size`, `restart_count`.
     - `lost_nodes`: nodes whose connection dropped (also NodeState.lost), in order.
@@ -196,14 +199,19 @@ class ElasticJobModel(JobModel):
         self._by_group: dict[tuple[int, int], Attempt] = {}
         self._last_attempt: dict[int, int] = {}  # node rank -> its latest attempt number
         self._tail_lines = self.ranks[0].tail_lines if self.ranks else kwargs.get("tail_lines", 5000)
-        self._stop_cause_given = False
         self._host_node = rendezvous_host(world).node_rank
+        self._idle = [RankState(RankInfo(i, "", -1, -1, -1), self._tail_lines) for i in range(len(self.ranks))]
 
     # -- reading -------------------------------------------------------------------------
 
     @property
     def current_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    @property
+    def current_ranks(self) -> list[RankState]:
+        attempt = self.current_attempt
+        return attempt.ranks if attempt else self.ranks
 
     @property
     def world_size(self) -> int:
@@ -214,6 +222,13 @@ class ElasticJobModel(JobModel):
     def restart_count(self) -> int:
         attempt = self.current_attempt
         return attempt.restart_count if attempt else 0
+
+    def counts(self) -> dict[str, int]:
+        """Statuses of the current attempt's ranks (not the idle placeholders)."""
+        counts = {status.value: 0 for status in RankStatus}
+        for rank in self.current_ranks:
+            counts[rank.status.value] += 1
+        return counts
 
     def attempt_of(self, node_rank: int, seq: int | None) -> Attempt | None:
         return self._by_group.get((node_rank, seq))
@@ -298,7 +313,7 @@ class ElasticJobModel(JobModel):
             ranks=[RankState(RankInfo(i, "", -1, -1, -1), self._tail_lines) for i in range(world_size)],
         )
         self.attempts.append(attempt)
-        self.ranks = attempt.ranks
+        self.ranks = attempt.ranks + self._idle[world_size:]
         self.combined.clear()  # its (rank, line) pairs were about the previous attempt's ranks
         return attempt
 
@@ -418,7 +433,7 @@ class ElasticJobModel(JobModel):
         summary = super().summary()
         now = self.ended_at or time.time()
         summary["world_size"] = self.world_size
-        summary["ranks"] = [_rank_summary(r, now) for r in self.ranks]
+        summary["ranks"] = [_rank_summary(r, now) for r in self.current_ranks]
         summary["elastic"] = {
             **self.elastic.plan(),
             "attempts": [a.summary(now) for a in self.attempts],
@@ -445,6 +460,19 @@ def describe_attempt(model: ElasticJobModel, attempt: Attempt) -> str:
             f"{attempt.world_size}: ranks {', '.join(parts)}")
 
 
+def bar_text(model: ElasticJobModel) -> str:
+    """For a status bar: `attempt 1 · restart 1 · world 4 · 2/3 nodes · lost ftn3`."""
+    attempt = model.current_attempt
+    if attempt is None:
+        text = f"elastic · waiting for rendezvous ({model.elastic.min_nodes}-{model.elastic.max_nodes} nodes)"
+    else:
+        text = (f"attempt {attempt.number} · restart {attempt.restart_count} · world {attempt.world_size} · "
+                f"{len(attempt.groups)}/{len(model.nodes)} nodes")
+    if model.lost_nodes:
+        text += " · lost " + ", ".join(model.nodes[n].host for n in model.lost_nodes)
+    return text
+
+
 def describe_elastic(model: ElasticJobModel) -> list[str]:
     """Summary lines for the end of a run."""
     lines = [describe_attempt(model, a) for a in model.attempts]
@@ -455,6 +483,6 @@ def describe_elastic(model: ElasticJobModel) -> list[str]:
 
 
 __all__ = [
-    "Attempt", "ElasticConfig", "ElasticJobModel", "NodeGroup", "agent_argv", "check_world",
+    "Attempt", "ElasticConfig", "ElasticJobModel", "NodeGroup", "agent_argv", "bar_text", "check_world",
     "describe_attempt", "describe_elastic", "node_env", "rendezvous_host", "worker_spec",
 ]

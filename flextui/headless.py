@@ -34,7 +34,7 @@ def summary_table(model: JobModel) -> str:
     rows = [
         (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), describe_outcome(r),
          f"{r.runtime(model.ended_at):.1f}s")
-        for r in model.ranks
+        for r in (model.current_ranks if isinstance(model, ElasticJobModel) else model.ranks)
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]

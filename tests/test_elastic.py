@@ -213,9 +213,12 @@ def test_reports_group_into_attempts_whatever_their_order():
     m.apply(2, group(0, "n0:1", 6, 2, [4, 5]))
     m.apply(1, group(1, "n0:2", 4, 1, [2, 3], restart=1, nodes=2))
     assert [(a.number, a.world_size, a.node_ranks) for a in m.attempts] == [(0, 6, [0, 1, 2]), (1, 4, [0, 1])]
-    assert m.current_attempt.number == 1 and len(m.ranks) == 4 and m.restart_count == 1
-    assert [(r.info.host, r.info.local_rank, r.info.gpu) for r in m.ranks] == [
+    assert m.current_attempt.number == 1 and m.world_size == 4 and m.restart_count == 1
+    assert [(r.info.host, r.info.local_rank, r.info.gpu) for r in m.current_ranks] == [
         ("n0", 0, 0), ("n0", 1, 1), ("n1", 0, 0), ("n1", 1, 1)]
+    # views sized at start stay valid: the slots past the world size are idle placeholders
+    assert m.ranks[:4] == m.current_ranks and len(m.ranks) == 6
+    assert [(r.status, r.info.host) for r in m.ranks[4:]] == [(RankStatus.PENDING, "")] * 2
     # the same round identity again (a shared store keeps its port) is still a new attempt
     m.apply(0, group(2, "n0:2", 4, 0, [0, 1], restart=2, nodes=2))
     assert m.attempt_of(0, 2).number == 2

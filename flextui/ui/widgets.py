@@ -13,6 +13,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
+from flextui.elastic import ElasticJobModel
+from flextui.elastic import bar_text as elastic_bar_text
 from flextui.model import JobModel, RankStatus
 from flextui.ui.format import fmt_duration, fmt_rate, job_state_text, status_text
 from flextui.ui.logview import plain
@@ -197,8 +199,11 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
     head.append("flextui ", palette.accent)
     head.append(f"run {model.run_id}  ")
     nodes = len(model.nodes)
-    head.append(f"{model.world.world_size} rank{'s' if model.world.world_size != 1 else ''} · "
-                f"{nodes} node{'s' if nodes != 1 else ''}  ")
+    if isinstance(model, ElasticJobModel):  # --elastic: the current attempt, world size, lost nodes
+        head.append(elastic_bar_text(model) + "  ")
+    else:
+        head.append(f"{model.world.world_size} rank{'s' if model.world.world_size != 1 else ''} · "
+                    f"{nodes} node{'s' if nodes != 1 else ''}  ")
     head.append(f"⏱ {fmt_duration(end - model.started_at)}  ")
     for key, glyph, word in (
         ("pending", "○", "pending"), ("running", "●", "running"), ("exited", "✓", "done"),
