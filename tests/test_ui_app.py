@@ -168,19 +168,24 @@ async def test_filter_shows_only_matching_lines_and_keeps_up():
 async def test_wrap_toggle():
     job = FakeJob()
     job.start_all()
-    job.out(0, "short\n" + "x" * 250 + "END\nafter\n")
+    long = "".join(f"{i:04d}" for i in range(70))  # 280 characters, every one accounted for
+    job.out(0, "".join(f"filler {i}\n" for i in range(100)))  # a scrollbar takes 2 columns
+    job.out(0, "short\n" + long + "END\nafter\n")
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("0")
         await settle(pilot)
         view = app.log_view
-        assert view.layout_.height == 3 and view.virtual_size.width >= 253
+        assert view.layout_.height == 103 and view.virtual_size.width >= 283
         await pilot.press("w")
-        assert view.wrap and view.layout_.height > 3
+        assert view.wrap and view.layout_.height == 105  # the long line takes 3 rows
         text = screen_text(app)
         assert "END" in text and "after" in text
+        rows = view.visible_text()
+        start = next(i for i, row in enumerate(rows) if row.startswith("0000"))
+        assert "".join(rows[start:start + 3]) == long + "END"
         await pilot.press("w")
-        assert not view.wrap and view.layout_.height == 3
+        assert not view.wrap and view.layout_.height == 103
         await finish(app, pilot)
 
 

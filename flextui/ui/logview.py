@@ -312,6 +312,7 @@ class LogView(ScrollView, can_focus=True):
         self._wrows: deque[int] = deque()
         self._max_width = 0
         self._wscan = 0
+        self._wrap_width = 0
         self.layout_ = Layout()
 
     # -- public API used by the app ---------------------------------------------------
@@ -349,6 +350,10 @@ class LogView(ScrollView, can_focus=True):
         width = self._content_width()
         cum = None
         if self.wrap:
+            if width != self._wrap_width:
+                self._wabs.clear()
+                self._wrows.clear()
+            self._wrap_width = width
             cum = self._wrap_cum(first, end, matches, live, width)
         else:
             self._track_width(end, live)
@@ -619,8 +624,10 @@ class LogView(ScrollView, can_focus=True):
         if text is None:  # dropped from the ring since the last sync
             return Strip.blank(width, base)
         strip, line_style = self._line_strip(index, text, is_live, base)
-        if self.wrap:
-            return strip.crop_extend(sub * width, (sub + 1) * width, line_style)
+        if self.wrap:  # the same width the rows were counted with (scrollbar excluded)
+            wrap = self._wrap_width or width
+            return strip.crop_extend(sub * wrap, (sub + 1) * wrap, line_style).crop_extend(
+                0, width, line_style)
         return strip.crop_extend(scroll_x, scroll_x + width, line_style)
 
     def _line_strip(self, index: int, raw: str, is_live: bool, base: Style) -> tuple[Strip, Style]:
