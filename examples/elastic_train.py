@@ -8,7 +8,7 @@ whatever the new world size:
 
     flextui --elastic --min_nodes 1 --max_restarts 3 hostfile examples/elastic_train.py --steps 100
 
---fail-rank R makes rank R fail once at --fail-step (first attempt only) to see a restart.
+--fail-rank R makes rank R fail once at --fail-step, to see a restart.
 """
 
 import argparse
@@ -27,7 +27,7 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--step-time", type=float, default=0.2, help="seconds of 'compute' per step")
     parser.add_argument("--ckpt-dir", help="shared by all nodes (default ./elastic-ckpt/<run id>)")
-    parser.add_argument("--fail-rank", type=int, help="this rank fails once (first attempt) at --fail-step")
+    parser.add_argument("--fail-rank", type=int, help="this rank fails once, at --fail-step")
     parser.add_argument("--fail-step", type=int, default=3)
     return parser.parse_args()
 
@@ -64,7 +64,9 @@ def main():
     value = torch.ones(1)
     for step in range(start, args.steps):
         time.sleep(args.step_time)
-        if args.fail_rank == rank and step == args.fail_step and restart == 0:
+        failed_once = os.path.join(ckpt_dir, f"rank-{rank}-failed")
+        if args.fail_rank == rank and step == args.fail_step and not os.path.exists(failed_once):
+            open(failed_once, "w").close()
             print(f"rank {rank}: failing at step {step}", flush=True)
             sys.exit(1)
         total = value.clone()

@@ -50,18 +50,37 @@ def train(tmp_path, *args) -> list[str]:
 
 
 def start(cluster, tmp_path, *args) -> subprocess.Popen:
-    return subprocess.Popen(flextui_argv(tmp_path, *args), cwd=tmp_path, env=cluster.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "console.txt", "w") as out:  # a file: a full pipe would stall the console
+        proc = subprocess.Popen(flextui_argv(tmp_path, *args), cwd=tmp_path, env=cluster.env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+    proc.out = tmp_path / "console.txt"
+    return proc
+
+
+@pytest.fixture
+def launch(cluster, tmp_path):
+    """start(), and a console a failed test left running is killed (its nodes then stop)."""
+    procs = []
+
+    def go(*args) -> subprocess.Popen:
+        procs.append(start(cluster, tmp_path, *args))
+        return procs[-1]
+
+    yield go
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"flextui still running after {timeout}s:\n{out[-4000:]}") from None
-    return proc.returncode, out
+        proc.wait()
+        raise AssertionError(f"flextui still running after {timeout}s:\n{proc.out.read_text()[-4000:]}") from None
+    return proc.returncode, proc.out.read_text()
 
 
 def run_dir(tmp_path) -> Path:
@@ -80,7 +99,7 @@ def wait_running(tmp_path, world_size: int, proc: subprocess.Popen, timeout: flo
     deadline = time.monotonic() + timeout
     pattern = re.compile(rf"^rank \d+/{world_size} step \d+/", re.M)
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"flextui ended early ({proc.returncode}):\n{proc.stdout.read()[-4000:]}"
+        assert proc.poll() is None, f"flextui ended early ({proc.returncode}):\n{proc.out.read_text()[-4000:]}"
         for attempt in sorted((tmp_path / "runs").glob("*/attempt-*")):
             logs = list(attempt.glob("rank-*.log"))
             if len(logs) == world_size and all(pattern.search(p.read_text(errors="replace")) for p in logs):
@@ -102,9 +121,9 @@ def wait_no_job_processes(cluster, timeout: float) -> float:
 # -- on the cluster ---------------------------------------------------------------------
 
 
-def test_failed_rank_is_restarted_and_the_job_completes(cluster, tmp_path):
+def test_failed_rank_is_restarted_and_the_job_completes(cluster, tmp_path, launch):
     names = [n.name for n in cluster.nodes[:2]]
-    proc = start(cluster, tmp_path, "--min_nodes", "2", "--max_restarts", "2",
+    proc = launch("--min_nodes", "2", "--max_restarts", "2",
                  hostfile(cluster, tmp_path, 1, nodes=2),
                  *train(tmp_path, "--steps", "4", "--step-time", "0.05", "--fail-rank", "1", "--fail-step", "1"))
     code, out = finish(proc, 90)
@@ -130,10 +149,10 @@ def test_failed_rank_is_restarted_and_the_job_completes(cluster, tmp_path):
     assert {f"agent-{name}.log" for name in names} <= {p.name for p in path.iterdir()}
 
 
-def test_lost_node_others_rerendezvous_with_smaller_world(cluster, tmp_path):
+def test_lost_node_others_rerendezvous_with_smaller_world(cluster, tmp_path, launch):
     names = [n.name for n in cluster.nodes]
     lost = cluster.nodes[2]  # not the rendezvous host (the first node)
-    proc = start(cluster, tmp_path, "--min_nodes", "2", "--max_restarts", "3", hostfile(cluster, tmp_path, 2),
+    proc = launch("--min_nodes", "2", "--max_restarts", "3", hostfile(cluster, tmp_path, 2),
                  *train(tmp_path, "--steps", "25", "--step-time", "0.2"))
     first = wait_running(tmp_path, 6, proc)
     crashed_at = time.monotonic()
@@ -164,8 +183,8 @@ def test_lost_node_others_rerendezvous_with_smaller_world(cluster, tmp_path):
     print(f"lost node to job end: {recovered:.1f}s")
 
 
-def test_too_few_nodes_left_stops_the_job(cluster, tmp_path):
-    proc = start(cluster, tmp_path, "--min_nodes", "2", hostfile(cluster, tmp_path, 1, nodes=2),
+def test_too_few_nodes_left_stops_the_job(cluster, tmp_path, launch):
+    proc = launch("--min_nodes", "2", hostfile(cluster, tmp_path, 1, nodes=2),
                  *train(tmp_path, "--steps", "1000", "--step-time", "0.2"))
     wait_running(tmp_path, 2, proc)
     cluster.crash_node(cluster.nodes[1])
@@ -177,8 +196,8 @@ def test_too_few_nodes_left_stops_the_job(cluster, tmp_path):
     wait_no_job_processes(cluster, 5)
 
 
-def test_sigint_stops_every_node_and_leaves_nothing(cluster, tmp_path):
-    proc = start(cluster, tmp_path, hostfile(cluster, tmp_path, 1),
+def test_sigint_stops_every_node_and_leaves_nothing(cluster, tmp_path, launch):
+    proc = launch(hostfile(cluster, tmp_path, 1),
                  *train(tmp_path, "--steps", "1000", "--step-time", "0.2"))
     wait_running(tmp_path, 3, proc)
     # launcher + agent + shim + worker on each node
