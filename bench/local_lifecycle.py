@@ -178,7 +178,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results = {}
-    with tempfile.TemporaryDirectory(prefix="flextui-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="flextui-lifecycle-") as tmp:
         workdir = Path(tmp)
         (workdir / "trivial.py").write_text(TRIVIAL)
         workloads = [
