@@ -118,6 +118,15 @@ async def bench(args: argparse.Namespace) -> dict:
         if args.tab == "rank":
             app.open_rank(0)
         view = app.log_view
+        lags: list[float] = []
+
+        async def probe() -> None:  # event-loop lag: how late a 10 ms sleep wakes up
+            while True:
+                t = perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(perf_counter() - t - 0.01)
+
+        prober = asyncio.get_running_loop().create_task(probe())
         cpu0 = sum(proc.cpu_times()[:2])
         t_start = perf_counter()
         ticks0 = len(app.tick_times)
@@ -160,6 +169,7 @@ async def bench(args: argparse.Namespace) -> dict:
         gc.collect()
         rss = proc.memory_info().rss
         lines = job.lines - lines0
+        prober.cancel()
         job.stop("bench over")
         await pilot.pause(0.2)
         app.exit()
@@ -176,8 +186,10 @@ async def bench(args: argparse.Namespace) -> dict:
         "tick_p95_ms": round(pct(intervals, 0.95) * 1000, 1),
         "ticks_per_s": round(len(ticks) / elapsed, 1),
         "log_rows_rendered_per_s": round(renders / elapsed),
+        "loop_lag_p95_ms": round(pct(lags, 0.95) * 1000, 1),
         "cpu_percent_of_core": round(100 * cpu / elapsed),
         "rss_mb": round(rss / 2**20, 1),
+        "machine_load_1min": round(os.getloadavg()[0], 2),
     }
 
 
