@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flextui import elastic
 from flextui.elastic import ElasticConfig, ElasticJobModel
-from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState
+from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState, RankStatus
 from flextui.rundir import RunDir
 from flextui.transport import LaunchError, NodeChannel, Transport
 from flextui.world import Command, Node, World, encode_node_spec
@@ -245,10 +246,7 @@ class Job:
             model.nodes[node_rank].error = str(exc)
         interrupted = channel.interruption()
         if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
-            model.error = model.error or interrupted
-            run_dir.record({"ev": "interrupted", "node": node_rank, "reason": interrupted, "t": time.time()})
-            self.stop(interrupted)
-            self._notify()
+            self._interrupted(node_rank, interrupted)
         node = model.nodes[node_rank]
         if not node.done:
             detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"
@@ -258,6 +256,21 @@ class Job:
             if model.must_stop:
                 self.stop(reason)
             self._notify()
+
+    def _interrupted(self, node_rank: int, reason: str) -> None:
+        """The node's launcher was ended from outside (scancel, a time limit). Whoever ends a
+        step signals every process in it at once, so a rank that died of SIGTERM or SIGKILL
+        may have died before its launcher began stopping: it was stopped, not a failure."""
+        model = self.model
+        model.error = model.error or reason
+        for rank in model.ranks:
+            if rank.status is RankStatus.KILLED and rank.signal in (signal.SIGTERM, signal.SIGKILL):
+                rank.stopped = True
+        failures = [r for r in model.ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
+        model.first_failure = min(failures, key=lambda r: r.ended_at or 0, default=None)
+        self.run_dir.record({"ev": "interrupted", "node": node_rank, "reason": reason, "t": time.time()})
+        self.stop(reason)
+        self._notify()
 
     async def _follow_elastic(self, node_rank: int, channel: NodeChannel) -> None:
         """Like _follow for --elastic: logs go to attempt-<k>/rank-<N>.log; a lost node or

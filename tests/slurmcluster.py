@@ -25,7 +25,9 @@ What differs from a production cluster, and why:
   cgroup plugin at start even when no plugin uses it; v1 does so lazily.
 * ``SlurmdParameters=config_overrides``: every node claims ``cpus`` CPUs whatever the
   machine has; the nodes share the machine's cores.
-* No accounting (no slurmdbd, so no sacct) and no GPUs (no gres.conf).
+* No accounting (no slurmdbd, so no sacct). GPUs are fake: ``gpus`` per node (default 2)
+  backed by device nodes that are /dev/null's twins, so Slurm allocates them and sets CUDA_VISIBLE_DEVICES in steps
+  (``--gpus-per-node``, ``--gres=gpu:N``) as on GPU nodes; nothing can compute on them.
 
 Library use (tests)::
 
@@ -53,6 +55,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -70,6 +73,7 @@ SLURMD = "/usr/sbin/slurmd"
 MUNGED = "/usr/sbin/munged"
 CLIENTS = ("srun", "salloc", "scontrol", "squeue", "scancel", "sinfo")
 SLURMD_PORT = 6818  # inside each node's own network namespace
+FAKE_GPU_MINORS = (3, 5, 7, 8, 9)  # char 1:N = null, zero, full, random, urandom
 # Daemons that belong to the node, not to a job (PID 1 sshd is already left out).
 _DAEMON_ARGS_RE = re.compile(r"^\[?(\S*/)?(slurmd|sshd(-session|-auth)?)(\]|:|\s|$)")
 
@@ -120,10 +124,13 @@ def _stop_pid(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
 class SlurmCluster:
     """N slurmd nodes in namespaces + slurmctld + munged on the host; see the module docstring."""
 
-    def __init__(self, n_nodes: int, base_dir: Path, prefix: str = "fts", *, cpus: int = 2,
+    def __init__(self, n_nodes: int, base_dir: Path, prefix: str = "fts", *, cpus: int = 4, gpus: int = 2,
                  kill_wait: int = 10, ready_timeout: float = 30.0) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.cpus = cpus
+        if not 0 <= gpus <= len(FAKE_GPU_MINORS):
+            raise ValueError(f"gpus must be in 0..{len(FAKE_GPU_MINORS)}")
+        self.gpus = gpus
         self.kill_wait = kill_wait
         self.ready_timeout = ready_timeout
         self.net = SSHCluster(n_nodes, self.base_dir / "net", prefix=prefix, auto_prefix=True)
@@ -300,12 +307,26 @@ class SlurmCluster:
             "MessageTimeout=10",
             "InactiveLimit=0",
             "MinJobAge=300",
+            *(["GresTypes=gpu"] if self.gpus else []),
             *(f"NodeName={n.name} NodeAddr={n.ip} CPUs={self.cpus} RealMemory=1000 State=UNKNOWN"
-              for n in self.nodes),
+              + (f" Gres=gpu:{self.gpus}" if self.gpus else "") for n in self.nodes),
             f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         (self.etc / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n")
+        # Fake GPUs: device nodes stand in for /dev/nvidiaN. Slurm allocates them as GRES and
+        # sets CUDA_VISIBLE_DEVICES for steps like on a GPU node; nothing opens them.
+        gres = []
+        if self.gpus:
+            dev = self.base_dir / "dev"
+            dev.mkdir(exist_ok=True)
+            for i in range(self.gpus):  # character devices (Slurm insists): /dev/null's twins
+                path = dev / f"nvidia{i}"
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, FAKE_GPU_MINORS[i]))
+            gres = ["AutoDetect=off", f"Name=gpu File={dev}/nvidia[0-{self.gpus - 1}]"]
+        (self.etc / "gres.conf").write_text("\n".join(gres) + "\n")
 
     def _start_munged(self) -> None:
         d = self.munge_dir
@@ -420,7 +441,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    cluster = SlurmCluster(args.nodes, Path(args.dir), prefix=args.prefix, cpus=args.cpus)
+    cluster = SlurmCluster(args.nodes, Path(args.dir), prefix=args.prefix, cpus=args.cpus, gpus=args.gpus)
     try:
         cluster.start()
         print(f"slurmcluster: {len(cluster.nodes)} nodes up in {cluster.timings['up']:.2f}s", flush=True)
@@ -475,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--dir", required=True)
     up.add_argument("--prefix", default="fts")
-    up.add_argument("--cpus", type=int, default=2, help="CPUs each node claims")
+    up.add_argument("--cpus", type=int, default=4, help="CPUs each node claims")
+    up.add_argument("--gpus", type=int, default=2, help="fake GPUs per node (0: none)")
     down = sub.add_parser("down", help="tear down (signals the owner, kills what it left)")
     down.add_argument("--dir", required=True)
     args = ap.parse_args(argv)

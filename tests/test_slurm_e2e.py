@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flextui.cli import attach_slurm_args, build_parser, shift_positionals
@@ -69,14 +70,19 @@ def flextui_job(slurm) -> str:
     return out[0]
 
 
-def wait_nothing_left(slurm, timeout: float) -> float:
+def job_processes(slurm, with_stepd: bool = True) -> list:
+    return [p for n in slurm.nodes for p in slurm.job_processes(n) if with_stepd or "slurmstepd" not in p[2]]
+
+
+def wait_nothing_left(slurm, timeout: float, with_stepd: bool = True) -> float:
+    """Seconds until no job process is left on any node (and, with_stepd, no slurmstepd and
+    no step in squeue either: slurmstepd outlives its tasks by 1-3 s, polling with backoff)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if not any(slurm.job_process_count(n) for n in slurm.nodes) and not slurm.steps():
+        if not job_processes(slurm, with_stepd) and not (with_stepd and slurm.steps()):
             return time.monotonic() - start
         time.sleep(0.02)
-    raise AssertionError(f"left after {timeout}s: steps {slurm.steps()}, "
-                         f"processes {[slurm.job_processes(n) for n in slurm.nodes]}")
+    raise AssertionError(f"left after {timeout}s: steps {slurm.steps()}, processes {job_processes(slurm)}")
 
 
 def wait_released(slurm, job: str, timeout: float = 5) -> None:
@@ -137,6 +143,26 @@ def test_inside_an_allocation_slots_from_its_tasks(slurm, tmp_path):
     assert report["env"]["MASTER_ADDR"] == names[0] and report["env"]["CROSS_RANK"] == "1"
 
 
+def test_gpus_of_the_allocation_are_the_slots_and_the_devices(slurm, tmp_path):
+    """The cluster's fake GPUs (2 per node): another job holds GPU 0 of the first node, so
+    Slurm gives ours GPU 1 there and GPU 0 on the second; each rank must see exactly that."""
+    (tmp_path / "env_worker.py").write_text(ENV_WORKER)
+    n1, n2 = slurm.nodes[0].name, slurm.nodes[1].name
+    other = slurm.slurm("salloc", "--no-shell", "-J", "other", "-w", n1, "--gres=gpu:1")
+    other_job = other.stderr.split("Granted job allocation ")[1].split()[0]
+    try:
+        result = run_flextui(slurm, tmp_path, "--slurm_args", f"-N2 -w {n1},{n2} --gres=gpu:1",
+                             "--env", "LINES_TO_PRINT=0", "env_worker.py")
+    finally:
+        slurm.slurm("scancel", other_job)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    path = run_dir(tmp_path)
+    summary = json.loads((path / "summary.json").read_text())
+    assert [(r["host"], r["gpu"]) for r in summary["ranks"]] == [(n1, 0), (n2, 0)]  # 1 slot per node
+    devices = [json.loads((path / f"rank-{r}.log").read_text()[4:])["env"]["CUDA_VISIBLE_DEVICES"] for r in (0, 1)]
+    assert devices == ["1", "0"]
+
+
 def test_failing_rank_stops_the_others(slurm, tmp_path):
     start = time.monotonic()
     result = run_flextui(slurm, tmp_path, "--slurm_args", "-N3", "--num_gpus", "2", "--grace", "10",
@@ -156,12 +182,14 @@ def test_sigint_stops_every_node_and_the_steps(slurm, tmp_path):
     wait_ready(tmp_path, 4, proc)
     job = flextui_job(slurm)
     assert len(slurm.steps(job)) == 2  # one launcher step per node
-    for n in slurm.nodes[:2]:  # slurmstepd + launcher + 2 workers with 2 children each
-        assert slurm.job_process_count(n) == 1 + 1 + 2 * 3, slurm.job_processes(n)
+    for n in slurm.nodes[:2]:  # launcher + 2 workers with 2 children each (under a slurmstepd)
+        procs = [args for _, _, args in slurm.job_processes(n)]
+        assert sum("slurmstepd" not in args for args in procs) == 1 + 2 * 3, procs
     proc.send_signal(signal.SIGINT)
-    gone = wait_nothing_left(slurm, timeout=5 + 2)
+    gone = wait_nothing_left(slurm, timeout=5 + 2, with_stepd=False)
+    assert gone < 2, f"cooperative workers took {gone:.2f}s to stop"
+    wait_nothing_left(slurm, timeout=10)
     assert proc.wait(10) == 130
-    assert gone < 3, f"cooperative workers took {gone:.2f}s to stop"
     wait_released(slurm, job)
 
 
@@ -184,10 +212,14 @@ def test_kill_9_of_console_leaves_nothing_and_releases(slurm, tmp_path):
     proc = start_flextui(slurm, tmp_path, "--slurm_args", "-N2", "--grace", "5", WORKER, "--children", "1")
     wait_ready(tmp_path, 2, proc)
     job = flextui_job(slurm)
+    helpers = psutil.Process(proc.pid).children(recursive=True)  # srun per node; salloc + holder
+    assert {"srun", "salloc"} <= {p.name() for p in helpers}
     proc.kill()
     proc.wait(5)
     wait_nothing_left(slurm, timeout=5 + 2)
     wait_released(slurm, job)
+    _, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, f"console-side helpers left: {alive}"
 
 
 def test_errors_before_anything_starts(slurm, tmp_path):
@@ -212,9 +244,8 @@ def test_errors_before_anything_starts(slurm, tmp_path):
 
     result = run_flextui(slurm, tmp_path, "--slurm_args", "-N1 -p nosuchpartition", WORKER)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "flextui: error: salloc -N1 -p nosuchpartition failed: "
-        "Job submit/allocate failed: Invalid partition name specified")
+    last = result.stderr.strip().splitlines()[-1]  # salloc words it two ways, by timing
+    assert last.startswith("flextui: error: salloc -N1 -p nosuchpartition failed: ") and "partition" in last
     assert not (tmp_path / "runs").exists()
 
 

@@ -207,12 +207,14 @@ class Allocation:
         log: deque = deque(maxlen=50)
         granted = threading.Event()
 
-        def pump() -> None:  # salloc's messages: shown while waiting, kept afterwards
+        def pump() -> None:  # salloc's messages: shown until granted, kept afterwards
+            showing = True
             for line in holder.stderr:
                 log.append(line.rstrip("\n"))
-                if not granted.is_set():
+                if showing:
                     sys.stderr.write(line)
                     sys.stderr.flush()
+                    showing = not granted.is_set() and "Granted job allocation" not in line
 
         threading.Thread(target=pump, daemon=True).start()
         alloc = cls("", {}, holder, log)
