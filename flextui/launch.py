@@ -21,7 +21,9 @@ Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "hello", "v": 1, "host": str, "pid": int, "node_rank": int, "t": float}
     {"ev": "started", "rank": r, "pid": int, "t": float}
     {"ev": "out", "rank": r, "data": str}      log text, whole lines ("\\n"-terminated)
-                                               except a final partial line at exit and
+                                               except a final partial line at exit, a
+                                               line with a carriage return (a progress
+                                               bar: sent as it is drawn) and
                                                a line over 1 MiB (sent in pieces); at
                                                most ~2 MiB of text per event;
                                                undecodable bytes are surrogate-escaped
@@ -188,8 +190,8 @@ class Worker:
         self.more = len(chunk) == READ_CHUNK
         data = self.partial + chunk
         cut = data.rfind(b"\n") + 1
-        if cut == 0 and len(data) >= READ_CHUNK:
-            cut = _utf8_boundary(data)
+        if (cut == 0 and len(data) >= READ_CHUNK) or b"\r" in data[cut:]:
+            cut = _utf8_boundary(data)  # too long, or a progress bar: show it now
         self.partial = data[cut:]
         return data[:cut]
 

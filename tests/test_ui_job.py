@@ -34,6 +34,12 @@ if mode == "quick":
     for i in range(5):
         print(f"rank {rank} line {i}", flush=True)
     sys.exit(0)
+if mode == "progress":
+    for pct in range(0, 60, 10):
+        sys.stderr.write(f"\rtraining {pct}%")
+        sys.stderr.flush()
+        time.sleep(0.05)
+    time.sleep(30)
 if mode == "fail":
     time.sleep(0.3)
     if rank == fail_rank:
@@ -202,6 +208,23 @@ async def test_stop_one_rank_from_the_table(local_job):
         await wait_until(pilot, lambda: job.model.ranks[1].status.finished, timeout=10,
                          what="rank 1 to stop")
         assert job.model.ranks[1].stopped
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: app.job_done, timeout=10, what="the job to stop")
+    await stop_job_of(app)
+
+
+async def test_a_progress_bar_shows_as_one_live_line_while_it_is_drawn(local_job):
+    job = await local_job("progress", ranks=2)
+    app = FlexApp(job, theme_dirs=[])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: all(r.live == "training 50%" for r in job.model.ranks),
+                         what="the bars to reach 50%")
+        await pilot.pause(0.2)
+        assert all(row.rstrip().endswith("training 50%") for row in table_rows(app))
+        await pilot.press("1")
+        await pilot.pause(0.1)
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows == ["rank 1 of 2 up", "training 50%"]
         await pilot.press("ctrl+c")
         await wait_until(pilot, lambda: app.job_done, timeout=10, what="the job to stop")
     await stop_job_of(app)
