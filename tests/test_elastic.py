@@ -285,3 +285,22 @@ def test_rendezvous_host_gone_stops_the_job_and_success_needs_the_last_attempt()
     m.finish()
     assert m.state is JobState.SUCCEEDED and m.exit_code == 0
     assert m.summary()["elastic"]["lost_nodes"][0]["host"] == "n1"
+
+
+def test_cli_plan_and_usage_errors(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("a slots=2\nb slots=2\nc slots=4\n")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flextui", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=60)
+
+    plan = cli("--dry-run", "--json", "--elastic", "--num_gpus", "2", "--min_nodes", "2", str(hosts), "t.py")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["elastic"] == {"min_nodes": 2, "max_nodes": 3, "max_restarts": 3,
+                                                  "rdzv_conf": "", "monitor_interval": None}
+    uneven = cli("--dry-run", "--elastic", str(hosts), "t.py")
+    assert uneven.returncode == 2 and "same number of workers on every node" in uneven.stderr
+    assert "--min_nodes needs --elastic" in cli("--dry-run", "--min_nodes", "2", str(hosts), "t.py").stderr
+    too_many = cli("--dry-run", "--elastic", "--num_gpus", "1", "--min_nodes", "4", str(hosts), "t.py")
+    assert "--min_nodes 4 but the hostfile selects 3 node(s)" in too_many.stderr
