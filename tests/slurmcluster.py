@@ -101,13 +101,14 @@ def _free_port() -> int:
 
 
 def _alive(pid: int | None) -> bool:
+    """Running (a zombie whose parent has not reaped it yet is not)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _stop_pid(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:

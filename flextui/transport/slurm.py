@@ -95,18 +95,25 @@ def _inline_program(module, prologue: str = "") -> str:
     return f"{prologue}import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
 
 
-# Runs on the node before the launcher: maps slot ids in the spec's CUDA_VISIBLE_DEVICES
+# Runs on the node before the launcher: maps the slot ids in the spec's CUDA_VISIBLE_DEVICES
 # onto the GPUs Slurm gave this step (its own CUDA_VISIBLE_DEVICES), when it gave any.
-GPU_PROLOGUE = """import base64 as _b,json as _j,os as _o,sys as _s
-def _remap():
-    g=[x for x in _o.environ.get('CUDA_VISIBLE_DEVICES','').split(',') if x]
-    i=_s.argv.index('--spec')+1
-    spec=_j.loads(_b.b64decode(_s.argv[i]));env=spec.get('env',{})
-    if not g or not env.get('CUDA_VISIBLE_DEVICES'):return
-    env['CUDA_VISIBLE_DEVICES']=','.join(g[int(k)] if k.isdigit() and int(k)<len(g) else k for k in env['CUDA_VISIBLE_DEVICES'].split(','))
-    _s.argv[i]=_b.b64encode(_j.dumps(spec).encode()).decode()
-_remap()
+GPU_MAPPING = """def map_gpus(slots, step_gpus):
+    gpus = [g for g in step_gpus.split(',') if g]
+    if not gpus or not slots:
+        return slots
+    return ','.join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(','))
 """
+GPU_PROLOGUE = GPU_MAPPING + """import base64, json, os, sys
+_i = sys.argv.index('--spec') + 1
+_spec = json.loads(base64.b64decode(sys.argv[_i]))
+_env = _spec.get('env', {})
+if os.environ.get('CUDA_VISIBLE_DEVICES') and _env.get('CUDA_VISIBLE_DEVICES'):
+    _env['CUDA_VISIBLE_DEVICES'] = map_gpus(_env['CUDA_VISIBLE_DEVICES'], os.environ['CUDA_VISIBLE_DEVICES'])
+    sys.argv[_i] = base64.b64encode(json.dumps(_spec).encode()).decode()
+"""
+_namespace: dict = {}
+exec(GPU_MAPPING, _namespace)  # the very function the nodes run, for the tests
+map_gpus = _namespace["map_gpus"]
 LAUNCHER_PROGRAM = _inline_program(launch, GPU_PROLOGUE)
 PREFLIGHT_PROGRAM = _inline_program(preflight)
 # Holds a salloc allocation: says which job it is, then lives until its stdin closes.
@@ -115,14 +122,6 @@ HOLDER_PROGRAM = (
     "print(json.dumps({k:v for k,v in os.environ.items() if k.startswith('SLURM_')}),flush=True);"
     "sys.stdin.read()"
 )
-
-
-def map_gpus(slots: str, step_gpus: str) -> str:
-    """What GPU_PROLOGUE does, for tests: slot ids -> the step's CUDA_VISIBLE_DEVICES entries."""
-    gpus = [g for g in step_gpus.split(",") if g]
-    if not gpus or not slots:
-        return slots
-    return ",".join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(","))
 
 
 def srun_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -180,10 +179,6 @@ class Allocation:
         self.info = ""
         self.nodes: list[str] = []
         self.gpus: dict[str, int] = {}
-
-    @property
-    def owned(self) -> bool:
-        return self.holder is not None
 
     @classmethod
     def current(cls, environ=os.environ) -> Allocation:
