@@ -644,6 +644,20 @@ class ElasticNodeLauncher(NodeLauncher):
         else:
             super().on_command(command)
 
+    def begin_stop(self, reason: str) -> None:
+        """As the base class, but each process gets one SIGTERM: a second one reaching
+        torch's agent while it stops its workers aborts its shutdown half-way."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
+        processes = self.descendants()  # the agent, shims, workers
+        self.signal_tree(processes, signal.SIGTERM)
+        if self.agent.pid and not self.agent.exited and self.agent.pid not in {p.pid for p in processes}:
+            _killpg(self.agent.pid, signal.SIGTERM)
+        self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
+        self.changed.set()
+
     def stop_group(self, group: WorkerGroup, reason: str) -> None:
         if group.stopped:
             return
