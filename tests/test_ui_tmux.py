@@ -8,7 +8,6 @@ unique marker so nothing they start can outlive the test unnoticed.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import uuid
 import psutil
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 WORKER = r'''
 import os, sys, time
