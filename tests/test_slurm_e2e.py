@@ -262,11 +262,11 @@ def test_slurm_count_and_gres_parsing():
     assert map_gpus("1", "") == "1"
 
 
-def test_srun_environment_keeps_no_step_shaping_variables():
-    env = srun_environ({"SLURM_NTASKS": "8", "SLURM_GPUS_PER_TASK": "1", "SLURM_CPUS_PER_TASK": "4",
-                        "SLURM_CONF": "/etc/slurm.conf", "SLURM_JOB_ID": "5", "CUDA_VISIBLE_DEVICES": "0",
-                        "PATH": "/bin"})
-    assert env == {"SLURM_CONF": "/etc/slurm.conf", "SLURM_JOB_ID": "5", "PATH": "/bin"}
+def test_srun_environment_has_no_slurm_input_variables():
+    env = srun_environ({"SLURM_NTASKS": "8", "SLURM_GPUS_PER_TASK": "1", "SLURM_LABELIO": "1",
+                        "SLURM_EXPORT_ENV": "NONE", "SRUN_CPUS_PER_TASK": "4", "SLURM_CONF": "/etc/slurm.conf",
+                        "SLURM_JOB_ID": "5", "CUDA_VISIBLE_DEVICES": "0", "SALLOC_PARTITION": "gpu", "PATH": "/bin"})
+    assert env == {"SLURM_CONF": "/etc/slurm.conf", "SALLOC_PARTITION": "gpu", "PATH": "/bin"}
 
 
 @pytest.mark.parametrize("argv, hostfile, script, rest", [

@@ -9,13 +9,14 @@ a `--hostfile` may still name slots and a subset of the allocated nodes.
 One srun step per node, not one step for all nodes:
 
     srun --jobid=J --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist=HOST
-         --kill-on-bad-exit=1 --overlap --mpi=none --job-name=flextui-<token>-<node rank>
+         --kill-on-bad-exit=1 --overlap --mpi=none --export=ALL
+         --job-name=flextui-<token>-<node rank> --chdir=CWD
          PYTHON -c <launcher source> --spec ... (every word its own argv entry, no shell)
 
 * It is the per-node Transport interface as it stands: a step's stdin/stdout *is* that
   node's channel, so commands reach one node, a node's spec travels in its own argv (one
   combined spec for hundreds of nodes would outgrow the 128 KiB limit of one argument),
-  and nothing needs demultiplexing (`srun --label` would prefix and can split long lines).
+  and nothing needs demultiplexing (`srun --label` prefixes every line of every task).
 * Failure stays the console's business, as with SSH: a rank failing on one node makes
   the console stop the others gracefully, within --grace. In one multi-node step,
   `--kill-on-bad-exit` would instead have Slurm kill the other nodes' launchers the moment
@@ -28,12 +29,15 @@ One srun step per node, not one step for all nodes:
 `--overlap` lets the launcher's step share the allocation with other steps (the
 preflight steps just before it, or a batch script's own), so it never waits for "busy"
 resources. A step gets all of the job's CPUs, memory and GRES on its node by default, so
-the workers have all of them; the workers' CUDA_VISIBLE_DEVICES (slot ids) are mapped onto
-the GPUs Slurm gave the step (`slot i` -> i-th entry of the step's CUDA_VISIBLE_DEVICES).
-Variables that would reshape our one-task step (SLURM_NTASKS, SLURM_GPUS_PER_TASK, ...,
-inherited from an sbatch script) are dropped from srun's environment; each worker gets
-SLURM_PROCID/LOCALID/NODEID/NTASKS that agree with its flextui rank, so frameworks that
-read them do not all see task 0 of 1.
+the workers have all of them; their CUDA_VISIBLE_DEVICES (slot ids) are mapped onto the
+GPUs Slurm gave the step (slot i -> the i-th entry of the step's CUDA_VISIBLE_DEVICES).
+
+srun runs with the console's environment minus every SLURM_*/SRUN_* variable but SLURM_CONF
+and SLURM_CLUSTERS: srun takes options from them, and an sbatch script or salloc shell
+exports the job's own (SLURM_NTASKS, SLURM_GPUS_PER_TASK, SLURM_EXPORT_ENV, ...) that would
+reshape the one-task step. With `--export=ALL` the launcher and workers start from that
+environment. Each worker gets SLURM_PROCID/LOCALID/NODEID/NTASKS that agree with its
+flextui rank, so frameworks that read them do not all see task 0 of 1.
 
 Lifecycle: closing a step's stdin (console gone, even by SIGKILL: the pipe closes) is the
 launcher's stdin EOF, so it stops every process tree. On `scancel` (or a time limit)
@@ -73,14 +77,10 @@ from flextui.world import Node
 STREAM_LIMIT = 64 << 20  # one event can carry a whole read chunk of log text
 RELEASE_TIMEOUT = 15.0
 
-# srun input variables that would change the shape of our one-task step if inherited
-# from the allocation's environment (sbatch/salloc export the job's options as these).
-STEP_SHAPING = re.compile(
-    r"^SLURM_(NTASKS.*|NPROCS|NNODES|CPUS_PER_(TASK|GPU)|GPUS.*|MEM_PER_.*|DISTRIBUTION|"
-    r"(CPU|MEM|GPU)_BIND|EXACT|EXCLUSIVE|OVERLAP|HINT|THREADS_PER_CORE|TRES_PER_TASK|"
-    r"HOSTFILE|ARBITRARY|TIMELIMIT|JOB_NAME|NODELIST|STEP_.*)$"
-    r"|^SRUN_.*$|^CUDA_VISIBLE_DEVICES$"
-)
+# srun reads its options from SLURM_* variables too, and an sbatch script or salloc shell
+# exports the job's own (SLURM_NTASKS, SLURM_GPUS_PER_TASK, SLURM_EXPORT_ENV, ...; a user's
+# SLURM_LABELIO would even prefix our protocol lines): none of them reach our srun, but these.
+SRUN_KEEP = frozenset({"SLURM_CONF", "SLURM_CLUSTERS"})
 CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT \S+(?: DUE TO ([A-Z_ ]+?))? \*\*\*")
 ENDED_STATES = {
     "CANCELLED": "was cancelled", "TIMEOUT": "reached its time limit", "PREEMPTED": "was preempted",
@@ -125,8 +125,11 @@ HOLDER_PROGRAM = (
 
 
 def srun_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The console's environment for srun/salloc/scontrol: no SLURM_*/SRUN_* input variables
+    (but SRUN_KEEP) and no CUDA_VISIBLE_DEVICES, so the only one on a node is Slurm's."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if not STEP_SHAPING.match(k)}
+    return {k: v for k, v in environ.items()
+            if not (k.startswith(("SLURM_", "SRUN_")) and k not in SRUN_KEEP) and k != "CUDA_VISIBLE_DEVICES"}
 
 
 def expand_counts(spec: str) -> list[int]:
@@ -195,10 +198,9 @@ class Allocation:
         """salloc SLURM_ARGS with a holder process; waits (as salloc does) until granted."""
         if shutil.which("salloc") is None:
             raise LaunchError("salloc not found: is Slurm installed on this machine?")
-        env = {k: v for k, v in srun_environ().items() if not k.startswith(("SLURM_JOB", "SLURM_JOBID"))}
         argv = ["salloc", "--job-name=flextui", *slurm_args, python, "-c", HOLDER_PROGRAM]
         holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=env, start_new_session=True, text=True)
+                                  env=srun_environ(), start_new_session=True, text=True)
         log: deque = deque(maxlen=50)
         granted = threading.Event()
 
@@ -398,8 +400,10 @@ class SlurmChannel(NodeChannel):
         text = self.stderr_text()
         if "execve(): " in text and "No such file or directory" in text:
             return f"python not found: {self.transport.python}"
-        return _last_error(text) or (f"srun exited with status {self.process.returncode}"
-                                     if self.process.returncode else "")
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return f"srun killed by signal {-code}"
+        return _last_error(text) or (f"srun exited with status {code}" if code else "")
 
 
 class SlurmTransport(Transport):
@@ -414,7 +418,7 @@ class SlurmTransport(Transport):
     def srun_argv(self, node: Node, name: str, cwd: str | None, program: list[str]) -> list[str]:
         argv = [
             "srun", f"--jobid={self.job_id}", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1",
-            f"--nodelist={node.host}", "--kill-on-bad-exit=1", "--overlap", "--mpi=none",
+            f"--nodelist={node.host}", "--kill-on-bad-exit=1", "--overlap", "--mpi=none", "--export=ALL",
             f"--job-name=flextui-{self.token}-{name}",
         ]
         if cwd:
