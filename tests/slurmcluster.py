@@ -168,9 +168,9 @@ class SlurmCluster:
         env.update(extra)
         return env
 
-    def slurm(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def slurm(self, *argv: str, check: bool = True, timeout: float = 30, cwd=None) -> subprocess.CompletedProcess:
         """Run a Slurm client command (scontrol, squeue, ...) against this cluster."""
-        cp = subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, timeout=timeout)
+        cp = subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and cp.returncode != 0:
             raise ClusterError(f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.strip()}")
         return cp

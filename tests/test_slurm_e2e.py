@@ -8,6 +8,7 @@ process (slurmstepd, launcher, worker) is left on any node afterwards.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -130,17 +131,28 @@ def test_new_allocation_two_nodes_env_logs_and_release(slurm, tmp_path):
     assert "salloc: Granted job allocation" in result.stderr
 
 
-def test_inside_an_allocation_slots_from_its_tasks(slurm, tmp_path):
+def test_inside_a_batch_job_slots_from_its_tasks(slurm, tmp_path):
+    """The console runs in an sbatch script on the job's first node, with the batch
+    environment (SLURM_NTASKS=4, ... and input variables that must not reach its srun)."""
     (tmp_path / "env_worker.py").write_text(ENV_WORKER)
-    result = run_flextui(slurm, tmp_path, "--env", "LINES_TO_PRINT=1", "env_worker.py",
-                         prefix=["salloc", "-N2", "--ntasks-per-node=2"])
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    command = shlex.join([*FLEXTUI, "--log-dir", str(tmp_path / "runs"), "--env", "LINES_TO_PRINT=1", "env_worker.py"])
+    submitted = slurm.slurm("sbatch", "--parsable", "-N2", "--ntasks-per-node=2", "-o", str(tmp_path / "batch.out"),
+                            "--wrap", f"export SLURM_LABELIO=1 SLURM_EXPORT_ENV=NONE; exec {command}", cwd=tmp_path)
+    job = submitted.stdout.strip()
+    deadline = time.monotonic() + 30
+    while (state := slurm.job_state(job)) in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+        assert time.monotonic() < deadline, f"batch job {job} still {state}"
+        time.sleep(0.1)
+    output = (tmp_path / "batch.out").read_text()
+    assert state == "COMPLETED", output
+    assert "job succeeded (exit code 0)" in output
     path = run_dir(tmp_path)
     names = [n.name for n in slurm.nodes[:2]]
     summary = json.loads((path / "summary.json").read_text())
     assert [(r["host"], r["gpu"]) for r in summary["ranks"]] == [(h, g) for h in names for g in (0, 1)]
     report = json.loads((path / "rank-3.log").read_text().splitlines()[0][4:])
-    assert report["env"]["MASTER_ADDR"] == names[0] and report["env"]["CROSS_RANK"] == "1"
+    assert report["env"]["MASTER_ADDR"] == names[0] and report["env"]["SLURM_JOB_ID"] == job
+    assert report["env"]["SLURM_PROCID"] == "3" and report["env"]["SLURM_NTASKS"] == "4"
 
 
 def test_gpus_of_the_allocation_are_the_slots_and_the_devices(slurm, tmp_path):
