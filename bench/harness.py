@@ -143,6 +143,8 @@ class Bench:
                      grace: float | None = None, local: bool = False) -> list[str]:
         hf = self.local_hostfile(nodes * slots) if local else self.hostfile(nodes, slots)
         extra = ["--grace", str(grace)] if grace is not None else []
+        if local:  # this machine's 29500 may be taken by someone else's job (tests, other benches)
+            extra += ["--master_port", str(free_port())]
         return [PYTHON, "-m", "flextui", "--headless", "--log-dir", str(self.runs), *extra,
                 str(hf), str(script), *args]
 
@@ -190,6 +192,29 @@ class Bench:
         while sum(self.job_counts()) and time.monotonic() < deadline:
             time.sleep(0.02)
         return total
+
+    def node_cpu(self) -> float:
+        """CPU seconds spent inside every node so far: each node's PID 1 (sshd) plus everything
+        it has reaped (cutime/cstime). Orphans are re-parented to PID 1 of the node's PID
+        namespace, so once a job is gone this counts every sshd child, shell, launcher and
+        worker it ran, and nothing from outside the cluster."""
+        tck = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for node in self.cluster.nodes:
+            try:
+                fields = Path(f"/proc/{node.sshd_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, TypeError):
+                continue
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return total / tck
+
+    def wait_sessions_closed(self, timeout: float = 3.0) -> None:
+        """Until no node has any process but its sshd listener (sessions closed, all reaped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(self.cluster.node_processes(n) for n in self.cluster.nodes):
+                return
+            time.sleep(0.02)
 
     def clean_runs(self) -> None:
         """Drop console run dirs and the nodes' copies (/tmp/flextui-runs/<run id>)."""
@@ -267,6 +292,13 @@ class Watched:
         self.thread.join(5)
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def machine_info(ds_version: str | None) -> dict:
     def out(argv: list[str]) -> str:
         try:
@@ -279,7 +311,12 @@ def machine_info(ds_version: str | None) -> dict:
 
     import psutil
     torch = out([PYTHON, "-c", "import torch; print(torch.__version__)"])
+    head = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "flextui"],
+                           capture_output=True, text=True).stdout.split("\n")
+    dirty = [line[3:] for line in dirty if line.strip()]
     return {
+        "flextui": head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else ""),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -26,6 +26,7 @@ import time
 from flextui.cli import build_parser, make_transports, parse_env, resolve_world
 from flextui.environment import worker_exports
 from flextui.job import Job, JobConfig
+from flextui.transport import LaunchError
 from flextui.world import Command
 
 SAMPLE_EVERY = 8
@@ -47,6 +48,7 @@ class Probe:
         self.cpu_first: float | None = None
         self.cpu_last: float | None = None
         self.batches = 0
+        self.trace: list | None = None
 
     def on_lines(self, rank: int, lines: list[str]) -> None:
         now = time.time()
@@ -63,6 +65,8 @@ class Probe:
             if self.first_stamp is None or stamp < self.first_stamp:
                 self.first_stamp = stamp
             lags.append(now - stamp)
+            if self.trace is not None:
+                self.trace.append((round(now, 4), rank, round(now - stamp, 4)))
         if self.lines >= self.expect and self.t_last is None:
             self.t_last, self.cpu_last = now, cpu_seconds()
 
@@ -88,6 +92,8 @@ async def run(args: argparse.Namespace, flextui_argv: list[str]) -> dict:
     )
     job = Job(config, make_transports(fargs))
     probe = Probe(args.expect)
+    if args.lag_trace:
+        probe.trace = []
     job.output_listeners.append(probe.on_lines)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, job.abort)
@@ -97,6 +103,9 @@ async def run(args: argparse.Namespace, flextui_argv: list[str]) -> dict:
         loop.call_later(args.stop_after, job.stop, "benchmark over")
     code = await job.run()
     t_end, cpu_end = time.time(), cpu_seconds()
+    if args.lag_trace:
+        with open(args.lag_trace, "w") as f:
+            json.dump(probe.trace, f)
     window = (probe.t_last or t_end) - (probe.first_stamp or probe.t_first or t0)
     stream_cpu = None
     if probe.cpu_first is not None and probe.t_first is not None:
@@ -131,10 +140,14 @@ def main() -> int:
     parser.add_argument("--expect", type=int, default=0, help="lines the job will write in all")
     parser.add_argument("--out", required=True, help="write the stats JSON here")
     parser.add_argument("--stop-after", type=float, default=0.0, help="stop the job after this many seconds")
+    parser.add_argument("--lag-trace", help="also dump (time, rank, lag) of every sample here")
     parser.add_argument("flextui_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     argv = args.flextui_args[1:] if args.flextui_args[:1] == ["--"] else args.flextui_args
-    stats = asyncio.run(run(args, argv))
+    try:
+        stats = asyncio.run(run(args, argv))
+    except LaunchError as exc:
+        stats = {"error": f"launch failed: {exc}"}
     with open(args.out + ".tmp", "w") as f:
         json.dump(stats, f)
     os.replace(args.out + ".tmp", args.out)

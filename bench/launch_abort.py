@@ -12,7 +12,9 @@ SIGTERM, so flextui needs its --grace before SIGKILL.
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import signal
 import statistics
 import time
@@ -37,16 +39,28 @@ def _argv(bench: Bench, launcher: str, nodes: int, slots: int, script, args, gra
     return bench.deepspeed_argv(nodes, slots, script, args), bench.deepspeed_env()
 
 
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def launch_once(bench: Bench, launcher: str, nodes: int, workload: str) -> dict:
     script, args, pattern = WORKLOADS[workload]
     argv, env = _argv(bench, launcher, nodes, SLOTS, script, args)
     timeout = 60 if workload == "hello" else 240
+    bench.wait_sessions_closed()
+    nodes0, console0 = bench.node_cpu(), children_cpu()
     w = Watched(argv, env=env, cwd=bench.work, pattern=re.compile(pattern), world=nodes * SLOTS)
     t_all = w.wait_all(timeout)
     code, wall = w.finish(timeout)
+    # the launcher's own process tree on the console machine (waited for, so in RUSAGE_CHILDREN)
+    console_cpu = children_cpu() - console0
     left = bench.clean_nodes()
+    bench.wait_sessions_closed()
+    node_cpu = bench.node_cpu() - nodes0
     bench.clean_runs()
-    result = {"first_lines": t_all, "exit": code, "wall": wall, "seen": len(w.first), "left": left}
+    result = {"first_lines": t_all, "exit": code, "wall": wall, "seen": len(w.first), "left": left,
+              "console_cpu": round(console_cpu, 3), "node_cpu": round(node_cpu, 3)}
     if t_all is None or code not in (0,):
         result["tail"] = w.tail.decode(errors="replace")[-1500:]
         log(f"launch {launcher} {workload} {nodes}n: exit {code}, {len(w.first)}/{nodes * SLOTS} ranks seen\n"
@@ -57,6 +71,9 @@ def launch_once(bench: Bench, launcher: str, nodes: int, workload: str) -> dict:
 def run_launch(bench: Bench, launchers: list[str], node_counts: list[int], workloads: list[str],
                reps: dict[str, int]) -> dict:
     raw: dict = {}
+    for launcher in launchers:  # warm-up (page cache, fresh sshds): not recorded
+        if launcher != "deepspeed":  # its venv was just imported by the availability check
+            launch_once(bench, launcher, 1, "hello")
     for workload in workloads:
         for rep in range(reps[workload]):
             for nodes in node_counts:
@@ -69,8 +86,8 @@ def run_launch(bench: Bench, launchers: list[str], node_counts: list[int], workl
     return raw
 
 
-def median_first(results: list[dict]) -> float | None:
-    values = [r["first_lines"] for r in results if r["first_lines"] is not None and r["exit"] == 0]
+def median_first(results: list[dict], key: str = "first_lines") -> float | None:
+    values = [r[key] for r in results if r["first_lines"] is not None and r["exit"] == 0]
     return statistics.median(values) if values else None
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flextui benchmarks, side by side with pdsh -R ssh and the DeepSpeed launcher.
 
-    ./dev bench [--quick] [--only launch,abort,ingest,idle,ui] [--reps N] [--train-reps N]
+    ./dev bench [--quick] [--only launch,abort,local,ingest,idle,ui] [--reps N] [--train-reps N]
                 [--nodes 1,2,4,8] [--no-deepspeed] [--no-pdsh] [--no-results]
                 [--flextui-path DIR]
 
@@ -39,7 +39,7 @@ from harness import BENCH, PYTHON, REPO, Bench, ensure_deepspeed, log, machine_i
 import ingest  # noqa: E402
 import launch_abort  # noqa: E402
 
-SECTIONS = ["launch", "abort", "ingest", "idle", "ui"]
+SECTIONS = ["launch", "abort", "local", "ingest", "idle", "ui"]
 RESULTS_JSON = BENCH / "results.json"
 RESULTS_MD = BENCH / "RESULTS.md"
 LAUNCHER_NAMES = {"flextui": "flextui", "pdsh": "pdsh -R ssh", "deepspeed": "DeepSpeed"}
@@ -99,6 +99,19 @@ def launch_rows(raw: dict, node_counts: list[int]) -> list[dict]:
             fmt = lambda x: "—" if x is None else f"{x:.2f}×"  # noqa: E731
             rows.append(row("launch", f"{label}: flatness, {hi} nodes / 1 node", fmt(ff), fmt(fp), fmt(fd),
                             "≤ 1.3×", verdict(ff <= 1.3 if ff else None)))
+
+            def cpu(l):
+                vals = [by_nodes.get(str(n), {}).get(l) for n in (1, hi)]
+                if not all(vals):
+                    return "—"
+                c = [launch_abort.median_first(v, "console_cpu") for v in vals]
+                m = [launch_abort.median_first(v, "node_cpu") for v in vals]
+                if None in c or None in m:
+                    return "—"
+                return f"{c[0]:.2f} + {m[0]:.2f} → {c[1]:.2f} + {m[1]:.2f}"
+            rows.append(row("launch", f"{label}: CPU-seconds per launch, console side + inside the nodes "
+                            f"(sshd, login shell, launcher, workers), 1 → {hi} nodes",
+                            cpu("flextui"), cpu("pdsh"), cpu("deepspeed"), "(context: 2 cores)", "n/a"))
     return rows
 
 
@@ -171,13 +184,16 @@ def ingest_rows(results: list[dict]) -> list[dict]:
             r = by.get(mode)
             if r is None:
                 continue
-            load = next(l for l in ingest.loads(False) if l["name"] == name)
+            load = next((l for l in ingest.loads(False) if l["name"] == name), {"nodes": 1})
             where = "local fast path" if mode == "local" else (
                 f"SSH, {load['nodes']} node{'s' if load['nodes'] > 1 else ''}")
             ok = None
             if r.get("model_rate"):
                 cpu_ok = (r.get("stream_cpu") or 0) <= 1.0
-                if flat:
+                if "10M" in name:
+                    ok = (r.get("peak_rss_mb") or 1e9) <= 200 and bool(r.get("complete"))
+                    target = "console RSS ≤ 200 MB after 10M lines × 64 ranks"
+                elif flat:
                     ok = r["model_rate"] >= 200_000 and cpu_ok and r.get("complete")
                     target = "≥ 200k lines/s, console ≤ 1 core"
                 else:
@@ -213,36 +229,86 @@ def idle_rows(results: list[dict]) -> list[dict]:
 # UI (bench/ui_load.py, written by another engineer)
 # --------------------------------------------------------------------------------------
 def run_ui(quick: bool, env: dict) -> tuple[list[dict], dict]:
+    """bench/ui_load.py (another engineer's): the Textual app headless (App.run_test) fed
+    synthetic launcher events in-process; one JSON object per configuration."""
     script = BENCH / "ui_load.py"
     if not script.exists():
         return [row("ui", "TUI key latency / frames under load; RSS after 10M lines × 64 ranks",
                     "not measured: bench/ui_load.py does not exist yet")], {"missing": True}
-    argv = [PYTHON, str(script), "--json"] + (["--quick"] if quick else [])
-    cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
-    if cp.returncode != 0 and "--json" in (cp.stderr or ""):
-        argv = [PYTHON, str(script)] + (["--quick"] if quick else [])
-        cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
-    raw = {"argv": argv[1:], "code": cp.returncode, "stdout": cp.stdout[-6000:], "stderr": cp.stderr[-3000:]}
-    rows = []
-    data = None
-    for line in reversed(cp.stdout.strip().splitlines()):
+    configs = [(64, 1000, 4 if quick else 10)] + ([] if quick else [(8, 10000, 10), (64, 16000, 18)])
+    rows, raw = [], []
+    for ranks, rate, seconds in configs:
+        argv = [PYTHON, str(script), "--ranks", str(ranks), "--rate", str(rate), "--seconds", str(seconds), "--json"]
         try:
-            data = json.loads(line)
-            break
-        except ValueError:
+            cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=seconds + 90)
+            code, out, err = cp.returncode, cp.stdout, cp.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, out, err = "timeout", exc.stdout or "", f"no result after {seconds + 90} s"
+            out = out.decode() if isinstance(out, bytes) else out
+        data = None
+        for line in reversed((out or "").strip().splitlines()):
+            try:
+                data = json.loads(line)
+                break
+            except ValueError:
+                continue
+        raw.append({"argv": argv[1:], "code": code, "result": data, "stderr": (err or "")[-2000:]})
+        ten_m = ranks * rate * seconds >= 5_000_000
+        case = (f"TUI attached, {ranks} ranks × {rate / 1000:g}k lines/s fed for {seconds} s"
+                + (" (toward 10M lines)" if ten_m else ""))
+        if code != 0 or not isinstance(data, dict):
+            why = (err or "").strip().splitlines()[-1:] or ["?"]
+            rows.append(row("ui", case, f"**failed** ({code}): {why[0][:150]}"))
             continue
-    if cp.returncode != 0:
-        rows.append(row("ui", "bench/ui_load.py", f"**failed** (exit {cp.returncode}): "
-                        + (cp.stderr.strip().splitlines() or ["?"])[-1][:150]))
-    elif isinstance(data, dict) and isinstance(data.get("rows"), list):
-        for r in data["rows"]:
-            rows.append(row("ui", str(r.get("case", "")), str(r.get("value", r.get("flextui", ""))),
-                            target=str(r.get("target", "")), result=str(r.get("verdict", "n/a"))))
-    elif isinstance(data, dict):
-        for k, v in data.items():
-            rows.append(row("ui", k, str(v)))
-    else:
-        rows.append(row("ui", "bench/ui_load.py output", " / ".join(cp.stdout.strip().splitlines()[-5:])[:300]))
+        d = data
+        text = (f"key p50/p95 {d.get('key_p50_ms')}/{d.get('key_p95_ms')} ms ({d.get('keys')} keys), "
+                f"{d.get('ticks_per_s')} refreshes/s (interval p95 {d.get('tick_p95_ms')} ms), "
+                f"{d.get('log_rows_rendered_per_s')} log rows rendered/s, "
+                f"{d.get('lines_per_s', 0) / 1000:.0f}k lines/s ingested, CPU {d.get('cpu_percent_of_core')}%, "
+                f"RSS {d.get('rss_mb')} MB after {d.get('lines_fed', 0) / 1e6:.1f}M lines")
+        if ten_m:
+            target, ok = "RSS ≤ 200 MB after 10M lines × 64 ranks", (d.get("rss_mb") or 1e9) <= 200
+            if (d.get("lines_fed") or 0) < 10_000_000:
+                target += f" (reached {d.get('lines_fed', 0) / 1e6:.1f}M)"
+        else:
+            target, ok = "(no issue target) keys stay responsive", None
+        rows.append(row("ui", case, text, target=target, result=verdict(ok)))
+    return rows, {"runs": raw}
+
+
+def run_local(quick: bool, reps: int, env: dict) -> tuple[list[dict], dict]:
+    """bench/local_lifecycle.py (another engineer's): 4 local ranks, no SSH."""
+    script = BENCH / "local_lifecycle.py"
+    if not script.exists():
+        return [row("local", "local lifecycle", "not measured: bench/local_lifecycle.py does not exist")], {}
+    argv = [PYTHON, str(script), "--ranks", "4", "--reps", str(reps), "--train-reps", "0" if quick else "1", "--json"]
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        code, out, err = cp.returncode, cp.stdout, cp.stderr
+    except subprocess.TimeoutExpired:
+        code, out, err = "timeout", "", "no result after 600 s"
+    data = None
+    if "\n{" in out:
+        try:
+            data = json.loads(out[out.index("\n{") + 1:])
+        except ValueError:
+            data = None
+    raw = {"argv": argv[1:], "code": code, "stdout": out[-4000:], "stderr": err[-2000:]}
+    if code != 0 or not isinstance(data, dict):
+        return [row("local", "local lifecycle (bench/local_lifecycle.py)",
+                    f"**failed** ({code}): {(err.strip().splitlines() or ['?'])[-1][:150]}")], raw
+    rows = []
+    for name, samples in data.items():
+        med = {k: statistics.median(smp[k] for smp in samples) for k in samples[0] if k != "processes"}
+        n = len(samples)
+        rows.append(row("local", f"{name}, 4 local ranks (localhost fast path, no SSH): command → every rank's "
+                        f"first line" + (f" (median of {n})" if n > 1 else ""),
+                        f"{med['cmd_to_first_line']:.2f} s (launcher hello {med['cmd_to_hello']:.2f} s, "
+                        f"all spawned {med['cmd_to_spawned']:.2f} s)"))
+        gone = med["sigint_to_gone"]
+        rows.append(row("local", f"{name}, 4 local ranks: Ctrl+C → last process gone (flextui, launcher, "
+                        f"workers, their children)", f"{gone:.2f} s (flextui exit {med['sigint_to_exit']:.2f} s)",
+                        target="≤ 0.5 s", result=verdict(gone <= 0.5)))
     return rows, raw
 
 
@@ -256,7 +322,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         cells = [r["section"], r["case"], r["flextui"], r["pdsh"], r["deepspeed"], r["target"], r["verdict"]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("| " + " | ".join(" ".join(c.split("\n")).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -281,7 +347,8 @@ def write_results(sections: dict, machine: dict, notes: list[str]) -> None:
         "# flextui benchmarks",
         "",
         "Made by `bench/run.py` (`./dev bench`); do not edit by hand — rerun it. Targets are issue 5's,",
-        "reported, never asserted. Raw numbers: `bench/results.json`.",
+        "reported, never asserted. Raw numbers: `bench/results.json`. Profiles of the missed targets and",
+        "the fixes they point to: `bench/FINDINGS.md`.",
         "",
         "Command" + ("s" if len(commands) > 1 else "") + " (run from the repository root, as root):",
         "",
@@ -293,9 +360,12 @@ def write_results(sections: dict, machine: dict, notes: list[str]) -> None:
     m = store["machine"]
     md += [
         "",
+        f"flextui as measured: {m.get('flextui', '?')}.",
+        "",
         f"Machine: {m.get('cpus')} cores, {m.get('mem_gb')} GB, Linux {m.get('kernel')}, Python {m.get('python')}, "
         f"torch {m.get('torch')}, DeepSpeed {m.get('deepspeed')}, {m.get('pdsh')}, {m.get('openssh')}; "
-        f"load average at start {m.get('loadavg_at_start')}.",
+        f"load average at start {m.get('loadavg_at_start')} (the machine is shared: see each section's "
+        f"`loadavg_before` in results.json; other sessions' tests running at the same time inflate times).",
         "",
         "Every \"node\" is a real sshd in its own network + PID namespace on this one 2-core machine",
         "(tests/sshcluster.py), so the console, every node's sshd, launcher and workers share 2 cores:",
@@ -338,7 +408,11 @@ METHODS = """\
   clients. "garbled" = lines not intact because ranks of a node share pdsh's pipe.
 - **idle**: 64 ranks printing one line then sleeping, under `flextui --headless`; console
   CPU% over the window by psutil (10 ms tick resolution), node launchers' CPU% summed.
-- **ui**: bench/ui_load.py (see that file).
+- **local**: bench/local_lifecycle.py (another engineer's): 4 ranks on the localhost fast
+  path, times from the run directory's events; Ctrl+C → every process of the job gone.
+- **ui**: bench/ui_load.py (another engineer's): the Textual app headless (`App.run_test`, 200×50)
+  fed synthetic launcher events on its own event loop; a key every 0.25 s timed until the
+  screen shows its effect; refreshes/s and their interval; CPU and RSS of that process.
 """
 
 
@@ -411,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.flextui_env = flextui_env  # type: ignore[method-assign]
             for name in only:
                 t0 = time.monotonic()
-                log(f"--- {name} ---")
+                load_before = [round(x, 2) for x in os.getloadavg()]
+                log(f"--- {name} --- (load average {load_before})")
                 try:
                     if name == "launch":
                         workloads = ["hello"] + (["train"] if train_reps else [])
@@ -421,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
                     elif name == "abort":
                         raw = launch_abort.run_abort(bench, launchers, args.abort_nodes, reps, args.grace, args.quick)
                         rows = abort_rows(raw, args.abort_nodes, args.grace)
+                    elif name == "local":
+                        rows, raw = run_local(args.quick, reps, bench.flextui_env())
                     elif name == "ingest":
                         raw = ingest.run_ingest(bench, args.quick, not args.no_pdsh)
                         rows = ingest_rows(raw)
@@ -438,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"[{name}] crashed: {type(exc).__name__}: {exc}")
                     bench.clean_nodes()
                 sections[name] = {"rows": rows, "raw": raw, "command": command, "quick": args.quick,
+                                  "loadavg_before": load_before,
                                   "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - t0, 1)}
                 all_rows += rows
                 log(f"{name} took {time.monotonic() - t0:.0f}s")

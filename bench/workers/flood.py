@@ -21,12 +21,23 @@ parser.add_argument("--local_rank", type=int)
 parser.add_argument("--rate", type=float, default=0.0)
 parser.add_argument("--lines", type=int, required=True)
 parser.add_argument("--width", type=int, default=100)
+parser.add_argument("--fill", choices=("x", "ansi", "emoji"), default="x", help="what pads each line")
 parser.add_argument("--ready-dir", help="touch READY_DIR/rank-R once started")
 parser.add_argument("--go-file", help="then wait until this file exists before writing")
 args = parser.parse_args()
 rank = int(os.environ.get("RANK", "0"))
-pad = "x" * (args.width - 17 - 1 - 5 - 1 - 10 - 1 - 1)
+padlen = args.width - 17 - 1 - 5 - 1 - 10 - 1 - 1
+# --fill ansi: colour codes instead of x's (JSON writes each ESC as 6 characters);
+# --fill emoji: 4-byte UTF-8 characters (12 JSON characters each, a surrogate pair).
+# Either makes a launcher event about 2-2.3x longer on the wire than the log bytes it carries.
+if args.fill == "ansi":
+    pad = ("\x1b[0m" * padlen)[:padlen]
+elif args.fill == "emoji":
+    pad = "\U0001F642" * (padlen // 4) + "x" * (padlen % 4)
+else:
+    pad = "x" * padlen
 fmt = "{:17.6f} %5d {:10d} %s\n" % (rank, pad)
+assert len(fmt.format(0.0, 0).encode()) == args.width
 write = os.write
 if args.ready_dir:
     open(os.path.join(args.ready_dir, f"rank-{rank}"), "w").close()
