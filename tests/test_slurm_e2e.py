@@ -234,6 +234,26 @@ def test_kill_9_of_console_leaves_nothing_and_releases(slurm, tmp_path):
     assert not alive, f"console-side helpers left: {alive}"
 
 
+def test_ctrl_c_while_the_allocation_is_pending_withdraws_it(slurm, tmp_path):
+    blocker = slurm.slurm("salloc", "--no-shell", "-J", "blocker", f"-N{len(slurm.nodes)}", "--exclusive")
+    blocker_job = blocker.stderr.split("Granted job allocation ")[1].split()[0]
+    try:
+        proc = start_flextui(slurm, tmp_path, "--slurm_args", "-N2", WORKER)
+        deadline = time.monotonic() + 15
+        while not slurm.slurm("squeue", "-h", "-n", "flextui", "-t", "PD", "-o", "%i").stdout.strip():
+            assert time.monotonic() < deadline and proc.poll() is None, "flextui's request never got queued"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=15)
+    finally:
+        slurm.slurm("scancel", blocker_job)
+    assert proc.returncode == 1, stdout + stderr
+    assert "salloc: " in stderr  # salloc's own messages are shown while waiting
+    assert stderr.strip().splitlines()[-1] == "flextui: error: interrupted while waiting for the Slurm allocation"
+    assert not slurm.slurm("squeue", "-h", "-n", "flextui", "-o", "%i").stdout.strip()
+    assert not (tmp_path / "runs").exists()
+
+
 def test_errors_before_anything_starts(slurm, tmp_path):
     result = run_flextui(slurm, tmp_path, WORKER)
     assert result.returncode == 1

@@ -179,6 +179,7 @@ class Allocation:
         self.slurm_env = slurm_env
         self.holder = holder
         self.salloc_log = salloc_log if salloc_log is not None else deque(maxlen=50)
+        self.pump: threading.Thread | None = None  # shows/keeps salloc's messages
         self.info = ""
         self.nodes: list[str] = []
         self.gpus: dict[str, int] = {}
@@ -213,13 +214,15 @@ class Allocation:
                     sys.stderr.flush()
                     showing = not granted.is_set() and "Granted job allocation" not in line
 
-        threading.Thread(target=pump, daemon=True).start()
         alloc = cls("", {}, holder, log)
+        alloc.pump = threading.Thread(target=pump, daemon=True)
+        alloc.pump.start()
         try:
             line = holder.stdout.readline()
             granted.set()
             if not line:
                 holder.wait(10)
+                alloc.pump.join(5)
                 raise LaunchError(f"salloc {shlex.join(slurm_args)} failed: {_last_error(chr(10).join(log))}")
             alloc.slurm_env = json.loads(line)
             alloc.job_id = alloc.slurm_env.get("SLURM_JOB_ID", "")
@@ -265,19 +268,20 @@ class Allocation:
                 holder.stdin.close()  # the holder exits, salloc relinquishes the allocation
             except OSError:
                 pass
-        try:
-            holder.wait(RELEASE_TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-        if self.job_id:
-            subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30, env=srun_environ())
-        holder.terminate()
+        if self.job_id:  # granted: salloc gives it back once the holder is gone
+            try:
+                holder.wait(RELEASE_TIMEOUT)
+                return
+            except subprocess.TimeoutExpired:
+                subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30, env=srun_environ())
+        holder.terminate()  # still pending (or stuck): salloc withdraws the request
         try:
             holder.wait(RELEASE_TIMEOUT)
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+        if self.pump is not None:
+            self.pump.join(5)  # salloc's last words are out before ours
 
 
 def hostnames(nodelist: str) -> list[str]:
