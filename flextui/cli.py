@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
     )
     add = parser.add_argument
-    add("hostfile", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with --launcher slurm)")
+    add("hostfile", nargs="?", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with --launcher slurm)")
     add("script", nargs="?", help="training script (or module with --module, program with --no_python)")
     add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script").required = False
     sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(attach_slurm_args(parser, sys.argv[1:] if argv is None else argv))
     if args.launcher == "slurm" or args.hostfile_option is not None:
         shift_positionals(args)
+    elif args.hostfile is None:
+        parser.error("the following arguments are required: hostfile, script")
     if args.script is None:
         parser.error("the following arguments are required: script")
     if args.launcher == "slurm":
