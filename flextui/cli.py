@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import socket
 import sys
 
 from flextui.elastic import DEFAULT_MAX_RESTARTS, ElasticConfig, check_world
@@ -116,7 +117,14 @@ def resolve_world(args: argparse.Namespace, hosts: dict[str, int] | None = None)
     )
     if not 0 < args.master_port < 65536:
         raise UsageError(f"--master_port {args.master_port} is not a valid port")
-    return World.from_slots(selected, args.master_addr, args.master_port)
+    return World.from_slots(selected, default_master_addr(args.master_addr, list(selected)), args.master_port)
+
+
+def default_master_addr(given: str | None, hosts: list[str]) -> str | None:
+    """Remote ranks cannot reach a master called "localhost": name this machine instead."""
+    if given is None and is_local_host(hosts[0]) and not all(map(is_local_host, hosts)):
+        return socket.gethostname()
+    return given
 
 
 def resolve_elastic(args: argparse.Namespace, world: World) -> ElasticConfig | None:

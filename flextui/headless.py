@@ -117,5 +117,5 @@ class HeadlessConsole:
             )
         else:
             self.out.write(f"flextui: {signal.Signals(sig).name} again: killing all ranks now\n")
-        self.job.abort()
+        self.job.abort(sig)
 

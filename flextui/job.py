@@ -335,6 +335,8 @@ class Job:
                     channel.send(command)
 
     async def _heartbeat(self) -> None:
+        if self.config.node_timeout <= 0:
+            return
         while True:
             await asyncio.sleep(self.config.node_timeout / 3)
             for channel in self.channels.values():
@@ -371,10 +373,12 @@ class Job:
                 channel.send({"cmd": "stop", "reason": reason})
             self._notify()
 
-    def abort(self) -> None:
-        """The user's Ctrl+C: the first one stops gracefully, the next one kills."""
+    def abort(self, signum: int = signal.SIGINT) -> None:
+        """The user's Ctrl+C (or SIGTERM/SIGHUP to the console): the first one stops
+        gracefully, the next one kills. The job then exits 128 + signum, as a shell expects."""
         if self.model.stop_started_at is None:
-            self.stop("aborted by user", by_user=True)
+            self.model.abort_signal = signum
+            self.stop(f"aborted by user ({signal.Signals(signum).name})", by_user=True)
         else:
             self.kill()
 

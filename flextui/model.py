@@ -166,6 +166,7 @@ class JobModel:
         self.stop_started_at: float | None = None
         self.grace: float | None = None
         self.aborted_by_user = False
+        self.abort_signal = 2  # SIGINT: what the user's abort counts as in the exit code
         self.error: str | None = None  # why the job could not start / was cut short
 
     # -- events from node launchers ------------------------------------------------------
@@ -274,7 +275,7 @@ class JobModel:
         if self.state is JobState.SUCCEEDED:
             return 0
         if self.aborted_by_user or self.state is JobState.ABORTED:
-            return 130
+            return 128 + self.abort_signal
         if any(n.lost for n in self.nodes):
             return 255
         return 1

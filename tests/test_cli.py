@@ -156,3 +156,12 @@ def test_bad_input(tmp_path, case):
     assert lines[0].startswith("flextui: error: ") and fragment in lines[0], lines[0]
     assert result.stdout == ""
     assert not (tmp_path / "runs").exists(), "no run directory for a job that never started"
+
+
+def test_default_master_is_this_machine_when_a_local_first_host_has_remote_peers(capsys, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.write_text("localhost slots=1\nnode2 slots=1\n")
+    assert dry_run_json(capsys, str(mixed), "train.py")["master_addr"] == socket.gethostname()
+    only_local = tmp_path / "local"
+    only_local.write_text("localhost slots=2\n")
+    assert dry_run_json(capsys, str(only_local), "train.py")["master_addr"] == "localhost"

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_sigint_stops_workers_and_their_children(tmp_path, marker, worker, scrip
     summary = read_summary(run_dir)
     assert (summary["state"], summary["exit_code"], summary["first_failure"]) == ("aborted", 130, None)
     assert all(r["stopped"] for r in summary["ranks"])
-    assert out.splitlines()[-1] == "job aborted (exit code 130); aborted by user"
+    assert out.splitlines()[-1] == "job aborted (exit code 130); aborted by user (SIGINT)"
     assert_nothing_survives(marker, [r["pid"] for r in summary["ranks"]] + children)
 
 
@@ -400,3 +401,23 @@ def test_this_machines_name_is_a_local_host(tmp_path, marker, worker):
     reports = env_reports(the_run_dir(tmp_path / "runs"), range(2))
     assert [r["env"]["MASTER_ADDR"] for r in reports.values()] == [socket.gethostname()] * 2
     assert_nothing_survives(marker)
+
+
+def test_sigterm_to_the_console_stops_the_job_and_exits_143(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flextui", "--headless", "--log-dir", str(tmp_path / "runs"),
+         str(hostfile), str(Path(__file__).parent / "workers" / "worker.py"), str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+        "ready rank" in p.read_text() for p in (tmp_path / "runs").glob("*/rank-*.log")
+    ):
+        time.sleep(0.05)
+    proc.terminate()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, out + err
+    assert "aborted by user (SIGTERM)" in out
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]

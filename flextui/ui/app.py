@@ -247,7 +247,7 @@ class FlexApp(App[int]):
             self.job.kill()
         else:
             self.quitting = True
-            self.job.stop(f"console got {signal.Signals(sig).name}", by_user=True)
+            self.job.abort(sig)
             self._tick()
 
     # -- the refresh timer ------------------------------------------------------------
