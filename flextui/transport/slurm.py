@@ -396,6 +396,7 @@ class SlurmChannel(NodeChannel):
                     await asyncio.wait_for(self.process.wait(), 10)
                 except asyncio.TimeoutError:
                     self.process.kill()  # its step is scancelled by the transport's close()
+                    await self.process.wait()
 
     def interruption(self) -> str | None:
         return self._interruption
