@@ -401,3 +401,24 @@ async def test_app_crash_path_never_leaves_the_job_running():
         app.exit()  # as if the app ended without the user quitting
     await asyncio.wait_for(stop_job_of(app), 5)
     assert ("kill",) in job.calls and app.job_task.done()
+
+
+async def test_elastic_slots_outside_the_current_world_show_as_idle():
+    from flextui.elastic import ElasticConfig, ElasticJobModel
+
+    job = FakeJob(hosts={"n0": 2, "n1": 2, "n2": 2})
+    job.model = ElasticJobModel(job.world, job.run_id, ElasticConfig(min_nodes=2, max_nodes=3))
+    job.model.started_at = job.t0
+    for node in range(2):  # the round after n2 was lost: two nodes, world size 4
+        job.model.apply(node, {
+            "ev": "attempt", "seq": 0, "master": "n0:29500", "world_size": 4, "group_rank": node,
+            "group_world_size": 2, "restart_count": 1, "t": job.t0,
+            "ranks": [{"rank": 2 * node + i, "local_rank": i, "pid": 100 + 2 * node + i} for i in range(2)]})
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        rows = [app.table.render_line(y).text.split() for y in range(6)]
+        assert [row[0:2] for row in rows[:4]] == [["0", "n0"], ["1", "n0"], ["2", "n1"], ["3", "n1"]]
+        assert [row[0:3] for row in rows[4:]] == [["4", "-", "-"], ["5", "-", "-"]]
+        assert all("idle" in row for row in rows[4:])
+        await finish(app, pilot)

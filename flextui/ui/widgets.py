@@ -146,10 +146,14 @@ class RankTable(ScrollView, can_focus=True):
             row_style = base
         runtime = fmt_duration(rank.runtime(self.now)) if rank.started_at is not None else "-"
         rate = fmt_rate(self.rates[index]) if rank.status is RankStatus.RUNNING else "-"
-        cells = self.columns.cells(
-            "▶" if first else " ", str(info.rank), info.host, str(info.local_rank),
-            str(info.gpu), str(rank.pid or "-"), status_text(rank), runtime, rate,
-        )
+        if info.node_rank < 0:  # --elastic: a planned slot outside the current world
+            cells = self.columns.cells(" ", str(info.rank), "-", "-", "-", "-", "idle", "-", "-")
+            status_style = palette.muted
+        else:
+            cells = self.columns.cells(
+                "▶" if first else " ", str(info.rank), info.host, str(info.local_rank),
+                str(info.gpu), str(rank.pid or "-"), status_text(rank), runtime, rate,
+            )
         segments = [
             Segment(cells[0], row_style + palette.first_failure),
             Segment(" " + " ".join(cells[1:6]) + " ", row_style),
