@@ -315,3 +315,18 @@ def test_deepspeed_env_file_and_prefixes_are_exported(cluster, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((run_dir(tmp_path) / "rank-1.log").read_text().splitlines()[0][4:])
     assert report["env"]["FLEXTUI_TEST"] == "from env file"
+
+
+def test_a_flood_of_wide_characters_arrives_whole_over_ssh(cluster, tmp_path):
+    """JSON escapes an emoji to 12 bytes: one event can outgrow the SSH channel's window."""
+    script = tmp_path / "emoji.py"
+    script.write_text(
+        "import sys\n"
+        "out = sys.stdout\n"
+        "for i in range(60000):\n"
+        "    out.write(f'{i} ' + '\\U0001F600' * 40 + '\\n')\n"
+    )
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path, slots=1, nodes=1), str(script))
+    assert result.returncode == 0, result.stderr
+    lines = (run_dir(tmp_path) / "rank-0.log").read_text().splitlines()
+    assert lines == [f"{i} " + "\U0001F600" * 40 for i in range(60000)]

@@ -29,6 +29,7 @@ from flextui.transport import LaunchError, NodeChannel, Transport, decode_event,
 from flextui.world import Node
 
 KEEPALIVE_COUNT_MAX = 3
+READ_SIZE = 1 << 18
 
 
 def _inline_program(module) -> str:
@@ -72,17 +73,26 @@ class SSHChannel(NodeChannel):
         self.process = process
 
     async def events(self) -> AsyncIterator[dict]:
+        # Our own framing: asyncssh's readline() hands back a partial line once a line
+        # outgrows the channel's receive window (2 MiB), and an event would be lost.
         stdout = self.process.stdout
+        pending = b""
         while True:
             try:
-                line = await stdout.readline()
+                chunk = await stdout.read(READ_SIZE)
             except (asyncssh.Error, OSError):
                 break
-            if not line:
+            if not chunk:
                 break
-            event = decode_event(line)
-            if event is not None:
-                yield event
+            if b"\n" not in chunk:
+                pending += chunk
+                continue
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                event = decode_event(line)
+                if event is not None:
+                    yield event
 
     def send(self, command: dict) -> None:
         if self.process.channel.is_closing():
