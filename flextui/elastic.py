@@ -323,15 +323,7 @@ class ElasticJobModel(JobModel):
             if attempt is self.current_attempt:
                 self.combined.append((rank.rank, rank.tail[-1]))
                 self.combined_count += 1
-        rank.code, rank.signal = event.get("code"), event.get("signal")
-        rank.ended_at = event.get("t")
-        rank.stopped = bool(event.get("stopped"))
-        if rank.signal:
-            rank.status = RankStatus.KILLED
-        elif rank.code:
-            rank.status = RankStatus.FAILED
-        else:
-            rank.status = RankStatus.EXITED
+        rank.record_exit(event)
         # A failed rank is the agents' business (restart); never the job's first failure.
 
     def node_lost(self, node_rank: int, reason: str) -> None:

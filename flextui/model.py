@@ -112,6 +112,18 @@ class RankState:
         self.line_count += len(pieces)
         return pieces
 
+    def record_exit(self, event: dict) -> None:
+        """Outcome from a launcher's "exited" event."""
+        self.code, self.signal = event.get("code"), event.get("signal")
+        self.ended_at = event.get("t")
+        self.stopped = bool(event.get("stopped"))
+        if self.signal:
+            self.status = RankStatus.KILLED
+        elif self.code:
+            self.status = RankStatus.FAILED
+        else:
+            self.status = RankStatus.EXITED
+
     def finish_output(self) -> None:
         if self.live:
             self.tail.append(self.live)
@@ -209,15 +221,7 @@ class JobModel:
 
     def _rank_exited(self, rank: RankState, event: dict) -> None:
         self._finish_output(rank)
-        rank.code, rank.signal = event.get("code"), event.get("signal")
-        rank.ended_at = event.get("t")
-        rank.stopped = bool(event.get("stopped"))
-        if rank.signal:
-            rank.status = RankStatus.KILLED
-        elif rank.code:
-            rank.status = RankStatus.FAILED
-        else:
-            rank.status = RankStatus.EXITED
+        rank.record_exit(event)
         if rank.status is not RankStatus.EXITED and not rank.stopped:
             first = self.first_failure
             if first is None or (rank.ended_at or 0) < (first.ended_at or 0):
