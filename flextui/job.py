@@ -1,5 +1,8 @@
 """Job orchestration across nodes: preflight, launch, follow events, stop. UI-free.
 
+One remote command per node: its launcher checks the node (the spec's "preflight"),
+reports, and starts nothing until every node passed and the job sends "go" (launch.py).
+
 The Job owns one channel per node and feeds their events into the JobModel; the UI and
 the headless printer read the model and call the Job's control methods (abort, kill,
 stop_rank, stop_node). Nothing here knows how it is displayed.
@@ -12,7 +15,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from flextui import elastic
@@ -24,6 +27,10 @@ from flextui.world import Command, Node, World, encode_node_spec
 
 #: Called with (rank, completed display lines) for every chunk of output.
 OutputListener = Callable[[int, list[str]], None]
+
+#: How long a started launcher may take to report its preflight (its checks include a
+#: module lookup bounded at 120 s on the node).
+PREFLIGHT_TIMEOUT = 150.0
 
 
 @dataclass
@@ -63,6 +70,10 @@ class Job:
         self.run_dir = RunDir(config.log_root, self.run_id)
         self.transports = {node.node_rank: transport_for(node) for node in self.world.nodes}
         self.channels: dict[int, NodeChannel] = {}
+        # Each channel's one event iterator: read up to "preflight" first, then followed.
+        self._events: dict[int, AsyncIterator[dict]] = {}
+        self._early_events: list[dict] = []  # hello/preflight, recorded once the run dir exists
+        self._heartbeat_task: asyncio.Future | None = None
         self.output_listeners: list[OutputListener] = []
         self.state_listeners: list[Callable[[], None]] = []
         self._finished = asyncio.Event()
@@ -72,7 +83,9 @@ class Job:
     # -- running --------------------------------------------------------------------
 
     async def preflight(self) -> None:
-        """Check every node before anything starts; raises LaunchError (one line).
+        """Start every node's launcher, which checks its node and then waits for "go";
+        raises LaunchError (one line) if any node cannot run the job, after ending every
+        launcher it started (none of them started anything).
 
         Separate from run() so a UI can fail cleanly before it takes over the screen.
         """
@@ -82,14 +95,14 @@ class Job:
             await self._preflight_all()
         except LaunchError as exc:
             self.model.error = str(exc)
-            await self._close_channels()
+            await self._abandon_started()
             self.model.finish()
             self._finished.set()
             raise
         self._preflighted = True
 
     async def run(self) -> int:
-        """Preflight every node, launch all, follow until every node is done."""
+        """Preflight every node, then let every launcher go, follow until every node is done."""
         await self.preflight()
         try:
             try:
@@ -101,7 +114,8 @@ class Job:
             if self.config.elastic is not None:
                 plan["elastic"] = self.config.elastic.plan()
             self.run_dir.record(plan)
-            await self._start_all()
+            for event in self._early_events:
+                self.run_dir.record(event)
         except LaunchError as exc:
             self.model.error = str(exc)
             await self._abandon_started()
@@ -110,16 +124,20 @@ class Job:
             self._notify()
             raise
         if self.model.stop_started_at is not None:
-            # Stopped (Ctrl+C) while the launchers were starting: tell the late ones too.
+            # Stopped (Ctrl+C) during the preflight: nothing starts anywhere.
             for channel in self.channels.values():
                 channel.send({"cmd": "kill"} if self._kill_requested
                              else {"cmd": "stop", "reason": self.model.stop_reason})
-        heartbeat = asyncio.ensure_future(self._heartbeat())
+        else:
+            for channel in self.channels.values():
+                channel.send({"cmd": "go"})
+        self.model.state = JobState.LAUNCHING
+        self._notify()
         try:
             follow = self._follow_elastic if self.config.elastic is not None else self._follow
             await asyncio.gather(*(follow(n, ch) for n, ch in self.channels.items()))
         finally:
-            heartbeat.cancel()
+            self._stop_heartbeat()
             await self._close_channels()
             self.model.finish()
             self.run_dir.record({"ev": "finished", "state": self.model.state.value,
@@ -138,44 +156,64 @@ class Job:
     def finished(self) -> bool:
         return self._finished.is_set()
 
-    async def _preflight_all(self) -> None:
+    def _preflight_request(self, node: Node) -> dict:
         cmd = self.config.command
-        checks = []
-        for node in self.world.nodes:
-            request = {
-                "cwd": self.config.cwd or os.getcwd(),
-                "script": cmd.script,
-                "module": cmd.module,
-                "no_python": cmd.no_python,
-                "need_psutil": True,
-                "master_port": self.world.master_port if node.node_rank == 0 else None,
-            }
-            if self.config.elastic is not None:
-                request["need_torch"] = True
-                host = elastic.rendezvous_host(self.world)
-                request["master_port"] = self.world.master_port if node.node_rank == host.node_rank else None
-            checks.append(self.transports[node.node_rank].preflight(node, request))
-        results = await asyncio.gather(*checks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result if isinstance(result, LaunchError) else LaunchError(str(result))
+        request = {
+            "cwd": self.config.cwd or os.getcwd(),
+            "script": cmd.script,
+            "module": cmd.module,
+            "no_python": cmd.no_python,
+            "need_psutil": True,
+            "master_port": self.world.master_port if node.node_rank == 0 else None,
+        }
+        if self.config.elastic is not None:
+            request["need_torch"] = True
+            host = elastic.rendezvous_host(self.world)
+            request["master_port"] = self.world.master_port if node.node_rank == host.node_rank else None
+        return request
 
-    async def _start_all(self) -> None:
-        async def start(node: Node) -> None:
+    async def _preflight_all(self) -> None:
+        """Start every launcher (the transports bound their fan-out) and read each one's
+        events up to its preflight report; the first node (in node order) that cannot run
+        the job is the error."""
+        self._heartbeat_task = asyncio.ensure_future(self._heartbeat())  # pings from the first channel on
+
+        async def open_node(node: Node) -> None:
             transport = self.transports[node.node_rank]
-            spec = self._node_spec(node, transport)
+            spec = {**self._node_spec(node, transport), "preflight": self._preflight_request(node)}
             args = [
                 "--spec", encode_node_spec(spec), "--grace", str(self.config.grace),
                 "--console-timeout", str(self.config.node_timeout),
             ]
-            self.channels[node.node_rank] = await transport.start(node, args)
+            channel = self.channels[node.node_rank] = await transport.start(node, args)
+            events = self._events[node.node_rank] = aiter(channel.events())
+            try:
+                report = await asyncio.wait_for(self._until_preflight(node, events), PREFLIGHT_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise LaunchError(f"{node.host}: no preflight report within {PREFLIGHT_TIMEOUT:g}s") from None
+            except (OSError, ConnectionError) as exc:
+                raise LaunchError(f"{node.host}: {exc}") from None
+            if report is None:  # the launcher ended without a word: it never ran
+                detail = channel.diagnostics() or "launcher ended before its preflight"
+                raise LaunchError(f"{node.host}: {detail.splitlines()[-1]}")
+            if report.get("problems"):
+                raise LaunchError(f"{node.host}: {report['problems'][0]}")
 
-        results = await asyncio.gather(*(start(n) for n in self.world.nodes), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0] if isinstance(failures[0], LaunchError) else LaunchError(str(failures[0]))
-        self.model.state = JobState.LAUNCHING
-        self._notify()
+        results = await asyncio.gather(*(open_node(n) for n in self.world.nodes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result if isinstance(result, LaunchError) else LaunchError(str(result))
+
+    async def _until_preflight(self, node: Node, events: AsyncIterator[dict]) -> dict | None:
+        async for event in events:
+            kind = event.get("ev")
+            if kind == "preflight":
+                self._early_events.append({"node": node.node_rank, **event})
+                return event
+            if kind == "hello":
+                self.model.apply(node.node_rank, event)
+                self._early_events.append({"node": node.node_rank, **event})
+        return None
 
     def _node_spec(self, node: Node, transport: Transport) -> dict:
         if transport.shares_run_dir:
@@ -219,7 +257,7 @@ class Job:
         copy_logs = not self.transports[node_rank].shares_run_dir
         model, run_dir = self.model, self.run_dir
         try:
-            async for event in channel.events():
+            async for event in self._events[node_rank]:
                 if event.get("ev") == "out":
                     if copy_logs:
                         run_dir.write_log(event["rank"], event["data"])
@@ -278,7 +316,7 @@ class Job:
         model, run_dir = self.model, self.run_dir
         host = self.world.nodes[node_rank].host
         try:
-            async for event in channel.events():
+            async for event in self._events[node_rank]:
                 kind = event.get("ev")
                 if kind == "out":
                     attempt = model.attempt_of(node_rank, event.get("seq"))
@@ -342,19 +380,32 @@ class Job:
             for channel in self.channels.values():
                 channel.send({"cmd": "ping"})
 
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
+
     async def _abandon_started(self) -> None:
-        """A node failed to start after others did: kill those and wait until they are gone."""
+        """The job cannot run: end every launcher started (those waiting for "go" end with
+        nothing started) and wait, bounded, until they are gone."""
+        self._stop_heartbeat()
         for channel in self.channels.values():
             channel.send({"cmd": "kill", "reason": "another node failed to start"})
 
-        async def drain(channel: NodeChannel) -> None:
-            async for _ in channel.events():
+        async def drain(node_rank: int, channel: NodeChannel) -> None:
+            events = self._events.get(node_rank)
+            if events is None:
+                events = self._events[node_rank] = aiter(channel.events())
+            async for _ in events:
                 pass
 
-        await asyncio.wait_for(
-            asyncio.gather(*(drain(c) for c in self.channels.values()), return_exceptions=True),
-            timeout=self.config.grace + 5,
-        )
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(drain(n, c) for n, c in self.channels.items()), return_exceptions=True),
+                timeout=self.config.grace + 5,
+            )
+        except asyncio.TimeoutError:
+            pass
         await self._close_channels()
 
     async def _close_channels(self) -> None:

@@ -1,15 +1,28 @@
 """Node launcher: owns process creation, GPU binding and local lifecycle on one node.
 
-It is started once per node by the console (as a local subprocess, or over SSH) and must
-stay a small, self-contained stdlib + psutil program: the SSH transport ships this very
-file to nodes, so it may not import anything from flextui.
+It is started once per node by the console (as a local subprocess, or over SSH or srun)
+and must stay a small, self-contained stdlib + psutil program: the SSH and Slurm
+transports ship this very file to nodes, so it may not import anything from flextui. It
+imports psutil guarded, so a node without it gets a preflight problem, not a traceback.
 
     python -m flextui.launch --spec BASE64_JSON [--grace SECONDS] [--save_pid FILE]
                              [--console-timeout SECONDS]
 
 The spec (built by the console) is
     {"run_id": str, "node_rank": int, "log_dir": str, "cwd": str|null, "env": {..},
-     "workers": [{"rank": int, "local_rank": int, "argv": [..], "env": {..}}, ..]}
+     "workers": [{"rank": int, "local_rank": int, "argv": [..], "env": {..}}, ..],
+     "preflight": {..}}                        optional, see below
+
+Preflight (all or nothing across nodes): with "preflight" in the spec, the launcher first
+checks its node (check(): the working directory, the script/module/program, psutil, torch
+for --elastic, the master port; the request is
+    {"cwd": str, "script": str, "module": bool, "no_python": bool, "need_psutil": bool,
+     "need_torch": bool, "master_port": int|null}),
+reports {"ev": "preflight", ..} right after hello and starts nothing until the console
+sends {"cmd": "go"}, which it does once every node passed. With a problem it exits at
+once (done, code 1); a stop, kill, stdin EOF, signal or console timeout while it waits
+ends it with nothing started (done, code 0, or 128 + the signal). So one remote command
+(one login shell, one python) per node both checks and runs it.
 
 Each worker runs in its own session with stdout+stderr going straight to
 `<log_dir>/rank-<rank>.log`, so a worker never waits on the console and every byte it
@@ -19,6 +32,8 @@ Protocol — the console is its only reader/writer.
 
 Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "hello", "v": 1, "host": str, "pid": int, "node_rank": int, "t": float}
+    {"ev": "preflight", "problems": [str, ..], "t": float}   only with "preflight" in the
+                                               spec; empty: waiting for "go"
     {"ev": "started", "rank": r, "pid": int, "t": float}
     {"ev": "out", "rank": r, "data": str}      log text, whole lines ("\\n"-terminated)
                                                except a final partial line at exit, a
@@ -34,6 +49,7 @@ Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "error", "message": str, "rank": r|null}
     {"ev": "done", "code": int, "t": float}    last event; every process is gone
 Commands, stdin, one JSON object per line:
+    {"cmd": "go"}                    preflight passed on every node: start the workers
     {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
@@ -41,7 +57,8 @@ Commands, stdin, one JSON object per line:
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
 as "stop"; so does hearing nothing on stdin for --console-timeout seconds, because a
 silently dropped network closes no channel. A stdin that is a regular file or /dev/null
-is not watched (no console: the launcher runs until its workers end). The first worker to
+is not watched (no console: the launcher runs until its workers end, and does not wait
+for "go" after a preflight). The first worker to
 exit non-zero stops the others; the launcher then exits with that worker's code (128 +
 signal for a signal); workers not started yet by then are never started.
 
@@ -87,8 +104,10 @@ import argparse
 import asyncio
 import base64
 import ctypes
+import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -96,13 +115,86 @@ import subprocess
 import sys
 import time
 
-import psutil
+try:  # a node without psutil is reported by the preflight, not by a traceback
+    import psutil
+except ImportError:
+    psutil = None
 
 PROTOCOL_VERSION = 1
 POLL_INTERVAL = 0.05
 ACTIVE_POLL_INTERVAL = 0.01  # while logs flow: less lag; when quiet: less idle CPU
 READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
 PR_SET_CHILD_SUBREAPER = 36
+
+
+# -- preflight: checks a node must pass before anything starts on any node ---------------
+
+_FIND_MODULE = (
+    "import importlib.util, sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "sys.exit(0 if importlib.util.find_spec(sys.argv[2]) else 1)"
+)
+
+
+def check(request: dict) -> list[str]:
+    """Problems that would stop a job on this node; empty when it can start."""
+    problems = []
+    cwd = request.get("cwd") or os.getcwd()
+    if not os.path.isdir(cwd):
+        return [f"working directory {cwd} not found"]
+    script = request.get("script")
+    if script and request.get("no_python"):
+        found = shutil.which(script, path=None if "/" not in script else "") or (
+            "/" in script and os.access(os.path.join(cwd, script), os.X_OK)
+        )
+        if not found:
+            problems.append(f"program {script} not found or not executable")
+    elif script and request.get("module"):
+        # In a child python: finding pkg.mod imports pkg, which must not run inside the
+        # launcher or the console (nor leave the job's directory on sys.path, nor crash it).
+        try:
+            found = subprocess.run(
+                [sys.executable, "-c", _FIND_MODULE, cwd, script], cwd=cwd, timeout=120,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            found = False
+        if not found:
+            problems.append(f"module {script} not found")
+    elif script and not os.path.isfile(os.path.join(cwd, script)):
+        problems.append(f"script {script} not found in {cwd}")
+    if request.get("need_psutil") and psutil is None:
+        problems.append(f"psutil is not installed for {sys.executable}")
+    if request.get("need_torch"):  # --elastic runs torch's elastic agent on the node
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # finds it without importing it
+            problems.append(f"torch is not installed for {sys.executable} (--elastic needs it)")
+    port = request.get("master_port")
+    if port and not _port_free(int(port)):
+        problems.append(f"master port {port} is already in use")
+    return problems
+
+
+def _port_free(port: int) -> bool:
+    """Whether torch's TCPStore could bind the port: on every IPv4 address, and on every
+    IPv6 one where the node has IPv6 (it binds `::` first), so a listener on ::1 counts."""
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        with probe:
+            # As TCPStore binds it: a port in TIME_WAIT from a previous run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE or family == socket.AF_INET:
+                    return False
+    return True
 
 
 def exit_status(code: int | None, sig: int | None) -> int:
@@ -221,7 +313,9 @@ class NodeLauncher:
         self.stop_signal: int | None = None
         self.escalation: asyncio.TimerHandle | None = None
         self.changed = asyncio.Event()
-        self.me = psutil.Process()
+        self.waiting = False  # checked, holding until the console says "go"
+        self.preflight_code = 0
+        self.go = asyncio.Event()  # "go", or a stop while waiting
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -237,6 +331,12 @@ class NodeLauncher:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self.on_signal, sig)
         stdin_task = asyncio.ensure_future(self.watch_stdin())
+        if "preflight" in self.spec and not await self.preflight():
+            stdin_task.cancel()
+            code = 128 + self.stop_signal if self.stop_signal is not None else self.preflight_code
+            self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
+            await self.emitter.close()
+            return code
         os.makedirs(self.log_dir, exist_ok=True)
         self.start_processes()
         self.reap()
@@ -246,6 +346,19 @@ class NodeLauncher:
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
         await self.emitter.close()
         return code
+
+    async def preflight(self) -> bool:
+        """Check this node, report it, and hold until the console says "go" (every node
+        passed); False when nothing may start here (a problem, or stopped while holding)."""
+        problems = check({**self.spec["preflight"], "need_psutil": True})  # we need it too
+        self.emitter.emit({"ev": "preflight", "problems": problems, "t": time.time()})
+        if problems:
+            self.preflight_code = 1
+            return False
+        self.waiting = True
+        await self.go.wait()  # also set when stdin is no console (a file, /dev/null)
+        self.waiting = False
+        return not self.stopping
 
     def start_processes(self) -> None:
         for worker in self.workers:
@@ -321,14 +434,17 @@ class NodeLauncher:
         try:
             mode = os.fstat(0).st_mode
         except OSError:
-            return  # no stdin at all
+            self.go.set()  # no stdin at all: no console to say "go" either
+            return
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(0)):
+            self.go.set()
             return  # a regular file or /dev/null: no console to watch (epoll refuses them)
         try:
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(0), "rb")
             )
         except (ValueError, OSError):
+            self.go.set()
             return  # stdin is a regular file: nothing to watch
         while True:
             try:
@@ -347,7 +463,9 @@ class NodeLauncher:
 
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
-        if kind == "stop":
+        if kind == "go":
+            self.go.set()
+        elif kind == "stop":
             self.begin_stop(command.get("reason", "stopped by console"))
         elif kind == "kill":
             self.begin_stop(command.get("reason", "killed by console"))
@@ -363,8 +481,16 @@ class NodeLauncher:
 
     # -- stopping ----------------------------------------------------------------------
 
+    def stop_before_start(self) -> bool:
+        """A stop while holding for "go": nothing was started, so there is nothing to stop
+        but the wait itself."""
+        if self.waiting:
+            self.stopping = True
+            self.go.set()
+        return self.waiting
+
     def begin_stop(self, reason: str) -> None:
-        if self.stopping:
+        if self.stopping or self.stop_before_start():
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
@@ -376,6 +502,8 @@ class NodeLauncher:
         self.changed.set()
 
     def kill_all(self) -> None:
+        if self.waiting:
+            return  # nothing started yet
         survivors = self.descendants()
         for worker in self.workers:
             if worker.pid and not worker.exited:
@@ -386,7 +514,7 @@ class NodeLauncher:
 
     def descendants(self) -> list[psutil.Process]:
         try:
-            return self.me.children(recursive=True)
+            return psutil.Process().children(recursive=True)
         except psutil.Error:
             return []
 
@@ -656,7 +784,7 @@ class ElasticNodeLauncher(NodeLauncher):
     def begin_stop(self, reason: str) -> None:
         """As the base class, but each process gets one SIGTERM: a second one reaching
         torch's agent while it stops its workers aborts its shutdown half-way."""
-        if self.stopping:
+        if self.stopping or self.stop_before_start():
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
@@ -861,6 +989,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop everything after this long without a command or ping (0: never)")
     args = parser.parse_args(argv)
     spec = json.loads(base64.b64decode(args.spec))
+    if psutil is None and "preflight" not in spec:  # with one, the preflight reports it
+        parser.exit(1, f"{parser.prog}: psutil is not installed for {sys.executable}\n")
     if args.save_pid:
         with open(args.save_pid, "w") as f:
             f.write(f"{os.getpid()}\n")

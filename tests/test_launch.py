@@ -4,6 +4,8 @@ real signals, its JSON-lines protocol read the way the console reads it."""
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import os
 import signal
 import socket
@@ -349,3 +351,87 @@ def test_a_flood_and_a_huge_line_come_in_bounded_events(tmp_path, marker):
     assert max(len(line) for line in launcher.raw) < 16 << 20
     assert "".join(e["data"] for e in outs).encode("utf-8", "surrogateescape") == raw
     assert all(e["data"].isascii() or "\udcc3" not in e["data"] for e in outs), "a split 'é'"
+
+
+# -- preflight in the launcher's own session (the spec's "preflight") -----------------------
+
+
+def with_preflight(spec: str, request: dict) -> str:
+    decoded = json.loads(base64.b64decode(spec))
+    return base64.b64encode(json.dumps({**decoded, "preflight": request}).encode()).decode()
+
+
+def test_a_preflight_problem_is_reported_and_nothing_starts(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    request = {"cwd": str(tmp_path), "script": "no_such_train.py", "need_psutil": True}
+    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 2)), request))
+    assert launcher.finish(timeout=10) == 1, launcher.stderr
+    assert [e["ev"] for e in launcher.events] == ["hello", "preflight", "done"]
+    assert launcher.of("preflight")[0]["problems"] == [f"script no_such_train.py not found in {tmp_path}"]
+    assert launcher.events[-1]["code"] == 1
+    assert not log_dir.exists()
+    assert_all_gone(marker)
+
+
+def test_a_clean_preflight_starts_nothing_until_go(tmp_path, marker, worker):
+    log_dir = tmp_path / "logs"
+    request = {"cwd": str(tmp_path), "script": str(worker), "need_psutil": True}
+    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 2, "--run-for", "0.3")), request))
+    report = launcher.wait_event(lambda e: e["ev"] == "preflight")
+    assert report["problems"] == []
+    time.sleep(0.5)
+    assert [e["ev"] for e in launcher.events] == ["hello", "preflight"]
+    assert psutil.Process(launcher.proc.pid).children(recursive=True) == []
+    assert not log_dir.exists() and survivors(marker, timeout=0) == []
+    launcher.send({"cmd": "ping"})  # pings keep it waiting
+    time.sleep(0.2)
+    assert launcher.of("started") == []
+    launcher.send({"cmd": "go"})
+    assert [e["rank"] for e in launcher.started(2)] == [0, 1]
+    assert launcher.finish() == 0, launcher.stderr
+    kinds = [e["ev"] for e in launcher.events]
+    assert kinds[:3] == ["hello", "preflight", "started"] and kinds[-1] == "done"
+    assert sorted(os.listdir(log_dir)) == ["rank-0.log", "rank-1.log"]
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+@pytest.mark.parametrize("how, code", [("eof", 0), ("stop", 0), ("kill", 0), ("sigterm", 128 + signal.SIGTERM),
+                                       ("console timeout", 0)])
+def test_ended_while_waiting_for_go_starts_nothing(tmp_path, marker, worker, how, code):
+    log_dir = tmp_path / "logs"
+    request = {"cwd": str(tmp_path), "script": str(worker)}
+    extra = ("--console-timeout", "0.5") if how == "console timeout" else ()
+    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 2)), request), *extra)
+    assert launcher.wait_event(lambda e: e["ev"] == "preflight")["problems"] == []
+    if how == "eof":
+        launcher.close_stdin()
+    elif how in ("stop", "kill"):
+        launcher.send({"cmd": how})
+    elif how == "sigterm":
+        launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.finish(timeout=10) == code, launcher.stderr
+    assert [e["ev"] for e in launcher.events] == ["hello", "preflight", "done"]
+    assert launcher.events[-1]["code"] == code
+    assert not log_dir.exists()
+    assert_all_gone(marker)
+
+
+def test_psutil_missing_on_the_node_is_a_preflight_problem_not_a_traceback(tmp_path, worker):
+    """`python -S`: no site-packages, so no psutil (the launcher runs as a plain file, as
+    the SSH and Slurm transports ship it)."""
+    source = Path(flextui.launch.__file__)
+    spec = node_spec(tmp_path / "logs", argvs(worker, 1))
+    request = {"cwd": str(tmp_path), "script": str(worker), "need_psutil": True}
+    result = subprocess.run([PY, "-S", str(source), "--spec", with_preflight(spec, request)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert [e["ev"] for e in events] == ["hello", "preflight", "done"]
+    (problem,) = events[1]["problems"]
+    assert problem.startswith("psutil is not installed for ")
+    # Without a preflight in the spec: one clear line, still no traceback.
+    result = subprocess.run([PY, "-S", str(source), "--spec", spec],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "psutil is not installed for " in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""flextui.preflight.check, as the local transport runs it (in the console's process)."""
+"""flextui.launch.check: the preflight every node launcher runs before it starts anything."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from flextui.preflight import check
+from flextui.launch import check
 from tests.helpers import free_port
 
 

@@ -1,7 +1,8 @@
 """How the console reaches a node's launcher: a local subprocess or an SSH channel.
 
-A transport preflights a node and starts its node launcher; the returned channel carries
-launcher events (decoded JSON lines, see flextui.launch) one way and commands the other.
+A transport starts a node's launcher (which also preflights the node, see flextui.launch);
+the returned channel carries launcher events (decoded JSON lines) one way and commands
+the other.
 Transports never interpret events: that is the job's work.
 """
 
@@ -35,7 +36,8 @@ class NodeChannel(abc.ABC):
         """Close the channel: the launcher sees stdin EOF and stops everything."""
 
     def diagnostics(self) -> str:
-        """Whatever the launcher said outside the protocol (its stderr), for errors."""
+        """Whatever the launcher said outside the protocol (its stderr, how it ended), for
+        errors; once events() has ended."""
         return ""
 
     def interruption(self) -> str | None:
@@ -49,12 +51,9 @@ class Transport(abc.ABC):
     shares_run_dir = False
 
     @abc.abstractmethod
-    async def preflight(self, node: Node, request: dict) -> None:
-        """Raise LaunchError naming the node and the reason if it cannot run the job."""
-
-    @abc.abstractmethod
     async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
-        """Start `python -m flextui.launch <launcher_args>` on the node."""
+        """Start `python -m flextui.launch <launcher_args>` on the node; raise LaunchError
+        naming the node and the reason if it cannot be reached."""
 
     async def close(self) -> None:
         """Release connections (after every channel is closed)."""

@@ -7,8 +7,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 
-from flextui import preflight
-from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
+from flextui.transport import NodeChannel, Transport, decode_event, encode_command
 from flextui.world import Node
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -52,11 +51,6 @@ class LocalChannel(NodeChannel):
 
 class LocalTransport(Transport):
     shares_run_dir = True
-
-    async def preflight(self, node: Node, request: dict) -> None:
-        problems = preflight.check(request)
-        if problems:
-            raise LaunchError(f"{node.host}: {problems[0]}")
 
     async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
         process = await asyncio.create_subprocess_exec(

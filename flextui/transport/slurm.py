@@ -10,8 +10,13 @@ One srun step per node, not one step for all nodes:
 
     srun --jobid=J --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist=HOST
          --kill-on-bad-exit=1 --overlap --mpi=none --export=ALL
-         --job-name=flextui-<token>-<node rank> --chdir=CWD
+         --job-name=flextui-<token>-<node rank>
          PYTHON -c <launcher source> --spec ... (every word its own argv entry, no shell)
+
+No --chdir: the launcher's own preflight (the spec's "preflight") checks that the working
+directory exists on the node and reports it in one line, where srun would fail the step
+first; the workers get the directory from the spec. The step is the only one per node:
+the launcher checks the node, then waits for the console's "go".
 
 * It is the per-node Transport interface as it stands: a step's stdin/stdout *is* that
   node's channel, so commands reach one node, a node's spec travels in its own argv (one
@@ -26,9 +31,8 @@ One srun step per node, not one step for all nodes:
 * Cost: one srun process per node on the console's machine and one step creation each,
   fine for the tens to hundreds of nodes this console shows.
 
-`--overlap` lets the launcher's step share the allocation with other steps (the
-preflight steps just before it, or a batch script's own), so it never waits for "busy"
-resources. A step gets all of the job's CPUs, memory and GRES on its node by default, so
+`--overlap` lets the launcher's step share the allocation with other steps (a batch
+script's own), so it never waits for "busy" resources. A step gets all of the job's CPUs, memory and GRES on its node by default, so
 the workers have all of them; their CUDA_VISIBLE_DEVICES (slot ids) are mapped onto the
 GPUs Slurm gave the step (slot i -> the i-th entry of the step's CUDA_VISIBLE_DEVICES).
 
@@ -69,7 +73,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from flextui import launch, preflight
+from flextui import launch
 from flextui.hostfile import HostfileError, read_hostfile
 from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
 from flextui.world import Node
@@ -115,7 +119,6 @@ _namespace: dict = {}
 exec(GPU_MAPPING, _namespace)  # the very function the nodes run, for the tests
 map_gpus = _namespace["map_gpus"]
 LAUNCHER_PROGRAM = _inline_program(launch, GPU_PROLOGUE)
-PREFLIGHT_PROGRAM = _inline_program(preflight)
 # Holds a salloc allocation: says which job it is, then lives until its stdin closes.
 HOLDER_PROGRAM = (
     "import json,os,sys;"
@@ -417,72 +420,41 @@ class SlurmTransport(Transport):
         self.python = python or sys.executable
         self.timeout = timeout
         self.token = secrets.token_hex(4)
-        self._fanout = asyncio.Semaphore(max(1, fanout))  # concurrent preflight steps
+        self._fanout = asyncio.Semaphore(max(1, fanout))  # concurrent srun starts
         self._closed = False
 
-    def srun_argv(self, node: Node, name: str, cwd: str | None, program: list[str]) -> list[str]:
-        argv = [
+    def srun_argv(self, node: Node, name: str, program: list[str]) -> list[str]:
+        return [
             "srun", f"--jobid={self.job_id}", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1",
             f"--nodelist={node.host}", "--kill-on-bad-exit=1", "--overlap", "--mpi=none", "--export=ALL",
-            f"--job-name=flextui-{self.token}-{name}",
+            f"--job-name=flextui-{self.token}-{name}", *program,
         ]
-        if cwd:
-            argv.append(f"--chdir={cwd}")
-        return argv + program
 
-    async def preflight(self, node: Node, request: dict) -> None:
-        # No --chdir: whether the working directory exists on the node is preflight's check.
-        argv = self.srun_argv(node, f"preflight{node.node_rank}", None,
-                              [self.python, "-c", PREFLIGHT_PROGRAM, json.dumps(request)])
+    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+        launcher_args = self._with_slurm_task_env(launcher_args)
+        argv = self.srun_argv(node, str(node.node_rank), [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
         async with self._fanout:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, env=srun_environ(), start_new_session=True,
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, limit=STREAM_LIMIT, env=srun_environ(),
+                    # Its own session: a terminal's Ctrl+C reaches only the console, which
+                    # stops the job in order (srun would otherwise act on SIGINT itself).
+                    start_new_session=True,
                 )
             except FileNotFoundError:
                 raise LaunchError("srun not found: is Slurm installed on this machine?") from None
-            try:
-                stdout, stderr = await asyncio.wait_for(process.communicate(), self.timeout)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
-                raise LaunchError(f"{node.host}: srun preflight did not finish within {self.timeout:g}s") from None
-        err = stderr.decode(errors="replace")
-        if "execve(): " in err and "No such file or directory" in err:
-            raise LaunchError(f"{node.host}: python not found: {self.python}")
-        try:
-            problems = json.loads(stdout)
-        except ValueError:
-            detail = _last_error(err) or f"srun exited with status {process.returncode}"
-            raise LaunchError(f"{node.host}: preflight failed: {detail}") from None
-        if problems:
-            raise LaunchError(f"{node.host}: {problems[0]}")
-
-    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
-        launcher_args, cwd = self._with_slurm_task_env(launcher_args)
-        argv = self.srun_argv(node, str(node.node_rank), cwd, [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, limit=STREAM_LIMIT, env=srun_environ(),
-                # Its own session: a terminal's Ctrl+C reaches only the console, which stops
-                # the job in order (srun would otherwise act on SIGINT itself).
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise LaunchError("srun not found: is Slurm installed on this machine?") from None
         return SlurmChannel(node, process, self)
 
     @staticmethod
-    def _with_slurm_task_env(launcher_args: list[str]) -> tuple[list[str], str | None]:
+    def _with_slurm_task_env(launcher_args: list[str]) -> list[str]:
         """Give each worker Slurm task variables that match its flextui rank."""
         args = list(launcher_args)
         try:
             i = args.index("--spec") + 1
             spec = json.loads(base64.b64decode(args[i]))
         except (ValueError, IndexError):
-            return args, None
+            return args
         env = spec.get("env", {})
         world_size = env.get("WORLD_SIZE")
         for worker in spec.get("workers", []):
@@ -492,7 +464,7 @@ class SlurmTransport(Transport):
                 extra.update(SLURM_NTASKS=world_size, SLURM_NPROCS=world_size)
             worker["env"] = {**extra, **worker.get("env", {})}
         args[i] = base64.b64encode(json.dumps(spec, separators=(",", ":")).encode()).decode()
-        return args, spec.get("cwd")
+        return args
 
     async def interruption(self, srun_stderr: str) -> str | None:
         """Why a step ended from outside the job (scancel, time limit, ...), else None."""

@@ -5,7 +5,9 @@ known_hosts (also UserKnownHostsFile) and the ssh agent, and checks host keys st
 an unknown or changed key is an error, never silently accepted.
 
 The launcher's source is shipped with the command (it is stdlib + psutil only), so nodes
-need a python with psutil but not flextui itself, and can never run a stale version.
+need a python with psutil but not flextui itself, and can never run a stale version. It
+is the only remote command per node: the launcher also runs the preflight checks, so a
+node costs one login shell and one python start.
 Its life is tied to the channel: when the channel closes (console killed, network
 dropped, sshd gone) its stdin reaches EOF and it stops every process it started.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import shlex
 import socket
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import asyncssh
 
-from flextui import launch, preflight
+from flextui import launch
 from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
 from flextui.world import Node
 
@@ -40,7 +41,7 @@ def _inline_program(module) -> str:
 
 
 LAUNCHER_PROGRAM = _inline_program(launch)
-PREFLIGHT_PROGRAM = _inline_program(preflight)
+STDERR_KEEP = 16 << 10  # the tail of the launcher's stderr kept for error messages
 
 
 def remote_command(cwd: str | None, argv: list[str]) -> str:
@@ -68,9 +69,19 @@ def describe_error(host: str, exc: BaseException, timeout: float) -> str:
 
 
 class SSHChannel(NodeChannel):
-    def __init__(self, node: Node, process: asyncssh.SSHClientProcess) -> None:
+    def __init__(self, node: Node, process: asyncssh.SSHClientProcess, python: str) -> None:
         super().__init__(node)
         self.process = process
+        self.python = python
+        self._stderr = b""
+        self._stderr_task = asyncio.ensure_future(self._collect_stderr())
+
+    async def _collect_stderr(self) -> None:
+        try:
+            while chunk := await self.process.stderr.read(READ_SIZE):
+                self._stderr = (self._stderr + chunk)[-STDERR_KEEP:]
+        except (asyncssh.Error, OSError):
+            pass
 
     async def events(self) -> AsyncIterator[dict]:
         # Our own framing: asyncssh's readline() hands back a partial line once a line
@@ -81,7 +92,7 @@ class SSHChannel(NodeChannel):
             try:
                 chunk = await stdout.read(READ_SIZE)
             except (asyncssh.Error, OSError):
-                break
+                return
             if not chunk:
                 break
             if b"\n" not in chunk:
@@ -93,6 +104,12 @@ class SSHChannel(NodeChannel):
                 event = decode_event(line)
                 if event is not None:
                     yield event
+        # EOF: the exit status (and stderr) follow it, and diagnostics() needs them.
+        try:
+            await asyncio.wait_for(self.process.wait_closed(), 5)
+            await asyncio.wait_for(self._stderr_task, 1)
+        except (asyncio.TimeoutError, asyncssh.Error, OSError):
+            pass
 
     def send(self, command: dict) -> None:
         if self.process.channel.is_closing():
@@ -114,8 +131,11 @@ class SSHChannel(NodeChannel):
         signal = self.process.exit_signal
         if signal:
             return f"launcher killed by {signal[0]}"
+        if status == 127:  # the login shell's `exec PYTHON` found no such program
+            return f"python not found: {self.python}"
         if status is not None and status != 0 and status != -1:
-            return f"launcher exited with status {status}"
+            said = self._stderr.decode(errors="replace").strip().splitlines()
+            return f"launcher exited with status {status}" + (f": {said[-1]}" if said else "")
         return ""
 
 
@@ -170,25 +190,6 @@ class SSHTransport(Transport):
         self._connections[host] = conn
         return conn
 
-    async def preflight(self, node: Node, request: dict) -> None:
-        conn = await self._connection(node.host)
-        command = remote_command(None, [self.python, "-c", PREFLIGHT_PROGRAM, json.dumps(request)])
-        try:
-            result = await asyncio.wait_for(conn.run(command), self.connect_timeout)
-        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-            raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
-        if result.exit_status == 127:
-            raise LaunchError(f"{node.host}: python not found: {self.python}")
-        try:
-            problems = json.loads(result.stdout)
-        except (TypeError, ValueError):
-            detail = (result.stderr or result.stdout or "").strip().splitlines()
-            raise LaunchError(
-                f"{node.host}: preflight failed: {detail[-1] if detail else f'status {result.exit_status}'}"
-            ) from None
-        if problems:
-            raise LaunchError(f"{node.host}: {problems[0]}")
-
     async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
         conn = await self._connection(node.host)
         command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
@@ -196,7 +197,7 @@ class SSHTransport(Transport):
             process = await conn.create_process(command, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
-        return SSHChannel(node, process)
+        return SSHChannel(node, process, self.python)
 
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
