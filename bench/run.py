@@ -3,7 +3,7 @@
 
     ./dev bench [--quick] [--only launch,abort,local,ingest,idle,ui] [--reps N] [--train-reps N]
                 [--nodes 1,2,4,8] [--no-deepspeed] [--no-pdsh] [--no-results]
-                [--flextui-path DIR]
+                [--flextui-path DIR | --flextui-rev REV]
 
 One command: brings up an 8-node real-OpenSSH cluster on this machine (tests/sshcluster.py,
 prefix "ftb"; network + PID namespaces), sets up the DeepSpeed venv (bench/.ds-venv,
@@ -13,7 +13,9 @@ replaces just those sections there; each section keeps the command that produced
 Needs root (namespaces). Full run ~10 min, --quick ~2 min.
 
 --flextui-path DIR runs the console and node launcher from another checkout (PYTHONPATH),
-e.g. a scratch copy with a candidate fix, against the same cluster and baselines.
+e.g. a scratch copy with a candidate fix, against the same cluster and baselines;
+--flextui-rev REV measures a commit (a clean export) rather than the working tree, which
+is what the committed RESULTS.md uses, so others' unfinished edits cannot leak into it.
 Targets come from issue 5; they are reported, never asserted.
 """
 
@@ -80,6 +82,7 @@ def launch_rows(raw: dict, node_counts: list[int]) -> list[dict]:
         med = {n: {l: launch_abort.median_first(rs) for l, rs in by_nodes.get(str(n), {}).items()}
                for n in node_counts}
         reps = max((len(rs) for b in by_nodes.values() for rs in b.values()), default=0)
+        ds_reps = max((len(b.get("deepspeed", [])) for b in by_nodes.values()), default=0)
         for n in node_counts:
             m = med[n]
             f, p, d = m.get("flextui"), m.get("pdsh"), m.get("deepspeed")
@@ -87,7 +90,8 @@ def launch_rows(raw: dict, node_counts: list[int]) -> list[dict]:
             target = "≤ 0.5× DeepSpeed"
             rows.append(row(
                 "launch", f"{label}: {n} node{'s' if n > 1 else ''} × 2 slots → every rank's first line"
-                + (f" (median of {reps})" if reps > 1 else ""),
+                + (f" (median of {reps}" + (f"; DeepSpeed {ds_reps}" if 0 < ds_reps < reps else "") + ")"
+                   if reps > 1 else ""),
                 s(f), s(p), s(d) + (f" (flextui = {ratio:.2f}×)" if ratio else ""),
                 target, verdict(ratio <= 0.5 if ratio else None)))
         if 1 in med and max(node_counts) in med and max(node_counts) > 1:
@@ -190,7 +194,10 @@ def ingest_rows(results: list[dict]) -> list[dict]:
             ok = None
             if r.get("model_rate"):
                 cpu_ok = (r.get("stream_cpu") or 0) <= 1.0
-                if "10M" in name:
+                if "emoji" in name:
+                    ok = bool(r.get("complete"))
+                    target = "every line arrives (their JSON is 2.3× their bytes)"
+                elif "10M" in name:
                     ok = (r.get("peak_rss_mb") or 1e9) <= 200 and bool(r.get("complete"))
                     target = "console RSS ≤ 200 MB after 10M lines × 64 ranks"
                 elif flat:
@@ -202,7 +209,8 @@ def ingest_rows(results: list[dict]) -> list[dict]:
                     target = "keeps up, lag p99 ≤ 250 ms, console ≤ 1 core"
             else:
                 ok = False
-                target = "≥ 200k lines/s, console ≤ 1 core" if flat else "keeps up, lag p99 ≤ 250 ms, console ≤ 1 core"
+                target = ("every line arrives (their JSON is 2.3× their bytes)" if "emoji" in name else
+                          "≥ 200k lines/s, console ≤ 1 core" if flat else "keeps up, lag p99 ≤ 250 ms, console ≤ 1 core")
             case = f"ingest {name}" + (f" (offered {r['offered'] / 1000:.0f}k/s)" if r.get("offered") else "") + f", {where}"
             rows.append(row("ingest", case, cell(r), cell(by.get("pdsh"), True) if mode == "ssh" else "—", "—",
                             target, verdict(ok)))
@@ -228,10 +236,17 @@ def idle_rows(results: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # UI (bench/ui_load.py, written by another engineer)
 # --------------------------------------------------------------------------------------
-def run_ui(quick: bool, env: dict) -> tuple[list[dict], dict]:
+def _tool(root: Path, name: str) -> tuple[Path, Path]:
+    """bench/<name> from the flextui being measured (it imports flextui from its own root),
+    else from this checkout."""
+    script = root / "bench" / name
+    return (script, root) if script.exists() else (BENCH / name, REPO)
+
+
+def run_ui(quick: bool, env: dict, root: Path = REPO) -> tuple[list[dict], dict]:
     """bench/ui_load.py (another engineer's): the Textual app headless (App.run_test) fed
     synthetic launcher events in-process; one JSON object per configuration."""
-    script = BENCH / "ui_load.py"
+    script, cwd = _tool(root, "ui_load.py")
     if not script.exists():
         return [row("ui", "TUI key latency / frames under load; RSS after 10M lines × 64 ranks",
                     "not measured: bench/ui_load.py does not exist yet")], {"missing": True}
@@ -240,7 +255,7 @@ def run_ui(quick: bool, env: dict) -> tuple[list[dict], dict]:
     for ranks, rate, seconds in configs:
         argv = [PYTHON, str(script), "--ranks", str(ranks), "--rate", str(rate), "--seconds", str(seconds), "--json"]
         try:
-            cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=seconds + 90)
+            cp = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=seconds + 90)
             code, out, err = cp.returncode, cp.stdout, cp.stderr
         except subprocess.TimeoutExpired as exc:
             code, out, err = "timeout", exc.stdout or "", f"no result after {seconds + 90} s"
@@ -276,14 +291,14 @@ def run_ui(quick: bool, env: dict) -> tuple[list[dict], dict]:
     return rows, {"runs": raw}
 
 
-def run_local(quick: bool, reps: int, env: dict) -> tuple[list[dict], dict]:
+def run_local(quick: bool, reps: int, env: dict, root: Path = REPO) -> tuple[list[dict], dict]:
     """bench/local_lifecycle.py (another engineer's): 4 local ranks, no SSH."""
-    script = BENCH / "local_lifecycle.py"
+    script, cwd = _tool(root, "local_lifecycle.py")
     if not script.exists():
         return [row("local", "local lifecycle", "not measured: bench/local_lifecycle.py does not exist")], {}
     argv = [PYTHON, str(script), "--ranks", "4", "--reps", str(reps), "--train-reps", "0" if quick else "1", "--json"]
     try:
-        cp = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        cp = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
         code, out, err = cp.returncode, cp.stdout, cp.stderr
     except subprocess.TimeoutExpired:
         code, out, err = "timeout", "", "no result after 600 s"
@@ -363,7 +378,7 @@ def write_results(sections: dict, machine: dict, notes: list[str]) -> None:
         f"flextui as measured: {m.get('flextui', '?')}.",
         "",
         f"Machine: {m.get('cpus')} cores, {m.get('mem_gb')} GB, Linux {m.get('kernel')}, Python {m.get('python')}, "
-        f"torch {m.get('torch')}, DeepSpeed {m.get('deepspeed')}, {m.get('pdsh')}, {m.get('openssh')}; "
+        f"torch {m.get('torch')}, DeepSpeed {str(m.get('deepspeed')).split()[0]}, {m.get('pdsh')}, {m.get('openssh')}; "
         f"load average at start {m.get('loadavg_at_start')} (the machine is shared: see each section's "
         f"`loadavg_before` in results.json; other sessions' tests running at the same time inflate times).",
         "",
@@ -423,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--reps", type=int, help="repetitions of each trivial-worker launch and flextui abort "
                     "(default 3; --quick 1)")
+    ap.add_argument("--ds-reps", type=int, help="repetitions of each DeepSpeed launch (default: min(reps, 2))")
     ap.add_argument("--train-reps", type=int, help="repetitions of each examples/train.py launch "
                     "(default 1; --quick 0 = skip)")
     ap.add_argument("--nodes", default="1,2,4,8", help="node counts for the launch benchmark")
@@ -433,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pdsh", action="store_true", help="skip pdsh baselines")
     ap.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--flextui-path", help="run flextui from this checkout (PYTHONPATH) instead of the repo")
+    ap.add_argument("--flextui-rev", help="run flextui as committed at this git revision (e.g. HEAD), not the "
+                    "working tree: a clean `git archive` export, also for ui_load.py / local_lifecycle.py")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
     args = ap.parse_args(argv)
     only = args.only.split(",") if args.only else list(SECTIONS)
@@ -465,9 +483,20 @@ def main(argv: list[str] | None = None) -> int:
             log(f"DeepSpeed unavailable: {ds_version}")
             ds_version = None
     machine = machine_info(ds_version)
-    if args.flextui_path:
-        notes.append(f"[all] flextui run from {args.flextui_path} (--flextui-path), not the repository")
     work = Path(tempfile.mkdtemp(prefix="flextui-bench-"))
+    if args.flextui_rev:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.flextui_rev],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        src = work / "flextui-src"
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        args.flextui_path = str(src)
+        machine["flextui"] = f"{sha} (clean `git archive` of {args.flextui_rev}; the working tree not used)"
+    elif args.flextui_path:
+        machine["flextui"] = f"{args.flextui_path} (--flextui-path)"
+        notes.append(f"[all] flextui run from {args.flextui_path} (--flextui-path), not the repository")
+    tools_root = Path(args.flextui_path) if args.flextui_path else REPO
     sections: dict[str, dict] = {}
     all_rows: list[dict] = []
     need_nodes = max([*node_counts, args.abort_nodes, 8])
@@ -491,13 +520,14 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "launch":
                         workloads = ["hello"] + (["train"] if train_reps else [])
                         raw = launch_abort.run_launch(bench, launchers, node_counts, workloads,
-                                                      {"hello": reps, "train": train_reps})
+                                                      {"hello": reps, "train": train_reps},
+                                                      args.ds_reps or min(reps, 2))
                         rows = launch_rows(raw, node_counts)
                     elif name == "abort":
                         raw = launch_abort.run_abort(bench, launchers, args.abort_nodes, reps, args.grace, args.quick)
                         rows = abort_rows(raw, args.abort_nodes, args.grace)
                     elif name == "local":
-                        rows, raw = run_local(args.quick, reps, bench.flextui_env())
+                        rows, raw = run_local(args.quick, reps, bench.flextui_env(), tools_root)
                     elif name == "ingest":
                         raw = ingest.run_ingest(bench, args.quick, not args.no_pdsh)
                         rows = ingest_rows(raw)
@@ -505,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                         raw = ingest.run_idle(bench, args.quick)
                         rows = idle_rows(raw)
                     else:
-                        rows, raw = run_ui(args.quick, bench.flextui_env())
+                        rows, raw = run_ui(args.quick, bench.flextui_env(), tools_root)
                         if raw.get("missing"):
                             notes.append("[ui] bench/ui_load.py does not exist yet: no UI figures")
                 except Exception as exc:  # keep going: one broken section must not lose the others
