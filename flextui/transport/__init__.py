@@ -9,8 +9,11 @@ Transports never interpret events: that is the job's work.
 from __future__ import annotations
 
 import abc
+import base64
+import zlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from flextui.world import Node
 
@@ -57,6 +60,14 @@ class Transport(abc.ABC):
 
     async def close(self) -> None:
         """Release connections (after every channel is closed)."""
+
+
+def inline_program(module, prologue: str = "") -> str:
+    """`python -c` code that runs a self-contained module's source as __main__.
+
+    Transports ship the node launcher this way, so a node never runs a stale version."""
+    packed = base64.b64encode(zlib.compress(Path(module.__file__).read_bytes(), 9)).decode()
+    return f"{prologue}import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
 
 
 def decode_event(line: bytes) -> dict | None:

@@ -68,14 +68,14 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from flextui import launch
 from flextui.hostfile import HostfileError, read_hostfile
-from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
+from flextui.transport import (
+    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program,
+)
 from flextui.world import Node
 
 STREAM_LIMIT = 64 << 20  # one event can carry a whole read chunk of log text
@@ -91,12 +91,6 @@ ENDED_STATES = {
     "NODE_FAIL": "lost a node", "DEADLINE": "reached its deadline", "BOOT_FAIL": "failed to boot",
     "OUT_OF_MEMORY": "ran out of memory", "FAILED": "failed",
 }
-
-
-def _inline_program(module, prologue: str = "") -> str:
-    """`python -c` code that runs a self-contained module's source as __main__."""
-    packed = base64.b64encode(zlib.compress(Path(module.__file__).read_bytes(), 9)).decode()
-    return f"{prologue}import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
 
 
 # Runs on the node before the launcher: maps the slot ids in the spec's CUDA_VISIBLE_DEVICES
@@ -118,7 +112,7 @@ if os.environ.get('CUDA_VISIBLE_DEVICES') and _env.get('CUDA_VISIBLE_DEVICES'):
 _namespace: dict = {}
 exec(GPU_MAPPING, _namespace)  # the very function the nodes run, for the tests
 map_gpus = _namespace["map_gpus"]
-LAUNCHER_PROGRAM = _inline_program(launch, GPU_PROLOGUE)
+LAUNCHER_PROGRAM = inline_program(launch, GPU_PROLOGUE)
 # Holds a salloc allocation: says which job it is, then lives until its stdin closes.
 HOLDER_PROGRAM = (
     "import json,os,sys;"
@@ -206,6 +200,9 @@ class Allocation:
         holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=srun_environ(), start_new_session=True, text=True)
         log: deque = deque(maxlen=50)
+        # A thread, not asyncio: this runs before the job's event loop exists (the nodes
+        # decide the world), and the holder must outlive any loop made here, which would
+        # kill its subprocesses on close.
         granted = threading.Event()
 
         def pump() -> None:  # salloc's messages: shown until granted, kept afterwards

@@ -15,32 +15,24 @@ dropped, sshd gone) its stdin reaches EOF and it stops every process it started.
 from __future__ import annotations
 
 import asyncio
-import base64
 import shlex
 import socket
 import sys
-import zlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncssh
 
 from flextui import launch
-from flextui.transport import LaunchError, NodeChannel, Transport, decode_event, encode_command
+from flextui.transport import (
+    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program,
+)
 from flextui.world import Node
 
 KEEPALIVE_COUNT_MAX = 3
 READ_SIZE = 1 << 18
 
 
-def _inline_program(module) -> str:
-    """`python -c` code that runs a self-contained module's source as __main__."""
-    source = Path(module.__file__).read_bytes()
-    packed = base64.b64encode(zlib.compress(source, 9)).decode()
-    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
-
-
-LAUNCHER_PROGRAM = _inline_program(launch)
+LAUNCHER_PROGRAM = inline_program(launch)
 STDERR_KEEP = 16 << 10  # the tail of the launcher's stderr kept for error messages
 
 
