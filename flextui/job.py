@@ -221,12 +221,15 @@ class Job:
         else:
             log_dir = f"{self.config.remote_log_root}/{self.run_id}"
         cmd = self.config.command
+        spec = {
+            "run_id": self.run_id,
+            "node_rank": node.node_rank,
+            "log_dir": log_dir,
+            "cwd": self.config.cwd or os.getcwd(),
+        }
         if self.config.elastic is not None:
             return {
-                "run_id": self.run_id,
-                "node_rank": node.node_rank,
-                "log_dir": log_dir,
-                "cwd": self.config.cwd or os.getcwd(),
+                **spec,
                 "env": {**self.config.env, **elastic.node_env(node)},
                 "workers": [],
                 "elastic": {
@@ -237,10 +240,7 @@ class Job:
                 },
             }
         return {
-            "run_id": self.run_id,
-            "node_rank": node.node_rank,
-            "log_dir": log_dir,
-            "cwd": self.config.cwd or os.getcwd(),
+            **spec,
             "env": {**self.config.env, **self.world.node_env(node)},
             "workers": [
                 {
