@@ -472,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     notes: list[str] = []
     started = time.monotonic()
+    import shutil
+    if shutil.which("pdsh") is None and not (args.no_pdsh and args.no_deepspeed):
+        notes.append("[all] pdsh not installed (apt-get install pdsh): no pdsh or DeepSpeed baselines")
+        log("pdsh not found: skipping the pdsh and DeepSpeed baselines (apt-get install pdsh)")
+        args.no_pdsh = args.no_deepspeed = True
     launchers = ["flextui"] + ([] if args.no_pdsh else ["pdsh"])
     ds_python = ds_version = None
     if not args.no_deepspeed and ({"launch", "abort"} & set(only)):
