@@ -261,10 +261,7 @@ class Job:
                 if event.get("ev") == "out":
                     if copy_logs:
                         run_dir.write_log(event["rank"], event["data"])
-                    lines = model.apply(node_rank, event)
-                    if lines:
-                        for listener in self.output_listeners:
-                            listener(event["rank"], lines)
+                    self._publish(event["rank"], model.apply(node_rank, event))
                     continue
                 # A rank's last line without a newline is complete once the rank exits.
                 unfinished = event.get("ev") == "exited" and model.ranks[event["rank"]].live
@@ -285,15 +282,27 @@ class Job:
         interrupted = channel.interruption()
         if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
             self._interrupted(node_rank, interrupted)
-        node = model.nodes[node_rank]
-        if not node.done:
-            detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"
-            reason = f"node {node.host} lost: {detail.splitlines()[-1] if detail else ''}"
-            model.node_lost(node_rank, reason)
-            run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        reason = self._lost_unless_done(node_rank, channel)
+        if reason is not None:
             if model.must_stop:
                 self.stop(reason)
             self._notify()
+
+    def _lost_unless_done(self, node_rank: int, channel: NodeChannel) -> str | None:
+        """The channel ended: a node that never said "done" is lost. Returns why, if so."""
+        node = self.model.nodes[node_rank]
+        if node.done:
+            return None
+        detail = node.error or channel.diagnostics() or "connection closed"
+        reason = f"node {node.host} lost: {detail.splitlines()[-1]}"
+        self.model.node_lost(node_rank, reason)
+        self.run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        return reason
+
+    def _publish(self, rank: int, lines: list[str] | None) -> None:
+        if lines:
+            for listener in self.output_listeners:
+                listener(rank, lines)
 
     def _interrupted(self, node_rank: int, reason: str) -> None:
         """The node's launcher was ended from outside (scancel, a time limit). Whoever ends a
@@ -322,10 +331,7 @@ class Job:
                     attempt = model.attempt_of(node_rank, event.get("seq"))
                     if attempt is not None:
                         run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
-                    lines = model.apply(node_rank, event)
-                    if lines:
-                        for listener in self.output_listeners:
-                            listener(event["rank"], lines)
+                    self._publish(event["rank"], model.apply(node_rank, event))
                     continue
                 if kind == "agent_out":
                     run_dir.write_agent_log(host, event["data"])
@@ -345,12 +351,7 @@ class Job:
                 self._notify()
         except (OSError, ConnectionError) as exc:
             model.nodes[node_rank].error = str(exc)
-        node = model.nodes[node_rank]
-        if not node.done:
-            detail = model.nodes[node_rank].error or channel.diagnostics() or "connection closed"
-            reason = f"node {node.host} lost: {detail.splitlines()[-1] if detail else ''}"
-            model.node_lost(node_rank, reason)
-            run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        self._lost_unless_done(node_rank, channel)
         self._elastic_decide()
         self._notify()
 
