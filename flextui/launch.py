@@ -373,21 +373,16 @@ class NodeLauncher:
         env = dict(os.environ)
         env.update(self.spec.get("env", {}))
         env.update(worker.env)
-        log = open(worker.log_path, "ab", buffering=0)
         try:
-            worker.proc = subprocess.Popen(
-                worker.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.spec.get("cwd") or None, env=env, start_new_session=True,
-            )
+            worker.proc = start_logged(worker.argv, worker.log_path, env, self.spec.get("cwd"))
         except OSError as exc:
             message = f"cannot start rank {worker.rank}: {worker.argv[0]}: {exc.strerror}\n"
-            log.write(message.encode())
+            with open(worker.log_path, "ab") as log:
+                log.write(message.encode())
             self.emitter.emit({"ev": "error", "rank": worker.rank, "message": message.strip()})
             worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
             self.on_exit(worker, 127, None)
             return
-        finally:
-            log.close()
         worker.pid = worker.proc.pid
         worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
         self.by_pid[worker.pid] = worker
@@ -738,19 +733,13 @@ class ElasticNodeLauncher(NodeLauncher):
         env["FLEXTUI_SHIM"] = SHIM_SOURCE
         env["FLEXTUI_WORKER"] = json.dumps({**self.elastic["worker"], "unset": added})
         agent = self.agent
-        log = open(agent.log_path, "ab", buffering=0)
         try:
-            agent.proc = subprocess.Popen(
-                agent.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.spec.get("cwd") or None, env=env, start_new_session=True,
-            )
+            agent.proc = start_logged(agent.argv, agent.log_path, env, self.spec.get("cwd"))
         except OSError as exc:
             message = f"cannot start torch's elastic agent: {agent.argv[0]}: {exc.strerror}"
             self.emitter.emit({"ev": "error", "rank": None, "message": message})
             agent.code, agent.exited = 127, True
             return
-        finally:
-            log.close()
         agent.pid = agent.proc.pid
         agent.read_fd = os.open(agent.log_path, os.O_RDONLY)
         self.by_pid[agent.pid] = agent
@@ -962,6 +951,16 @@ def _utf8_boundary(data: bytes) -> int:
             need = 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return end - back if need > back else end
     return end
+
+
+def start_logged(argv: list[str], log_path: str, env: dict, cwd: str | None) -> subprocess.Popen:
+    """A child in its own session (signalled as a group, deaf to the terminal) whose
+    stdout+stderr go straight to its log file: it never waits on us."""
+    with open(log_path, "ab", buffering=0) as log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=cwd or None, env=env, start_new_session=True,
+        )
 
 
 def _become_subreaper() -> None:
