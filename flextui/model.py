@@ -16,6 +16,7 @@ from itertools import repeat
 from flextui.world import RankInfo, World
 
 DEFAULT_TAIL_LINES = 5000
+MAX_LIVE_CHARS = 1 << 16  # of an unfinished line kept for display
 DEFAULT_COMBINED_LINES = 50000  # the "all ranks" ring: (rank, line) across every rank
 
 
@@ -103,7 +104,9 @@ class RankState:
         rest = pieces.pop()
         if "\r" in rest:
             rest = _after_carriage_return(rest)
-        self.live = rest
+        # Only for display (the run directory has every byte): a line arriving in many
+        # pieces must not be copied whole on every piece.
+        self.live = rest[:MAX_LIVE_CHARS]
         if not pieces:
             return pieces
         if "\r" in data:
