@@ -65,10 +65,11 @@ class RankState:
     line_count: int = 0  # complete lines received so far, also those gone from `tail`
     byte_count: int = 0
     tail: deque[str] = field(init=False)
-    live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar
+    live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar; bounded
 
     def __post_init__(self) -> None:
         self.tail = deque(maxlen=self.tail_lines)
+        self._unfinished: list[str] = []  # the pieces of the line being written
 
     @property
     def rank(self) -> int:
@@ -95,24 +96,30 @@ class RankState:
         """Append raw log text; returns the complete lines it finished (for display).
 
         A carriage return rewrites the current line, so a progress bar becomes one
-        updating line instead of thousands.
+        updating line instead of thousands. An unfinished line is kept in pieces (joined
+        once, when it ends) and shown through `live`, a bounded copy: a giant line sent
+        in many pieces costs its size, not its size times the pieces.
         """
         if not data.isascii():
             data = data.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         self.byte_count += len(data)
-        pieces = (self.live + data).split("\n") if self.live else data.split("\n")
+        pieces = data.split("\n")
         rest = pieces.pop()
-        if "\r" in rest:
+        if pieces:
+            if self._unfinished:
+                pieces[0] = "".join(self._unfinished) + pieces[0]
+                self._unfinished, self.live = [], ""
+            if "\r" in data:
+                pieces = [_after_carriage_return(p) if "\r" in p else p for p in pieces]
+            self.tail.extend(pieces)
+            self.line_count += len(pieces)
+        if "\r" in rest:  # whatever came before it on this line is overwritten
             rest = _after_carriage_return(rest)
-        # Only for display (the run directory has every byte): a line arriving in many
-        # pieces must not be copied whole on every piece.
-        self.live = rest[:MAX_LIVE_CHARS]
-        if not pieces:
-            return pieces
-        if "\r" in data:
-            pieces = [_after_carriage_return(p) if "\r" in p else p for p in pieces]
-        self.tail.extend(pieces)
-        self.line_count += len(pieces)
+            self._unfinished, self.live = [rest], rest[:MAX_LIVE_CHARS]
+        elif rest:
+            self._unfinished.append(rest)
+            if len(self.live) < MAX_LIVE_CHARS:
+                self.live = (self.live + rest)[:MAX_LIVE_CHARS]
         return pieces
 
     def record_exit(self, event: dict) -> None:
@@ -129,9 +136,9 @@ class RankState:
 
     def finish_output(self) -> None:
         if self.live:
-            self.tail.append(self.live)
+            self.tail.append("".join(self._unfinished))
             self.line_count += 1
-            self.live = ""
+        self._unfinished, self.live = [], ""
 
 
 def _after_carriage_return(line: str) -> str:
