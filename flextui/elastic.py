@@ -259,7 +259,7 @@ class ElasticJobModel(JobModel):
         elif kind == "exited":
             attempt = self._by_group.get((node_rank, event.get("seq")))
             if attempt is not None and 0 <= event["rank"] < attempt.world_size:
-                self._elastic_rank_exited(attempt, attempt.ranks[event["rank"]], event)
+                return self._elastic_rank_exited(attempt, attempt.ranks[event["rank"]], event)
         elif kind == "agent":
             self.agent_pids[node_rank] = event.get("pid")
         elif kind == "agent_exited":
@@ -317,14 +317,11 @@ class ElasticJobModel(JobModel):
         self.combined.clear()  # its (rank, line) pairs were about the previous attempt's ranks
         return attempt
 
-    def _elastic_rank_exited(self, attempt: Attempt, rank: RankState, event: dict) -> None:
-        if rank.live:
-            rank.finish_output()
-            if attempt is self.current_attempt:
-                self.combined.append((rank.rank, rank.tail[-1]))
-                self.combined_count += 1
+    def _elastic_rank_exited(self, attempt: Attempt, rank: RankState, event: dict) -> list[str]:
+        finished = self._finish_output(rank, shown=attempt is self.current_attempt)
         rank.record_exit(event)
         # A failed rank is the agents' business (restart); never the job's first failure.
+        return finished
 
     def node_lost(self, node_rank: int, reason: str) -> None:
         node = self.nodes[node_rank]

@@ -263,12 +263,7 @@ class Job:
                         run_dir.write_log(event["rank"], event["data"])
                     self._publish(event["rank"], model.apply(node_rank, event))
                     continue
-                # A rank's last line without a newline is complete once the rank exits.
-                unfinished = event.get("ev") == "exited" and model.ranks[event["rank"]].live
-                model.apply(node_rank, event)
-                if unfinished:
-                    for listener in self.output_listeners:
-                        listener(event["rank"], [model.ranks[event["rank"]].tail[-1]])
+                self._publish(event.get("rank"), model.apply(node_rank, event))
                 run_dir.record({"node": node_rank, **event})
                 if copy_logs and event.get("ev") == "exited":
                     run_dir.flush_logs()
@@ -338,7 +333,7 @@ class Job:
                     model.apply(node_rank, event)
                     continue
                 current = model.current_attempt
-                model.apply(node_rank, event)
+                self._publish(event.get("rank"), model.apply(node_rank, event))
                 record = {"node": node_rank, **event}
                 if kind == "attempt":
                     record["attempt"] = model.attempt_of(node_rank, event["seq"]).number

@@ -134,11 +134,15 @@ class RankState:
         else:
             self.status = RankStatus.EXITED
 
-    def finish_output(self) -> None:
+    def finish_output(self) -> list[str]:
+        """The rank is done: its unfinished last line is a line now (returned, if any)."""
+        finished = []
         if self.live:
-            self.tail.append("".join(self._unfinished))
+            finished.append("".join(self._unfinished))
+            self.tail.extend(finished)
             self.line_count += 1
         self._unfinished, self.live = [], ""
+        return finished
 
 
 def _after_carriage_return(line: str) -> str:
@@ -194,7 +198,8 @@ class JobModel:
     # -- events from node launchers ------------------------------------------------------
 
     def apply(self, node_rank: int, event: dict) -> list[str] | None:
-        """Apply one launcher event. For output, returns the completed display lines."""
+        """Apply one launcher event; returns the display lines it completed (output, or
+        an exiting rank's last line without a newline)."""
         kind = event.get("ev")
         if kind == "out":
             rank_no = event["rank"]
@@ -212,7 +217,7 @@ class JobModel:
             ):
                 self.state = JobState.RUNNING
         elif kind == "exited":
-            self._rank_exited(self.ranks[event["rank"]], event)
+            return self._rank_exited(self.ranks[event["rank"]], event)
         elif kind == "hello":
             node.launcher_pid, node.hostname = event.get("pid"), event.get("host")
         elif kind == "stopping":
@@ -223,19 +228,21 @@ class JobModel:
             node.done, node.code = True, event.get("code")
         return None
 
-    def _finish_output(self, rank: RankState) -> None:
-        if rank.live:
-            rank.finish_output()
-            self.combined.append((rank.rank, rank.tail[-1]))
+    def _finish_output(self, rank: RankState, shown: bool = True) -> list[str]:
+        finished = rank.finish_output()
+        if finished and shown:
+            self.combined.append((rank.rank, finished[0]))
             self.combined_count += 1
+        return finished if shown else []
 
-    def _rank_exited(self, rank: RankState, event: dict) -> None:
-        self._finish_output(rank)
+    def _rank_exited(self, rank: RankState, event: dict) -> list[str]:
+        finished = self._finish_output(rank)
         rank.record_exit(event)
         if rank.status is not RankStatus.EXITED and not rank.stopped:
             first = self.first_failure
             if first is None or (rank.ended_at or 0) < (first.ended_at or 0):
                 self.first_failure = rank  # by time across nodes, not by arrival
+        return finished
 
     def node_lost(self, node_rank: int, reason: str) -> None:
         node = self.nodes[node_rank]
