@@ -188,3 +188,19 @@ def slurm(slurm_cluster):
         pytest.fail(f"LEAK on the Slurm test cluster {SLURM_LEAK_GRACE_S:.0f}s after the test (cleaned now): "
                     f"jobs still queued {leftovers[0]}, processes on nodes {leftovers[1]}", pytrace=False)
     c.wait_idle()
+
+
+# --------------------------------------------------------------------------- #
+# Test tiers.  `cluster`: the test uses a real sshd/Slurm/MPI test cluster (applied
+# automatically from its fixtures).  `slow`: a local test that runs real torch jobs or
+# waits out real timeouts (marked by hand).  The quick loop is
+#     ./dev test -m "not cluster and not slow"      (well under a minute)
+# and `./dev test` (CI) runs everything.
+# --------------------------------------------------------------------------- #
+_CLUSTER_FIXTURES = {"cluster", "make_cluster", "ssh_cluster", "slurm", "slurm_cluster", "mpi_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)

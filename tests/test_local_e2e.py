@@ -155,7 +155,7 @@ def test_one_rank_exits_3_stops_everything(tmp_path, marker, worker):
     assert_nothing_survives(marker, [r["pid"] for r in summary["ranks"]] + helpers)
 
 
-@pytest.mark.parametrize("script", ["worker", "train.py"])
+@pytest.mark.parametrize("script", ["worker", pytest.param("train.py", marks=pytest.mark.slow)])
 def test_sigint_stops_workers_and_their_children(tmp_path, marker, worker, script):
     hostfile = write_hostfile(tmp_path)
     if script == "worker":
@@ -288,6 +288,7 @@ def test_rank_killed_by_a_signal(tmp_path, marker, worker):
     assert_nothing_survives(marker)
 
 
+@pytest.mark.slow
 def test_torch_gloo_job_completes_and_a_failing_rank_sets_the_exit_code(tmp_path, marker):
     hostfile = write_hostfile(tmp_path)
     link = tmp_path / "train.py"
@@ -314,6 +315,7 @@ def test_torch_gloo_job_completes_and_a_failing_rank_sets_the_exit_code(tmp_path
     assert_nothing_survives(marker)
 
 
+@pytest.mark.slow
 def test_a_rank_flooding_its_log_does_not_break_the_console(tmp_path, marker):
     # A 70 MB line written at once: more than the console's 64 MiB event-line limit if
     # the launcher sent it as one event (it crashed the console, and so the job).
