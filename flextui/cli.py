@@ -11,7 +11,7 @@ import socket
 import sys
 
 from flextui.elastic import DEFAULT_MAX_RESTARTS, ElasticConfig, check_world
-from flextui.environment import worker_exports
+from flextui.environment import EnvFileError, worker_exports
 from flextui.hostfile import HostfileError, read_hostfile, select_slots
 from flextui.job import Job, JobConfig
 from flextui.transport import LaunchError, Transport
@@ -241,7 +241,8 @@ def _main(args: argparse.Namespace, slurm=None) -> int:
         world = resolve_world(args, slurm.hosts(args) if slurm else None)
         env = parse_env(args.env)
         elastic = resolve_elastic(args, world)
-    except (HostfileError, UsageError) as exc:
+        exports = worker_exports(os.environ, os.getcwd(), env)
+    except (HostfileError, UsageError, EnvFileError) as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     command = Command(
@@ -263,7 +264,7 @@ def _main(args: argparse.Namespace, slurm=None) -> int:
     cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
-        cwd=cwd, env=worker_exports(os.environ, os.getcwd(), env), node_timeout=args.node_timeout,
+        cwd=cwd, env=exports, node_timeout=args.node_timeout,
         elastic=elastic,
     )
     job = Job(config, slurm.transport_for if slurm else make_transports(args))

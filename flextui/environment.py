@@ -4,22 +4,33 @@ Remote workers start from their login environment, so like DeepSpeed we export t
 variables whose names start with one of EXPORT_PREFIXES, then the KEY=VALUE lines of
 `.deepspeed_env` / `.flextui_env` found in the home and the working directory (later
 files win), then `--env KEY=VALUE` from the command line.
+
+An env file is UTF-8 text; one that cannot be read or decoded is refused with a
+one-line EnvFileError naming the file (and line), before any node is touched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 EXPORT_PREFIXES = ("NCCL", "PYTHON", "UCX", "MV2", "MLFLOW")
 ENV_FILE_NAMES = (".deepspeed_env", ".flextui_env")
+
+# Only real newlines count, so line numbers agree with the user's editor.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class EnvFileError(ValueError):
+    """One-line, user-facing: `FILE:LINE: what is wrong`."""
 
 
 def exported_from(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(EXPORT_PREFIXES)}
 
 
-def parse_env_file(text: str) -> dict[str, str]:
+def parse_env_file(text: str, source: str = "<env file>") -> dict[str, str]:
     env = {}
     for line in text.splitlines():
         line = line.strip()
@@ -31,15 +42,29 @@ def parse_env_file(text: str) -> dict[str, str]:
     return env
 
 
+def read_env_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise EnvFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = len(_LINE_BREAK.split(data[:exc.start].decode("utf-8")))
+        raise EnvFileError(f"{path}:{number}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
+    return parse_env_file(text, path)
+
+
 def env_file_paths(cwd: str, home: str) -> list[str]:
     return [os.path.join(d, name) for d in (home, cwd) for name in ENV_FILE_NAMES]
 
 
 def worker_exports(environ: Mapping[str, str], cwd: str, cli_env: Mapping[str, str]) -> dict[str, str]:
+    """Raises EnvFileError for an env file that cannot be read or parsed."""
     env = exported_from(environ)
     for path in env_file_paths(cwd, os.path.expanduser("~")):
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                env.update(parse_env_file(f.read()))
+            env.update(read_env_file(path))
     env.update(cli_env)
     return env

@@ -1,6 +1,6 @@
 """DeepSpeed-compatible hostfiles and GPU slot selection.
 
-Hostfile: one ``HOST slots=N`` entry per line (N >= 1). Blank lines and
+Hostfile: one ``HOST slots=N`` entry per line (1 <= N <= 4096). Blank lines and
 ``#`` comments (whole-line or trailing) are ignored::
 
     # training cluster
@@ -41,6 +41,9 @@ _NEGATIVE_SLOT_ID = re.compile(r"-[0-9]+")
 # one could never be named in --include/--exclude.
 _SPEC_SEPARATORS = ("@", ":", ",")
 _EXPECTED_LINE = "expected 'HOST slots=N'"
+# One worker process per slot: no machine runs more than this many ranks, so a larger
+# number is a typo (and materialising 10**22 ranks would exhaust memory, not fail).
+MAX_SLOTS = 4096
 _EXPECTED_ITEM = "expected HOST or HOST:SLOT[,SLOT...]"
 
 
@@ -62,7 +65,7 @@ def parse_hostfile(text: str, source: str = "<hostfile>") -> dict[str, int]:
         slots_match = _SLOTS_FIELD.fullmatch(fields[-1]) if len(fields) == 2 else None
         if slots_match is None:
             raise HostfileError(f"{where}: malformed line {offending!r} ({_EXPECTED_LINE})")
-        host, slots = fields[0], int(slots_match.group(1))
+        host, slots = fields[0], _slot_count(slots_match.group(1))
         if any(separator in host for separator in _SPEC_SEPARATORS):
             raise HostfileError(
                 f"{where}: invalid host name {host!r} in {offending!r} "
@@ -70,6 +73,8 @@ def parse_hostfile(text: str, source: str = "<hostfile>") -> dict[str, int]:
             )
         if slots < 1:
             raise HostfileError(f"{where}: slots must be at least 1 in {offending!r}")
+        if slots > MAX_SLOTS:
+            raise HostfileError(f"{where}: slots must be at most {MAX_SLOTS} in {offending!r}")
         if host in hosts:
             raise HostfileError(
                 f"{where}: duplicate host {host!r} (first on line {first_line_of[host]})"
@@ -79,6 +84,14 @@ def parse_hostfile(text: str, source: str = "<hostfile>") -> dict[str, int]:
     if not hosts:
         raise HostfileError(f"{source}: no hosts")
     return hosts
+
+
+def _slot_count(digits: str) -> int:
+    """int() of a matched count; one too long for int() (over 4300 digits) is just too many."""
+    try:
+        return int(digits)
+    except ValueError:
+        return MAX_SLOTS + 1 if not digits.startswith("-") else 0
 
 
 def read_hostfile(path: str | os.PathLike) -> dict[str, int]:

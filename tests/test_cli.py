@@ -103,11 +103,13 @@ def bad_cases(tmp_path: Path, busy_port: int):
     (tmp_path / "malformed").write_text("localhost slots=2\nnode2 slot=2\n")
     (tmp_path / "empty").write_text("# nothing\n")
     (tmp_path / "dup").write_text("a slots=1\na slots=2\n")
+    (tmp_path / "huge").write_text("localhost slots=99999999999999999999999\n")
     return {
         "malformed hostfile": (["malformed", "ok.py"], "malformed:2: malformed line 'node2 slot=2'"),
         "missing hostfile": (["nowhere", "ok.py"], "hostfile not found: nowhere"),
         "empty hostfile": (["empty", "ok.py"], "no hosts"),
         "duplicate host": (["dup", "ok.py"], "duplicate host 'a'"),
+        "huge slot count": (["huge", "ok.py"], "huge:1: slots must be at most 4096"),
         "unknown include host": (["--include", "elsewhere", "local", "ok.py"], "unknown host 'elsewhere'"),
         "unknown exclude host": (["--exclude", "elsewhere:0", "local", "ok.py"], "unknown host 'elsewhere'"),
         "slot out of range": (["--include", "localhost:2", "local", "ok.py"], "slot 2 out of range"),
@@ -134,7 +136,7 @@ def bad_cases(tmp_path: Path, busy_port: int):
 
 
 @pytest.mark.parametrize("case", [
-    "malformed hostfile", "missing hostfile", "empty hostfile", "duplicate host",
+    "malformed hostfile", "missing hostfile", "empty hostfile", "duplicate host", "huge slot count",
     "unknown include host", "unknown exclude host", "slot out of range", "malformed include",
     "include and exclude", "include with num_gpus", "too many gpus", "everything excluded",
     "missing script", "missing module", "missing program", "missing working dir", "bad env",
@@ -154,6 +156,21 @@ def test_bad_input(tmp_path, case):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("flextui: error: ") and fragment in lines[0], lines[0]
+    assert result.stdout == ""
+    assert not (tmp_path / "runs").exists(), "no run directory for a job that never started"
+
+
+@pytest.mark.parametrize("name", [".flextui_env", ".deepspeed_env"])
+@pytest.mark.parametrize("content, fragment", [
+    (b"A=1\nB=caf\xe9\n", ":2: not UTF-8 text (byte 0xe9)"),
+], ids=["latin-1"])
+def test_bad_env_file(tmp_path, name, content, fragment):
+    (tmp_path / "ok.py").write_text("print('never runs')\n")
+    (tmp_path / "local").write_text("localhost slots=1\n")
+    (tmp_path / name).write_bytes(content)
+    result = run_flextui("--headless", "--log-dir", str(tmp_path / "runs"), "local", "ok.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"flextui: error: {tmp_path / name}{fragment}"], result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "runs").exists(), "no run directory for a job that never started"
 

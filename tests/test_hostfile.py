@@ -84,6 +84,14 @@ def test_parse_slots_below_one(slots):
     assert_one_line_error(excinfo, "hf:1:", "at least 1", f"node1 slots={slots}")
 
 
+@pytest.mark.parametrize("slots", ["4097", "99999999999999999999999", "9" * 5000],
+                         ids=["4097", "10**23", "5000 digits"])
+def test_parse_slots_above_the_limit(slots):
+    with pytest.raises(HostfileError) as excinfo:
+        parse_hostfile(f"node0 slots=4096\nnode1 slots={slots}\n", "hf")
+    assert_one_line_error(excinfo, "hf:2:", "at most 4096", f"node1 slots={slots}")
+
+
 def test_parse_duplicate_host():
     text = "node1 slots=2\nnode2 slots=2\n# comment\nnode1 slots=4\n"
     with pytest.raises(HostfileError) as excinfo:
