@@ -5,8 +5,18 @@ variables whose names start with one of EXPORT_PREFIXES, then the KEY=VALUE line
 `.deepspeed_env` / `.flextui_env` found in the home and the working directory (later
 files win), then `--env KEY=VALUE` from the command line.
 
-An env file is UTF-8 text; one that cannot be read or decoded is refused with a
-one-line EnvFileError naming the file (and line), before any node is touched.
+An env file is UTF-8 text, one variable a line:
+
+    # a comment
+    NCCL_DEBUG=INFO
+    export NCCL_SOCKET_IFNAME=eth0     (the shell form DeepSpeed's files are often
+                                        written in: "export " is dropped)
+
+Blank lines and lines starting with # are skipped; whitespace around the name and the
+value is dropped. Anything else is refused with a one-line EnvFileError naming the file
+and line, before any node is touched: a line that is not KEY=VALUE, a name that is not
+a shell variable name ([A-Za-z_][A-Za-z0-9_]*), a value holding a NUL byte (no process
+environment can carry one), bytes that are not UTF-8.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from collections.abc import Mapping
 EXPORT_PREFIXES = ("NCCL", "PYTHON", "UCX", "MV2", "MLFLOW")
 ENV_FILE_NAMES = (".deepspeed_env", ".flextui_env")
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EXPORT = re.compile(r"export\s+")
 # Only real newlines count, so line numbers agree with the user's editor.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -32,14 +44,26 @@ def exported_from(environ: Mapping[str, str]) -> dict[str, str]:
 
 def parse_env_file(text: str, source: str = "<env file>") -> dict[str, str]:
     env = {}
-    for line in text.splitlines():
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        key, sep, value = line.partition("=")
-        if sep and key.strip():
-            env[key.strip()] = value.strip()
+        key, value = _parse_line(line, f"{source}:{number}")
+        env[key] = value
     return env
+
+
+def _parse_line(line: str, where: str) -> tuple[str, str]:
+    assignment = line[_EXPORT.match(line).end():] if _EXPORT.match(line) else line
+    key, sep, value = assignment.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep:
+        raise EnvFileError(f"{where}: expected KEY=VALUE, got {line!r}")
+    if not _NAME.fullmatch(key):
+        raise EnvFileError(f"{where}: {key!r} is not a variable name (letters, digits, _)")
+    if "\0" in value:
+        raise EnvFileError(f"{where}: the value of {key} holds a NUL byte, which no environment can carry")
+    return key, value
 
 
 def read_env_file(path: str) -> dict[str, str]:

@@ -163,7 +163,9 @@ def test_bad_input(tmp_path, case):
 @pytest.mark.parametrize("name", [".flextui_env", ".deepspeed_env"])
 @pytest.mark.parametrize("content, fragment", [
     (b"A=1\nB=caf\xe9\n", ":2: not UTF-8 text (byte 0xe9)"),
-], ids=["latin-1"])
+    (b"A=1\nB=x\0y\n", ":2: the value of B holds a NUL byte, which no environment can carry"),
+    (b"# x\nexport A\n", ":2: expected KEY=VALUE, got 'export A'"),
+], ids=["latin-1", "NUL", "export without value"])
 def test_bad_env_file(tmp_path, name, content, fragment):
     (tmp_path / "ok.py").write_text("print('never runs')\n")
     (tmp_path / "local").write_text("localhost slots=1\n")

@@ -1,4 +1,6 @@
-from flextui.environment import exported_from, parse_env_file, worker_exports
+import pytest
+
+from flextui.environment import EnvFileError, exported_from, parse_env_file, worker_exports
 
 
 def test_prefixed_variables_are_exported_like_deepspeed():
@@ -8,8 +10,30 @@ def test_prefixed_variables_are_exported_like_deepspeed():
 
 
 def test_env_file_lines():
-    text = "# comment\nA=1\n\n  B = two words \nnot a pair\nC==x\n=nokey\n"
-    assert parse_env_file(text) == {"A": "1", "B": "two words", "C": "=x"}
+    text = "# comment\nA=1\n\n  B = two words \nC==x\nD=\n\r\n   # indented comment\n"
+    assert parse_env_file(text) == {"A": "1", "B": "two words", "C": "=x", "D": ""}
+
+
+def test_export_lines_as_deepspeed_files_are_written():
+    text = "export NCCL_DEBUG=INFO\nexport\tB=2\nexport  C = three \nexport=4\nexports=5\n"
+    assert parse_env_file(text) == {"NCCL_DEBUG": "INFO", "B": "2", "C": "three", "export": "4", "exports": "5"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not a pair", "expected KEY=VALUE, got 'not a pair'"),
+    ("export X", "expected KEY=VALUE, got 'export X'"),
+    ("=nokey", "'' is not a variable name"),
+    ("MY VAR=1", "'MY VAR' is not a variable name"),
+    ("export A B=1", "'A B' is not a variable name"),
+    ("1X=1", "'1X' is not a variable name"),
+    ("A-B=1", "'A-B' is not a variable name"),
+    ("X=a\0b", "the value of X holds a NUL byte"),
+])
+def test_env_file_refuses_what_no_environment_can_hold(line, message):
+    with pytest.raises(EnvFileError) as excinfo:
+        parse_env_file(f"# vars\nOK=1\r\n{line}\n", "/home/u/.deepspeed_env")
+    assert str(excinfo.value).startswith(f"/home/u/.deepspeed_env:3: {message}")
+    assert "\n" not in str(excinfo.value)
 
 
 def test_cwd_file_overrides_home_file_and_cli_overrides_both(tmp_path, monkeypatch):
