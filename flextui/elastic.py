@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from flextui.model import JobModel, JobState, RankState, RankStatus
-from flextui.world import Command, Node, RankInfo, World
+from flextui.world import Node, RankInfo, World
 
 DEFAULT_MAX_RESTARTS = 3
 AGENT_TAIL_LINES = 2000
@@ -82,12 +82,6 @@ def agent_argv(python: str, world: World, node: Node, run_id: str, config: Elast
     if config.monitor_interval is not None:
         argv.append(f"--monitor-interval={config.monitor_interval:g}")
     return argv
-
-
-def worker_spec(command: Command) -> dict:
-    """The user's command for the launcher's shim: `head --local_rank=N tail`."""
-    head = dataclasses.replace(command, args=(), no_local_rank=True).argv(0)
-    return {"head": head, "tail": list(command.args), "local_rank_arg": not command.no_local_rank}
 
 
 def node_env(node: Node) -> dict[str, str]:
@@ -473,5 +467,5 @@ def describe_elastic(model: ElasticJobModel) -> list[str]:
 
 __all__ = [
     "Attempt", "ElasticConfig", "ElasticJobModel", "NodeGroup", "agent_argv", "bar_text", "check_world",
-    "describe_attempt", "describe_elastic", "node_env", "rendezvous_host", "worker_spec",
+    "describe_attempt", "describe_elastic", "node_env", "rendezvous_host",
 ]

@@ -23,7 +23,7 @@ from flextui.elastic import ElasticConfig, ElasticJobModel
 from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState, RankStatus
 from flextui.rundir import RunDir
 from flextui.transport import LaunchError, NodeChannel, Transport
-from flextui.world import Command, Node, World, encode_node_spec
+from flextui.world import Command, Node, World
 
 #: Called with (rank, completed display lines) for every chunk of output.
 OutputListener = Callable[[int, list[str]], None]
@@ -181,11 +181,7 @@ class Job:
         async def open_node(node: Node) -> None:
             transport = self.transports[node.node_rank]
             spec = {**self._node_spec(node, transport), "preflight": self._preflight_request(node)}
-            args = [
-                "--spec", encode_node_spec(spec), "--grace", str(self.config.grace),
-                "--console-timeout", str(self.config.node_timeout),
-            ]
-            channel = self.channels[node.node_rank] = await transport.start(node, args)
+            channel = self.channels[node.node_rank] = await transport.start(node, spec)
             events = self._events[node.node_rank] = aiter(channel.events())
             try:
                 report = await asyncio.wait_for(self._until_preflight(node, events), PREFLIGHT_TIMEOUT)
@@ -226,6 +222,9 @@ class Job:
             "node_rank": node.node_rank,
             "log_dir": log_dir,
             "cwd": self.config.cwd or os.getcwd(),
+            "grace": self.config.grace,
+            "console_timeout": self.config.node_timeout,
+            "command": cmd.node_command(),  # the script's arguments once, not once per rank
         }
         if self.config.elastic is not None:
             return {
@@ -236,7 +235,6 @@ class Job:
                     "agent": elastic.agent_argv(cmd.python, self.world, node, self.run_id, self.config.elastic),
                     "python": cmd.python,
                     "nproc": len(node.slots),
-                    "worker": elastic.worker_spec(cmd),
                 },
             }
         return {
@@ -246,7 +244,6 @@ class Job:
                 {
                     "rank": info.rank,
                     "local_rank": info.local_rank,
-                    "argv": cmd.argv(info.local_rank),
                     "env": {"RANK": str(info.rank), "LOCAL_RANK": str(info.local_rank)},
                 }
                 for info in self.world.ranks[node.first_rank : node.first_rank + len(node.slots)]

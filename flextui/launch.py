@@ -1,17 +1,32 @@
 """Node launcher: owns process creation, GPU binding and local lifecycle on one node.
 
-It is started once per node by the console (as a local subprocess, or over SSH or srun)
-and must stay a small, self-contained stdlib + psutil program: the SSH and Slurm
+It is started once per node by the console (as a local subprocess, or over SSH, srun or
+mpirun) and must stay a small, self-contained stdlib + psutil program: the remote
 transports ship this very file to nodes, so it may not import anything from flextui. It
 imports psutil guarded, so a node without it gets a preflight problem, not a traceback.
 
-    python -m flextui.launch --spec BASE64_JSON [--grace SECONDS] [--save_pid FILE]
-                             [--console-timeout SECONDS]
+    python -m flextui.launch                     the spec is the first line on stdin
+    python -m flextui.launch --spec-file PATH    the spec from a JSON file (by hand)
+                             [--save_pid FILE]
 
-The spec (built by the console) is
+It takes no per-node arguments: the first line on stdin is
+    {"cmd": "spec", "spec": SPEC}
+or, for one channel shared by several nodes (mpirun: every launcher reads the same stdin),
+    {"cmd": "spec", "specs": [SPEC, ..], "index_env": ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]}
+where a launcher takes specs[int(the first of those variables set in its environment)].
+A node spec (built by the console) is
     {"run_id": str, "node_rank": int, "log_dir": str, "cwd": str|null, "env": {..},
-     "workers": [{"rank": int, "local_rank": int, "argv": [..], "env": {..}}, ..],
+     "grace": float,                           seconds from SIGTERM to SIGKILL (10)
+     "console_timeout": float,                 stop after this long without a command (0: never)
+     "command": {"head": [..], "tail": [..], "local_rank_arg": bool},
+     "workers": [{"rank": int, "local_rank": int, "env": {..}}, ..],
+     "map_gpus": bool,                         optional, see below
      "preflight": {..}}                        optional, see below
+Worker i runs `head + ["--local_rank=<local rank>"] + tail` (the flag only with
+local_rank_arg), so the script's arguments are in the spec once, however many slots the
+node has; a worker with its own "argv" runs that instead. With "map_gpus", the slot ids in
+env's CUDA_VISIBLE_DEVICES are indexes into the GPUs this launcher was given (its own
+CUDA_VISIBLE_DEVICES, say by Slurm): slot i becomes the i-th of them.
 
 Preflight (all or nothing across nodes): with "preflight" in the spec, the launcher first
 checks its node (check(): the working directory, the script/module/program, psutil, torch
@@ -48,24 +63,24 @@ Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "killing", "count": int, "t": float}    grace over: SIGKILL to survivors
     {"ev": "error", "message": str, "rank": r|null}
     {"ev": "done", "code": int, "t": float}    last event; every process is gone
-Commands, stdin, one JSON object per line:
+Commands, stdin after the spec, one JSON object per line; one with "node": N is for
+node N only (a shared stdin), the others ignore it:
     {"cmd": "go"}                    preflight passed on every node: start the workers
     {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
     {"cmd": "ping"}                  the console is alive (sent every few seconds)
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
-as "stop"; so does hearing nothing on stdin for --console-timeout seconds, because a
-silently dropped network closes no channel. A stdin that is a regular file or /dev/null
-is not watched (no console: the launcher runs until its workers end, and does not wait
-for "go" after a preflight). The first worker to
+as "stop"; so does hearing nothing on stdin for the spec's console_timeout seconds, because a
+silently dropped network closes no channel. A stdin that is a regular file (its first line
+the spec) or /dev/null (with --spec-file) is not watched (no console: the launcher runs
+until its workers end, and does not wait for "go" after a preflight). The first worker to
 exit non-zero stops the others; the launcher then exits with that worker's code (128 +
 signal for a signal); workers not started yet by then are never started.
 
-Elastic mode (the spec has "elastic" and no "workers"):
+Elastic mode (the spec has "elastic" and no "workers"; "command" is each worker's):
     "elastic": {"agent": [python, "-m", "torch.distributed.run", ..options..],
-                "python": str, "nproc": int,
-                "worker": {"head": [..], "tail": [..], "local_rank_arg": bool}}
+                "python": str, "nproc": int}
 The launcher's only child is torch's elastic agent (own session, stdout+stderr to
 `<log_dir>/elastic-node<N>/agent.log`), which rendezvous with the other nodes and starts,
 restarts and stops the workers itself. Each worker runs through a small shim (SHIM_SOURCE)
@@ -102,7 +117,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import ctypes
 import errno
 import json
@@ -121,6 +135,8 @@ except ImportError:
     psutil = None
 
 PROTOCOL_VERSION = 1
+DEFAULT_GRACE = 10.0
+SPEC_TIMEOUT = 60.0  # seconds of silence on stdin before its first line (the spec) is given up
 POLL_INTERVAL = 0.05
 ACTIVE_POLL_INTERVAL = 0.01  # while logs flow: less lag; when quiet: less idle CPU
 READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
@@ -259,10 +275,80 @@ class _DrainableProtocol(asyncio.Protocol):
             await self._waiter
 
 
+class SpecError(Exception):
+    """The console's spec is missing or malformed: one line for stderr."""
+
+
+def read_spec_line(fd: int = 0, timeout: float = SPEC_TIMEOUT) -> tuple[bytes, bytes]:
+    """The first line on fd and whatever came after it (commands sent right behind it).
+
+    Read before the event loop starts: nothing can happen on a node before its spec."""
+    import select
+
+    data = b""
+    while b"\n" not in data:
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"cannot read the spec from stdin: {exc}") from None
+        if not ready:
+            raise SpecError(f"no spec on stdin within {timeout:g}s")
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    if not line.strip():
+        raise SpecError("no spec on stdin (its first line must be {\"cmd\": \"spec\", ..})")
+    return line, rest
+
+
+def choose_spec(message, environ=os.environ) -> dict:
+    """This node's spec from the first line's message (see the module docs)."""
+    if not isinstance(message, dict) or message.get("cmd") != "spec":
+        raise SpecError('the first line on stdin must be {"cmd": "spec", ..}')
+    if isinstance(message.get("spec"), dict):
+        return message["spec"]
+    specs, names = message.get("specs"), message.get("index_env") or []
+    if not isinstance(specs, list):
+        raise SpecError('a spec message needs "spec" or "specs"')
+    for name in names:
+        if name in environ:
+            try:
+                return specs[int(environ[name])]
+            except (ValueError, IndexError):
+                raise SpecError(f"{name}={environ[name]} does not pick one of {len(specs)} node specs") from None
+    raise SpecError(f"none of {', '.join(names) or '(no index_env)'} is set: cannot tell which of "
+                    f"{len(specs)} node specs is this node's")
+
+
+def map_gpus(slots: str, given: str) -> str:
+    """Slot ids ('0,1') as indexes into the GPUs this launcher was given ('4,5,6,7' -> '4,5')."""
+    gpus = [g for g in given.split(",") if g]
+    if not gpus or not slots:
+        return slots
+    return ",".join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(","))
+
+
+def node_env(spec: dict) -> dict[str, str]:
+    """What every process the launcher starts gets on top of the launcher's environment."""
+    env = dict(spec.get("env", {}))
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if spec.get("map_gpus") and given and env.get("CUDA_VISIBLE_DEVICES"):
+        env["CUDA_VISIBLE_DEVICES"] = map_gpus(env["CUDA_VISIBLE_DEVICES"], given)
+    return env
+
+
+def command_argv(command: dict, local_rank: int) -> list[str]:
+    """head + --local_rank=N + tail: how each worker of a node runs the spec's one command."""
+    flag = [f"--local_rank={local_rank}"] if command.get("local_rank_arg") else []
+    return [*command["head"], *flag, *command["tail"]]
+
+
 class Worker:
-    def __init__(self, spec: dict, log_dir: str) -> None:
+    def __init__(self, spec: dict, log_dir: str, command: dict | None = None) -> None:
         self.rank: int = spec["rank"]
-        self.argv: list[str] = spec["argv"]
+        self.argv: list[str] = spec["argv"] if "argv" in spec else command_argv(command, spec["local_rank"])
         self.env: dict[str, str] = spec.get("env", {})
         self.log_path = os.path.join(log_dir, f"rank-{self.rank}.log")
         self.proc: subprocess.Popen | None = None
@@ -300,12 +386,16 @@ class Worker:
 
 
 class NodeLauncher:
-    def __init__(self, spec: dict, grace: float, console_timeout: float = 0.0) -> None:
+    def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
         self.spec = spec
-        self.grace = grace
-        self.console_timeout = console_timeout
+        self.node_rank = spec.get("node_rank", 0)
+        self.grace = float(spec.get("grace", DEFAULT_GRACE))
+        self.console_timeout = float(spec.get("console_timeout") or 0.0)
+        self.env = node_env(spec)
+        self.stdin_rest = stdin_rest  # what followed the spec line on stdin
+        self.stdin_watched = watch_stdin
         self.log_dir = spec["log_dir"]
-        self.workers = [Worker(w, self.log_dir) for w in spec["workers"]]
+        self.workers = [Worker(w, self.log_dir, spec.get("command")) for w in spec["workers"]]
         self.by_pid: dict[int, Worker] = {}
         self.emitter = Emitter()
         self.stopping = False
@@ -325,7 +415,7 @@ class NodeLauncher:
         await self.emitter.open()
         self.emitter.emit(
             {"ev": "hello", "v": PROTOCOL_VERSION, "host": socket.gethostname(),
-             "pid": os.getpid(), "node_rank": self.spec.get("node_rank", 0), "t": time.time()}
+             "pid": os.getpid(), "node_rank": self.node_rank, "t": time.time()}
         )
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -370,9 +460,7 @@ class NodeLauncher:
             self.spawn(worker)
 
     def spawn(self, worker: Worker) -> None:
-        env = dict(os.environ)
-        env.update(self.spec.get("env", {}))
-        env.update(worker.env)
+        env = {**os.environ, **self.env, **worker.env}
         try:
             worker.proc = start_logged(worker.argv, worker.log_path, env, self.spec.get("cwd"))
         except OSError as exc:
@@ -426,14 +514,10 @@ class NodeLauncher:
     async def watch_stdin(self) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
-        try:
-            mode = os.fstat(0).st_mode
-        except OSError:
-            self.go.set()  # no stdin at all: no console to say "go" either
+        if not self.stdin_watched:
+            self.go.set()  # no console to say "go" either
             return
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(0)):
-            self.go.set()
-            return  # a regular file or /dev/null: no console to watch (epoll refuses them)
+        reader.feed_data(self.stdin_rest)
         try:
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(0), "rb")
@@ -454,7 +538,8 @@ class NodeLauncher:
                 command = json.loads(line)
             except ValueError:
                 continue
-            self.on_command(command)
+            if isinstance(command, dict) and command.get("node", self.node_rank) == self.node_rank:
+                self.on_command(command)
 
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
@@ -704,10 +789,10 @@ class WorkerGroup:
 class ElasticNodeLauncher(NodeLauncher):
     """Runs torch's elastic agent and reports the workers it starts, attempt by attempt."""
 
-    def __init__(self, spec: dict, grace: float, console_timeout: float = 0.0) -> None:
-        super().__init__(spec, grace, console_timeout)
+    def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
+        super().__init__(spec, stdin_rest, watch_stdin)
         self.elastic = spec["elastic"]
-        self.dir = os.path.join(self.log_dir, f"elastic-node{spec.get('node_rank', 0)}")
+        self.dir = os.path.join(self.log_dir, f"elastic-node{self.node_rank}")
         self.agent = Worker({"rank": -1, "argv": self.agent_argv()}, self.dir)
         self.agent.log_path = os.path.join(self.dir, "agent.log")
         self.workers = [self.agent]  # what the base class signals, reaps and waits for
@@ -721,8 +806,7 @@ class ElasticNodeLauncher(NodeLauncher):
 
     def start_processes(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
-        env = dict(os.environ)
-        env.update(self.spec.get("env", {}))
+        env = {**os.environ, **self.env}
         # Workers would find stale addresses in a rendezvous store shared across restarts
         # (pytorch#135712): every round gets a fresh one. INFO makes the agent's log say
         # what it does; the shim takes back from the workers whatever we added.
@@ -731,7 +815,7 @@ class ElasticNodeLauncher(NodeLauncher):
         env.setdefault("LOGLEVEL", "INFO")
         env["FLEXTUI_ELASTIC_DIR"] = self.dir
         env["FLEXTUI_SHIM"] = SHIM_SOURCE
-        env["FLEXTUI_WORKER"] = json.dumps({**self.elastic["worker"], "unset": added})
+        env["FLEXTUI_WORKER"] = json.dumps({**self.spec["command"], "unset": added})
         agent = self.agent
         try:
             agent.proc = start_logged(agent.argv, agent.log_path, env, self.spec.get("cwd"))
@@ -979,22 +1063,45 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def stdin_is_a_console() -> bool:
+    """A pipe, socket or terminal: someone who can send commands (and whose EOF means
+    gone). A regular file or /dev/null is nobody (and epoll refuses them)."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flextui.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="base64 JSON node spec (see module docs)")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
+    parser.add_argument("--spec-file", metavar="PATH",
+                        help="the node spec (JSON, see the module docs) for running by hand; "
+                             "default: the first line on stdin")
     parser.add_argument("--save_pid", "--save-pid", metavar="FILE", help="write the launcher's pid here")
-    parser.add_argument("--console-timeout", type=float, default=0.0,
-                        help="stop everything after this long without a command or ping (0: never)")
     args = parser.parse_args(argv)
-    spec = json.loads(base64.b64decode(args.spec))
+    rest = b""
+    try:
+        if args.spec_file:
+            with open(args.spec_file, "rb") as f:
+                message = json.load(f)
+            if not (isinstance(message, dict) and message.get("cmd") == "spec"):
+                message = {"cmd": "spec", "spec": message}
+        else:
+            line, rest = read_spec_line()
+            message = json.loads(line)
+        spec = choose_spec(message)
+    except SpecError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    except (OSError, ValueError) as exc:
+        parser.exit(2, f"{parser.prog}: bad spec: {exc}\n")
     if psutil is None and "preflight" not in spec:  # with one, the preflight reports it
         parser.exit(1, f"{parser.prog}: psutil is not installed for {sys.executable}\n")
     if args.save_pid:
         with open(args.save_pid, "w") as f:
             f.write(f"{os.getpid()}\n")
     launcher = ElasticNodeLauncher if spec.get("elastic") else NodeLauncher
-    return asyncio.run(launcher(spec, args.grace, args.console_timeout).run())
+    return asyncio.run(launcher(spec, rest, watch_stdin=stdin_is_a_console()).run())
 
 
 if __name__ == "__main__":

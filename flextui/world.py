@@ -7,8 +7,6 @@ number correctly (RANK % LOCAL_SIZE would rotate).
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import asdict, dataclass, field
 
 DEFAULT_MASTER_PORT = 29500
@@ -47,15 +45,20 @@ class Command:
     no_local_rank: bool = False
 
     def argv(self, local_rank: int) -> list[str]:
+        command = self.node_command()
+        flag = [f"--local_rank={local_rank}"] if command["local_rank_arg"] else []
+        return command["head"] + flag + command["tail"]
+
+    def node_command(self) -> dict:
+        """The command as a node launcher takes it: every worker runs
+        `head + [--local_rank=N] + tail`, so the arguments travel once per node."""
         if self.no_python:
-            argv = [self.script]
+            head = [self.script]
         elif self.module:
-            argv = [self.python, "-u", "-m", self.script]
+            head = [self.python, "-u", "-m", self.script]
         else:
-            argv = [self.python, "-u", self.script]
-        if not self.no_local_rank:
-            argv.append(f"--local_rank={local_rank}")
-        return argv + list(self.args)
+            head = [self.python, "-u", self.script]
+        return {"head": head, "tail": list(self.args), "local_rank_arg": not self.no_local_rank}
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,3 @@ class World:
             "ranks": [asdict(r) for r in self.ranks],
         }
 
-
-def encode_node_spec(spec: dict) -> str:
-    """Base64 JSON, so the node launcher's spec survives any shell as one word."""
-    return base64.b64encode(json.dumps(spec, separators=(",", ":")).encode()).decode()
-
-
-def decode_node_spec(text: str) -> dict:
-    return json.loads(base64.b64decode(text))

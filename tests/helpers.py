@@ -7,7 +7,6 @@ lives there, and every child or orphan a worker makes gets it as an argument), s
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import queue
@@ -251,30 +250,69 @@ def logs_contain(log_dir: Path, ranks: Iterable[int], needle: str) -> bool:
 # -- the node launcher, run directly ----------------------------------------------------
 
 
-def node_spec(log_dir: Path, argvs: list[list[str]], env: dict | None = None,
-              cwd: str | None = None) -> str:
-    spec = {
+def node_spec(log_dir: Path, argvs, env: dict | None = None, cwd: str | None = None, **more) -> dict:
+    """A node spec (see flextui.launch). `argvs`: a SharedCommand (every worker runs it,
+    as the console's specs do), or one argv per worker."""
+    if isinstance(argvs, SharedCommand):
+        workers = [{"rank": r, "local_rank": r} for r in range(argvs.count)]
+        command = {"head": argvs.head, "tail": argvs.tail, "local_rank_arg": True}
+    else:
+        workers = [{"rank": r, "local_rank": r, "argv": argv} for r, argv in enumerate(argvs)]
+        command = {"head": [], "tail": [], "local_rank_arg": False}
+    for worker in workers:
+        worker["env"] = {"RANK": str(worker["rank"]), "LOCAL_RANK": str(worker["local_rank"])}
+    return {
         "run_id": "test", "node_rank": 0, "log_dir": str(log_dir), "cwd": cwd,
-        "env": {"WORLD_SIZE": str(len(argvs)), **(env or {})},
-        "workers": [
-            {"rank": r, "local_rank": r, "argv": argv, "env": {"RANK": str(r), "LOCAL_RANK": str(r)}}
-            for r, argv in enumerate(argvs)
-        ],
+        "env": {"WORLD_SIZE": str(len(workers)), **(env or {})},
+        "command": command, "workers": workers, **more,
     }
-    return base64.b64encode(json.dumps(spec).encode()).decode()
+
+
+class SharedCommand:
+    """`head --local_rank=N tail` for `count` workers: the script's arguments once."""
+
+    def __init__(self, head: list[str], tail: list[str], count: int) -> None:
+        self.head, self.tail, self.count = head, tail, count
+
+
+def spec_line(spec: dict) -> bytes:
+    return (json.dumps({"cmd": "spec", "spec": spec}) + "\n").encode()
 
 
 class Launcher:
-    """`python -m flextui.launch` as a subprocess, its events read on a thread."""
+    """`python -m flextui.launch` as a subprocess, its events read on a thread.
 
-    def __init__(self, spec: str, *extra: str, grace: float = 10.0, stdin=subprocess.PIPE,
-                 cwd: Path | None = None) -> None:
+    The spec goes where the console puts it, the first line on a pipe stdin, or
+    (`stdin="file"`) a regular file holding it, or (`stdin="devnull"`) --spec-file with
+    /dev/null for stdin; grace and console_timeout go into the spec."""
+
+    def __init__(self, spec: dict, *extra: str, grace: float = 10.0, console_timeout: float = 0.0,
+                 stdin: str = "pipe", cwd: Path | None = None, env: dict | None = None,
+                 first_line: bytes | None = None) -> None:
         self.started_at = time.time()
+        spec = {**spec, "grace": grace, "console_timeout": console_timeout}
+        argv = [PY, "-m", "flextui.launch", *extra]
+        self._spec_file = None
+        if stdin != "pipe":
+            import tempfile
+
+            self._spec_file = tempfile.NamedTemporaryFile(suffix=".spec")
+            self._spec_file.write(spec_line(spec) if stdin == "file" else json.dumps(spec).encode())
+            self._spec_file.flush()
+            if stdin == "devnull":
+                argv += ["--spec-file", self._spec_file.name]
+        stdin_file = {"pipe": subprocess.PIPE, "devnull": subprocess.DEVNULL}.get(stdin)
+        if stdin == "file":
+            stdin_file = open(self._spec_file.name, "rb")
         self.proc = subprocess.Popen(
-            [PY, "-m", "flextui.launch", "--spec", spec, "--grace", str(grace), *extra],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-            start_new_session=True,
+            argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+            start_new_session=True, env={**os.environ, **(env or {})},
         )
+        if stdin == "file":
+            stdin_file.close()
+        if stdin == "pipe":  # first_line: a test's own (say, a shared channel's spec message)
+            self.proc.stdin.write(spec_line(spec) if first_line is None else first_line)
+            self.proc.stdin.flush()
         self.events: list[dict] = []
         self.raw: list[bytes] = []
         self._queue: queue.Queue = queue.Queue()
@@ -329,6 +367,8 @@ class Launcher:
             self.proc.wait()
             raise AssertionError(f"launcher still running after {timeout}s; events {self.events}")
         self._reader.join(5)
+        if self._spec_file is not None:
+            self._spec_file.close()
         self.stderr = self.proc.stderr.read()
         self.proc.stderr.close()
         if self.proc.stdin:

@@ -1,10 +1,9 @@
-"""The node launcher run directly (`python -m flextui.launch --spec ...`): real workers,
-real signals, its JSON-lines protocol read the way the console reads it."""
+"""The node launcher run directly (`python -m flextui.launch`, its spec the first line on
+stdin): real workers, real signals, its JSON-lines protocol read the way the console reads it."""
 
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import signal
@@ -18,13 +17,14 @@ import pytest
 
 import flextui.launch
 from tests.helpers import (  # noqa: F401 - fixtures
-    PY, Launcher, logs_contain, marker, node_spec, pids_alive, read_text, survivors, wait_for,
-    worker,
+    PY, Launcher, SharedCommand, logs_contain, marker, node_spec, pids_alive, read_text, spec_line,
+    survivors, wait_for, worker,
 )
 
 
-def argvs(worker: Path, count: int, *args: str) -> list[list[str]]:
-    return [[PY, str(worker), f"--local_rank={r}", *args] for r in range(count)]
+def argvs(worker: Path, count: int, *args: str) -> SharedCommand:
+    """`count` workers running `PY worker --local_rank=N args` (the console's shape)."""
+    return SharedCommand([PY, str(worker)], list(args), count)
 
 
 def worker_pids(launcher: Launcher) -> list[int]:
@@ -288,10 +288,11 @@ def test_every_line_of_a_flood_is_streamed_and_logged(tmp_path, marker, worker):
     assert all(e["data"].endswith("\n") for e in launcher.of("out", 0))
 
 
-def test_stdin_devnull_is_not_a_console(tmp_path, marker, worker):
-    """No console to watch (stdin is /dev/null): the job just runs to its end."""
-    launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 2, "--run-for", "0.5")),
-                        stdin=subprocess.DEVNULL)
+@pytest.mark.parametrize("stdin", ["file", "devnull"])
+def test_stdin_that_is_no_console_is_not_watched(tmp_path, marker, worker, stdin):
+    """No console to watch: stdin a regular file (its first line the spec) or /dev/null
+    (the spec from --spec-file, by hand): the job just runs to its end."""
+    launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 2, "--run-for", "0.5")), stdin=stdin)
     assert launcher.finish() == 0
     assert launcher.of("stopping") == []
     assert b"Traceback" not in launcher.stderr
@@ -356,9 +357,8 @@ def test_a_flood_and_a_huge_line_come_in_bounded_events(tmp_path, marker):
 # -- preflight in the launcher's own session (the spec's "preflight") -----------------------
 
 
-def with_preflight(spec: str, request: dict) -> str:
-    decoded = json.loads(base64.b64decode(spec))
-    return base64.b64encode(json.dumps({**decoded, "preflight": request}).encode()).decode()
+def with_preflight(spec: dict, request: dict) -> dict:
+    return {**spec, "preflight": request}
 
 
 def test_a_preflight_problem_is_reported_and_nothing_starts(tmp_path, marker, worker):
@@ -400,8 +400,8 @@ def test_a_clean_preflight_starts_nothing_until_go(tmp_path, marker, worker):
 def test_ended_while_waiting_for_go_starts_nothing(tmp_path, marker, worker, how, code):
     log_dir = tmp_path / "logs"
     request = {"cwd": str(tmp_path), "script": str(worker)}
-    extra = ("--console-timeout", "0.5") if how == "console timeout" else ()
-    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 2)), request), *extra)
+    timeout = 0.5 if how == "console timeout" else 0.0
+    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 2)), request), console_timeout=timeout)
     assert launcher.wait_event(lambda e: e["ev"] == "preflight")["problems"] == []
     if how == "eof":
         launcher.close_stdin()
@@ -422,16 +422,101 @@ def test_psutil_missing_on_the_node_is_a_preflight_problem_not_a_traceback(tmp_p
     source = Path(flextui.launch.__file__)
     spec = node_spec(tmp_path / "logs", argvs(worker, 1))
     request = {"cwd": str(tmp_path), "script": str(worker), "need_psutil": True}
-    result = subprocess.run([PY, "-S", str(source), "--spec", with_preflight(spec, request)],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([PY, "-S", str(source)], input=spec_line(with_preflight(spec, request)),
+                            capture_output=True, timeout=30)
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
     assert [e["ev"] for e in events] == ["hello", "preflight", "done"]
     (problem,) = events[1]["problems"]
     assert problem.startswith("psutil is not installed for ")
     # Without a preflight in the spec: one clear line, still no traceback.
-    result = subprocess.run([PY, "-S", str(source), "--spec", spec],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and result.stdout == ""
-    assert "psutil is not installed for " in result.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in result.stderr
+    result = subprocess.run([PY, "-S", str(source)], input=spec_line(spec), capture_output=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == b""
+    assert "psutil is not installed for " in result.stderr.decode().strip().splitlines()[-1]
+    assert b"Traceback" not in result.stderr
+
+
+# -- the spec on stdin (issue 9 defect 7) ------------------------------------------------
+
+
+def test_a_shared_channel_picks_this_nodes_spec_and_ignores_other_nodes_commands(tmp_path, marker, worker):
+    """mpirun gives every node's launcher the same stdin: one message holds every node's
+    spec, the launcher takes the one its environment points at, and commands addressed to
+    another node are not for it."""
+    specs = [{**node_spec(tmp_path / f"logs{n}", argvs(worker, 1)), "node_rank": n, "grace": 10.0}
+             for n in range(3)]
+    message = {"cmd": "spec", "specs": specs, "index_env": ["FLEXTUI_TEST_NO_SUCH_VAR", "PMI_RANK"]}
+    launcher = Launcher(specs[0], env={"PMI_RANK": "2"}, first_line=(json.dumps(message) + "\n").encode())
+    assert launcher.wait_event(lambda e: e["ev"] == "hello")["node_rank"] == 2
+    launcher.started(1)
+    wait_for(lambda: logs_contain(tmp_path / "logs2", [0], "ready rank"), what="the worker ready")
+    assert not (tmp_path / "logs0").exists() and not (tmp_path / "logs1").exists()
+    launcher.send({"cmd": "stop", "node": 0, "reason": "for node 0"})
+    launcher.send({"cmd": "stop", "node": 1, "reason": "for node 1"})
+    time.sleep(0.5)
+    assert launcher.of("stopping") == [] and launcher.proc.poll() is None
+    launcher.send({"cmd": "stop", "node": 2, "reason": "for node 2"})
+    launcher.finish()
+    assert [e["reason"] for e in launcher.of("stopping")] == ["for node 2"]
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+def test_commands_right_behind_the_spec_are_not_lost(tmp_path, marker, worker):
+    spec = {**node_spec(tmp_path / "logs", argvs(worker, 2)), "grace": 10.0}
+    stop = (json.dumps({"cmd": "stop", "reason": "sent with the spec"}) + "\n").encode()
+    launcher = Launcher(spec, first_line=spec_line(spec) + stop)  # one write: one read on the node
+    launcher.finish(timeout=10)
+    assert [e["reason"] for e in launcher.of("stopping")] == ["sent with the spec"]
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+@pytest.mark.parametrize("first_line, error", [
+    (b"", "no spec on stdin"),
+    (b"\n", "no spec on stdin"),
+    (b"not json\n", "bad spec: "),
+    (b'{"cmd": "go"}\n', 'the first line on stdin must be {"cmd": "spec", ..}'),
+    (b'{"cmd": "spec", "specs": [{}, {}], "index_env": ["FLEXTUI_TEST_NO_SUCH_VAR"]}\n',
+     "none of FLEXTUI_TEST_NO_SUCH_VAR is set: cannot tell which of 2 node specs is this node's"),
+])
+def test_no_or_a_bad_spec_is_one_line_and_starts_nothing(tmp_path, marker, worker, first_line, error):
+    launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 1)), first_line=first_line)
+    launcher.close_stdin()
+    assert launcher.finish(timeout=10) == 2
+    assert launcher.events == []
+    (line,) = launcher.stderr.decode().strip().splitlines()
+    assert line.startswith("python -m flextui.launch: ") and error in line, line
+    assert not (tmp_path / "logs").exists()
+    assert_all_gone(marker)
+
+
+def test_a_megabyte_of_arguments_goes_to_every_worker_once_on_the_wire(tmp_path, marker):
+    """The script's arguments are in the spec once (head + --local_rank=N + tail), not once
+    per worker: 1 MB of them on 8 slots is a ~1 MB spec line."""
+    script = tmp_path / "args.py"
+    script.write_text("import hashlib, sys\n"
+                      "print(len(sys.argv), hashlib.sha256('\\0'.join(sys.argv[1:]).encode()).hexdigest())\n")
+    tail = [f"a{i}-" + "x" * 1000 + " $HOME '\"`;" for i in range(1000)]
+    spec = node_spec(tmp_path / "logs", SharedCommand([PY, str(script)], tail, 8))
+    assert len(spec_line(spec)) < 1.1 * sum(len(a) + 4 for a in tail)
+    launcher = Launcher(spec)
+    assert launcher.finish(timeout=30) == 0, launcher.stderr
+    import hashlib
+
+    for rank in range(8):
+        expected = hashlib.sha256("\0".join([f"--local_rank={rank}", *tail]).encode()).hexdigest()
+        assert launcher.output(rank) == f"{len(tail) + 2} {expected}\n"
+    assert_all_gone(marker, worker_pids(launcher))
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_map_gpus_takes_slot_ids_as_indexes_into_the_launchers_own_gpus(tmp_path, marker, worker, mapped):
+    """Slurm gives a step some GPUs (its CUDA_VISIBLE_DEVICES); the spec's slot ids index them."""
+    spec = node_spec(tmp_path / "logs", argvs(worker, 1, "--env", "--run-for", "0"),
+                     env={"CUDA_VISIBLE_DEVICES": "1,0"}, map_gpus=mapped)
+    launcher = Launcher(spec, env={"CUDA_VISIBLE_DEVICES": "4,5,6"})
+    assert launcher.finish() == 0, launcher.stderr
+    report = json.loads(next(l for l in launcher.output(0).splitlines() if l.startswith("ENV "))[4:])
+    assert report["env"]["CUDA_VISIBLE_DEVICES"] == ("5,4" if mapped else "1,0")
+    assert flextui.launch.map_gpus("0,1", "4,5,6,7") == "4,5"
+    assert flextui.launch.map_gpus("1", "") == "1"
+    assert flextui.launch.map_gpus("0,3", "7,8") == "7,3"  # no such GPU: left as it is

@@ -423,3 +423,33 @@ def test_sigterm_to_the_console_stops_the_job_and_exits_143(tmp_path):
     assert proc.returncode == 143, out + err
     assert "aborted by user (SIGTERM)" in out
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+ARGS_WORKER = r'''
+import hashlib, sys
+args = sys.argv[1:]
+print("ARGS %d %s" % (len(args), hashlib.sha256("\0".join(args).encode()).hexdigest()), flush=True)
+'''
+
+
+def args_digest(args: list[str]) -> str:
+    import hashlib
+
+    return f"ARGS {len(args)} {hashlib.sha256(chr(0).join(args).encode()).hexdigest()}"
+
+
+def test_a_megabyte_of_script_arguments_on_eight_slots(tmp_path, marker):
+    """The node spec travels on the launcher's stdin with the script arguments once, not
+    once per rank in one argv word (8 x 1 MB base64 was "Argument list too long")."""
+    script = tmp_path / "args_worker.py"
+    script.write_text(ARGS_WORKER)
+    args = [f"a{i}-" + "x" * 1000 + " $HOME '\"`;" for i in range(1000)]  # ~1 MB
+    assert sum(map(len, args)) > 1_000_000
+    proc = start_flextui(*flextui_args(tmp_path), str(write_hostfile(tmp_path, "localhost slots=8\n")),
+                         str(script), *args, cwd=tmp_path)
+    code, out, err = finish(proc, timeout=60)
+    assert code == 0, out[-2000:] + err
+    run_dir = the_run_dir(tmp_path / "runs")
+    for rank in range(8):
+        assert read_text(run_dir / f"rank-{rank}.log") == args_digest([f"--local_rank={rank}", *args]) + "\n"
+    assert_nothing_survives(marker)

@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from flextui.cli import attach_slurm_args, build_parser, shift_positionals
-from flextui.transport.slurm import expand_counts, gpu_count, map_gpus, srun_environ
+from flextui.launch import map_gpus
+from flextui.transport.slurm import expand_counts, gpu_count, srun_environ
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = str(REPO / "tests" / "workers" / "worker.py")

@@ -330,3 +330,32 @@ def test_a_flood_of_wide_characters_arrives_whole_over_ssh(cluster, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = (run_dir(tmp_path) / "rank-0.log").read_text().splitlines()
     assert lines == [f"{i} " + "\U0001F600" * 40 for i in range(60000)]
+
+
+ARGS_WORKER = r'''
+import hashlib, sys
+args = sys.argv[1:]
+print("ARGS %d %s" % (len(args), hashlib.sha256("\0".join(args).encode()).hexdigest()), flush=True)
+'''
+
+
+def _args_digest(args: list[str]) -> str:
+    import hashlib
+
+    return f"ARGS {len(args)} {hashlib.sha256(chr(0).join(args).encode()).hexdigest()}\n"
+
+
+@pytest.mark.parametrize("nodes, slots, args", [
+    (1, 8, [f"a{i}-" + "x" * 1000 + " $HOME '\"`;" for i in range(1000)]),  # ~1 MB on 8 slots
+    (2, 2, [f"w{i}" for i in range(20_000)]),  # 20,000 arguments on 2 x 2
+], ids=["1MB-on-8-slots", "20000-args-on-2x2"])
+def test_huge_script_arguments_reach_every_remote_rank(cluster, tmp_path, nodes, slots, args):
+    """The node spec goes over the SSH channel (stdin), the script arguments once per node:
+    in the remote command they were "Argument list too long" or a misleading "unreachable"."""
+    (tmp_path / "args_worker.py").write_text(ARGS_WORKER)
+    result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path, slots=slots, nodes=nodes),
+                         "args_worker.py", *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    path = run_dir(tmp_path)
+    for rank in range(nodes * slots):
+        assert (path / f"rank-{rank}.log").read_text() == _args_digest([f"--local_rank={rank % slots}", *args])

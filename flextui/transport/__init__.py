@@ -54,9 +54,10 @@ class Transport(abc.ABC):
     shares_run_dir = False
 
     @abc.abstractmethod
-    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
-        """Start `python -m flextui.launch <launcher_args>` on the node; raise LaunchError
-        naming the node and the reason if it cannot be reached."""
+    async def start(self, node: Node, spec: dict) -> NodeChannel:
+        """Start the node launcher on the node and send it its spec (the first line on its
+        stdin, spec_message); raise LaunchError naming the node and the reason if it cannot
+        be reached."""
 
     async def close(self) -> None:
         """Release connections (after every channel is closed)."""
@@ -79,4 +80,9 @@ def decode_event(line: bytes) -> dict | None:
 
 
 def encode_command(command: dict) -> bytes:
-    return (json.dumps(command) + "\n").encode()
+    return (json.dumps(command, separators=(",", ":")) + "\n").encode()
+
+
+def spec_message(spec: dict) -> bytes:
+    """A launcher's first line: its node spec (see flextui.launch)."""
+    return encode_command({"cmd": "spec", "spec": spec})

@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 
-from flextui.transport import NodeChannel, Transport, decode_event, encode_command
+from flextui.transport import NodeChannel, Transport, decode_event, encode_command, spec_message
 from flextui.world import Node
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -52,14 +52,15 @@ class LocalChannel(NodeChannel):
 class LocalTransport(Transport):
     shares_run_dir = True
 
-    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+    async def start(self, node: Node, spec: dict) -> NodeChannel:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flextui.launch", *launcher_args,
+            sys.executable, "-m", "flextui.launch",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=STREAM_LIMIT,
             # Its own session: a terminal's Ctrl+C reaches the console, which then stops
             # the job in order; the launcher stops by itself if the console dies.
             start_new_session=True,
         )
+        process.stdin.write(spec_message(spec))
         return LocalChannel(node, process)
 

@@ -11,7 +11,9 @@ One srun step per node, not one step for all nodes:
     srun --jobid=J --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist=HOST
          --kill-on-bad-exit=1 --overlap --mpi=none --export=ALL
          --job-name=flextui-<token>-<node rank>
-         PYTHON -c <launcher source> --spec ... (every word its own argv entry, no shell)
+         PYTHON -c <launcher source> (every word its own argv entry, no shell)
+
+and the node's spec as the first line on the step's stdin.
 
 No --chdir: the launcher's own preflight (the spec's "preflight") checks that the working
 directory exists on the node and reports it in one line, where srun would fail the step
@@ -19,8 +21,7 @@ first; the workers get the directory from the spec. The step is the only one per
 the launcher checks the node, then waits for the console's "go".
 
 * It is the per-node Transport interface as it stands: a step's stdin/stdout *is* that
-  node's channel, so commands reach one node, a node's spec travels in its own argv (one
-  combined spec for hundreds of nodes would outgrow the 128 KiB limit of one argument),
+  node's channel, so commands reach one node, a node's spec travels on its own stdin,
   and nothing needs demultiplexing (`srun --label` prefixes every line of every task).
 * Failure stays the console's business, as with SSH: a rank failing on one node makes
   the console stop the others gracefully, within --grace. In one multi-node step,
@@ -57,7 +58,6 @@ and also if the console is killed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -74,7 +74,7 @@ from collections.abc import AsyncIterator
 from flextui import launch
 from flextui.hostfile import HostfileError, read_hostfile
 from flextui.transport import (
-    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program,
+    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program, spec_message,
 )
 from flextui.world import Node
 
@@ -93,26 +93,7 @@ ENDED_STATES = {
 }
 
 
-# Runs on the node before the launcher: maps the slot ids in the spec's CUDA_VISIBLE_DEVICES
-# onto the GPUs Slurm gave this step (its own CUDA_VISIBLE_DEVICES), when it gave any.
-GPU_MAPPING = """def map_gpus(slots, step_gpus):
-    gpus = [g for g in step_gpus.split(',') if g]
-    if not gpus or not slots:
-        return slots
-    return ','.join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(','))
-"""
-GPU_PROLOGUE = GPU_MAPPING + """import base64, json, os, sys
-_i = sys.argv.index('--spec') + 1
-_spec = json.loads(base64.b64decode(sys.argv[_i]))
-_env = _spec.get('env', {})
-if os.environ.get('CUDA_VISIBLE_DEVICES') and _env.get('CUDA_VISIBLE_DEVICES'):
-    _env['CUDA_VISIBLE_DEVICES'] = map_gpus(_env['CUDA_VISIBLE_DEVICES'], os.environ['CUDA_VISIBLE_DEVICES'])
-    sys.argv[_i] = base64.b64encode(json.dumps(_spec).encode()).decode()
-"""
-_namespace: dict = {}
-exec(GPU_MAPPING, _namespace)  # the very function the nodes run, for the tests
-map_gpus = _namespace["map_gpus"]
-LAUNCHER_PROGRAM = inline_program(launch, GPU_PROLOGUE)
+LAUNCHER_PROGRAM = inline_program(launch)
 # Holds a salloc allocation: says which job it is, then lives until its stdin closes.
 HOLDER_PROGRAM = (
     "import json,os,sys;"
@@ -427,9 +408,10 @@ class SlurmTransport(Transport):
             f"--job-name=flextui-{self.token}-{name}", *program,
         ]
 
-    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
-        launcher_args = self._with_slurm_task_env(launcher_args)
-        argv = self.srun_argv(node, str(node.node_rank), [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
+    async def start(self, node: Node, spec: dict) -> NodeChannel:
+        # The workers' CUDA_VISIBLE_DEVICES (slot ids) become the GPUs Slurm gave the step.
+        spec = {**self._with_slurm_task_env(spec), "map_gpus": True}
+        argv = self.srun_argv(node, str(node.node_rank), [self.python, "-c", LAUNCHER_PROGRAM])
         async with self._fanout:
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -441,27 +423,21 @@ class SlurmTransport(Transport):
                 )
             except FileNotFoundError:
                 raise LaunchError("srun not found: is Slurm installed on this machine?") from None
+        process.stdin.write(spec_message(spec))
         return SlurmChannel(node, process, self)
 
     @staticmethod
-    def _with_slurm_task_env(launcher_args: list[str]) -> list[str]:
+    def _with_slurm_task_env(spec: dict) -> dict:
         """Give each worker Slurm task variables that match its flextui rank."""
-        args = list(launcher_args)
-        try:
-            i = args.index("--spec") + 1
-            spec = json.loads(base64.b64decode(args[i]))
-        except (ValueError, IndexError):
-            return args
-        env = spec.get("env", {})
-        world_size = env.get("WORLD_SIZE")
+        world_size = spec.get("env", {}).get("WORLD_SIZE")
+        workers = []
         for worker in spec.get("workers", []):
             extra = {"SLURM_PROCID": str(worker["rank"]), "SLURM_LOCALID": str(worker["local_rank"]),
                      "SLURM_NODEID": str(spec.get("node_rank", 0))}
             if world_size:
                 extra.update(SLURM_NTASKS=world_size, SLURM_NPROCS=world_size)
-            worker["env"] = {**extra, **worker.get("env", {})}
-        args[i] = base64.b64encode(json.dumps(spec, separators=(",", ":")).encode()).decode()
-        return args
+            workers.append({**worker, "env": {**extra, **worker.get("env", {})}})
+        return {**spec, "workers": workers}
 
     async def interruption(self, srun_stderr: str) -> str | None:
         """Why a step ended from outside the job (scancel, time limit, ...), else None."""

@@ -5,8 +5,9 @@ known_hosts (also UserKnownHostsFile) and the ssh agent, and checks host keys st
 an unknown or changed key is an error, never silently accepted.
 
 The launcher's source is shipped with the command (it is stdlib + psutil only), so nodes
-need a python with psutil but not flextui itself, and can never run a stale version. It
-is the only remote command per node: the launcher also runs the preflight checks, so a
+need a python with psutil but not flextui itself, and can never run a stale version. The
+node's spec is the first line on the channel's stdin, never in the command: any number of
+ranks and any size of script arguments fit. It is the only remote command per node: the launcher also runs the preflight checks, so a
 node costs one login shell and one python start.
 Its life is tied to the channel: when the channel closes (console killed, network
 dropped, sshd gone) its stdin reaches EOF and it stops every process it started.
@@ -24,7 +25,7 @@ import asyncssh
 
 from flextui import launch
 from flextui.transport import (
-    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program,
+    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program, spec_message,
 )
 from flextui.world import Node
 
@@ -182,11 +183,12 @@ class SSHTransport(Transport):
         self._connections[host] = conn
         return conn
 
-    async def start(self, node: Node, launcher_args: list[str]) -> NodeChannel:
+    async def start(self, node: Node, spec: dict) -> NodeChannel:
         conn = await self._connection(node.host)
-        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM, *launcher_args])
+        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM])
         try:
             process = await conn.create_process(command, encoding=None)
+            process.stdin.write(spec_message(spec))  # any size: the channel carries it
         except (asyncssh.Error, OSError) as exc:
             raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
         return SSHChannel(node, process, self.python)
