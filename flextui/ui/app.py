@@ -26,6 +26,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.widgets import Footer, Input, Tab, Tabs
 
 from flextui.transport import LaunchError
+from flextui.ui.driver import ConsoleDriver
 from flextui.ui.format import RateMeter, fmt_duration, status_text
 from flextui.ui.logview import ERROR_RE, CombinedSource, LogView, RankSource
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
@@ -117,7 +118,7 @@ class FlexApp(App[int]):
                  run_job: bool = True, theme_dirs=None) -> None:
         self.themes, theme_errors = load_themes(theme_dirs)
         theme_name = resolve_theme(theme, self.themes)  # ThemeError before the screen is taken
-        super().__init__()
+        super().__init__(driver_class=ConsoleDriver)
         self.animation_level = "none"  # a log console: instant scrolling, no tweening
         for t in self.themes.values():
             self.register_theme(t)
@@ -241,6 +242,8 @@ class FlexApp(App[int]):
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM / SIGHUP / SIGINT to the console: stop the job, quit when it has stopped."""
+        if sig == signal.SIGHUP and isinstance(self._driver, ConsoleDriver):
+            self._driver.check_terminal()  # a closed terminal: draw nothing more
         if self.job_done:
             self.exit(self.model.exit_code)
         elif self.quitting:  # a second signal: no more grace
@@ -249,6 +252,13 @@ class FlexApp(App[int]):
             self.quitting = True
             self.job.abort(sig)
             self._tick()
+
+    def on_console_driver_terminal_lost(self, _message: ConsoleDriver.TerminalLost) -> None:
+        """The terminal is gone (also without a SIGHUP): as SIGHUP, stop the job and quit."""
+        if self.job_done:
+            self.exit(self.model.exit_code)
+        elif not self.quitting:
+            self._on_signal(signal.SIGHUP)
 
     # -- the refresh timer ------------------------------------------------------------
 

@@ -1,0 +1,100 @@
+"""Faults on real multi-node clusters: the console's own faults of issue 9 (its terminal,
+its stdout, its run directory, its own suspension).
+
+Every case: real sshd (or slurmd) nodes in namespaces, real workers with children, real
+signals. The cluster fixtures fail a test that leaves any job process on any node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+FAULT_WORKER = str(Path(__file__).resolve().parent / "workers" / "fault_worker.py")
+
+# -- the console's own faults (issue 9, defects 2, 3, 5, 6) ---------------------------------
+
+
+def ssh_job_argv(cluster, tmp_path: Path, *worker_args: str, options: tuple[str, ...] = ()) -> list[str]:
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"{n.name} slots=2\n" for n in cluster.nodes[:2]))
+    return [sys.executable, "-m", "flextui", "--log-dir", str(tmp_path / "runs"), "--grace", "5", *options,
+            str(hostfile), FAULT_WORKER, "--copy-dir", str(tmp_path / "copies"),
+            "--trigger", str(tmp_path / "trigger"), *worker_args]
+
+
+def the_run_dir(tmp_path: Path) -> Path:
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not within {timeout:g}s")
+
+
+def all_ready(tmp_path: Path, world: int = 4) -> bool:
+    runs = tmp_path / "runs"
+    logs = list(runs.glob("*/rank-*.log")) if runs.is_dir() else []
+    return sum(b"ready rank" in log.read_bytes()[:200] for log in logs) == world
+
+
+def has_exited(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # exited; this machine's init reaps late
+    except psutil.NoSuchProcess:
+        return True
+
+
+def job_processes(cluster) -> int:
+    return sum(cluster.job_process_count(n) for n in cluster.nodes[:2])
+
+
+def test_tui_exits_when_its_terminal_closes(make_cluster, tmp_path):
+    """Defect 2: `tmux kill-session` hangs the terminal up. Textual's driver restarted
+    application mode on the SIGCONT that comes with the hangup and its writer thread died
+    on EIO, so the next write blocked the event loop forever after the job had stopped."""
+    cluster = make_cluster(2)
+    argv = ssh_job_argv(cluster, tmp_path)
+    pid_file = tmp_path / "console.pid"
+    command = f"echo $$ > {shlex.quote(str(pid_file))}; exec env -u SSH_AUTH_SOCK HOME={shlex.quote(str(cluster.home))} " \
+              + " ".join(map(shlex.quote, argv))
+    socket = f"flextui-faults-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmux = ["tmux", "-L", socket]
+    console = None
+    subprocess.run([*tmux, "new-session", "-d", "-s", "t", "-x", "120", "-y", "40", "-c", str(tmp_path),
+                    "-e", "LANG=C.UTF-8", "sh", "-c", command], check=True, timeout=10)
+    try:
+        console = psutil.Process(int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                                                10, "the console's pid")))
+        wait_until(lambda: all_ready(tmp_path), 60, "every rank ready")
+        assert job_processes(cluster) == 2 * (1 + 2 * 2)  # a launcher, 2 workers with a child each
+        closed_at = time.monotonic()
+        subprocess.run([*tmux, "kill-session", "-t", "t"], check=True, timeout=10)
+        wait_until(lambda: has_exited(console), 10, "the console's exit after its terminal closed")
+        assert time.monotonic() - closed_at < 5
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+        if console is not None and not has_exited(console):
+            console.kill()  # hung: the failure above says so; leave nothing behind
+    assert job_processes(cluster) == 0
+    run_dir = the_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["state"], summary["exit_code"]) == ("aborted", 128 + signal.SIGHUP)
+    for rank in range(4):
+        assert (run_dir / f"rank-{rank}.log").read_bytes() == (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
