@@ -23,10 +23,10 @@ import signal
 import sys
 import time
 
-from flextui.cli import build_parser, make_transports, parse_env, resolve_world
+from flextui.cli import parse_command_line, parse_env, resolve_world
 from flextui.environment import worker_exports
-from flextui.job import Job, JobConfig
-from flextui.transport import LaunchError
+from flextui.job import Job, JobConfig, LaunchError
+from flextui.transport import backend_class
 from flextui.world import Command
 
 SAMPLE_EVERY = 8
@@ -79,8 +79,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def run(args: argparse.Namespace, flextui_argv: list[str]) -> dict:
-    fargs = build_parser().parse_args(flextui_argv)
-    world = resolve_world(fargs)
+    fargs = parse_command_line(flextui_argv)
+    backend = backend_class(fargs.launcher).from_args(fargs)
+    world = resolve_world(fargs, backend.hosts(fargs.hostfile))
     command = Command(
         script=fargs.script, args=tuple(fargs.script_args),
         python=fargs.remote_python or sys.executable, module=fargs.module,
@@ -90,7 +91,7 @@ async def run(args: argparse.Namespace, flextui_argv: list[str]) -> dict:
         world=world, command=command, log_root=fargs.log_dir, grace=fargs.grace,
         cwd=fargs.remote_cwd or os.getcwd(), env=worker_exports(os.environ, os.getcwd(), parse_env(fargs.env)),
     )
-    job = Job(config, make_transports(fargs))
+    job = Job(config, backend)
     probe = Probe(args.expect)
     if args.lag_trace:
         probe.trace = []

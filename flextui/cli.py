@@ -12,18 +12,15 @@ import sys
 
 from flextui.elastic import DEFAULT_MAX_RESTARTS, ElasticConfig, check_world
 from flextui.environment import EnvFileError, worker_exports
-from flextui.hostfile import HostfileError, read_hostfile, select_slots
-from flextui.job import Job, JobConfig
-from flextui.transport import LaunchError, Transport
-from flextui.transport.local import LocalTransport, is_local_host
-from flextui.world import DEFAULT_MASTER_PORT, Command, Node, World
+from flextui.errors import UsageError
+from flextui.hostfile import HostfileError, select_slots
+from flextui.job import Job, JobConfig, LaunchError
+from flextui.transport import DEFAULT_BACKEND, Backend, backend_class, backend_names
+from flextui.transport.local import is_local_host
+from flextui.world import DEFAULT_MASTER_PORT, Command, World
 
 USAGE_ERROR = 2
 LAUNCH_ERROR = 1
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
     )
     add = parser.add_argument
-    add("hostfile", nargs="?", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with --launcher slurm)")
+    add("hostfile", nargs="?", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with a "
+                                    "--launcher that finds its hosts, e.g. slurm)")
     add("script", nargs="?", help="training script (or module with --module, program with --no_python)")
     add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script").required = False
     sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
@@ -57,24 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="export to every worker (repeatable)")
     run.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL (default 10)")
     run.add_argument("--log-dir", "--log_dir", default="flextui-runs", help="run directories go here")
-    ssh = parser.add_argument_group("remote nodes (SSH)")
-    ssh.add_argument("--ssh_port", "--ssh-port", type=int, help="SSH port for every host (default: ~/.ssh/config)")
-    ssh.add_argument("--remote_python", "--remote-python", help="python on the nodes (default: this one)")
-    ssh.add_argument("--remote_cwd", "--remote-cwd", help="working directory on the nodes (default: this one)")
-    ssh.add_argument("--ssh_fanout", "--ssh-fanout", type=int, default=32, help="concurrent SSH connects")
-    ssh.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
-    ssh.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
-                     help="a node cut off from the console this long stops its job (default 30)")
-    slurm = parser.add_argument_group("Slurm (the nodes of an allocation)")
-    slurm.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
-                       help="slurm: one srun step per node of the current allocation (SLURM_JOB_ID) "
-                            "or of a new one (--slurm_args); no HOSTFILE argument (default ssh)")
-    slurm.add_argument("--slurm_args", "--slurm-args", metavar="'SALLOC OPTIONS'",
-                       help="request a new allocation with these salloc options, e.g. '-N2 -p gpu "
-                            "--gpus-per-node=8 -t 60'; released when the job ends")
-    slurm.add_argument("-H", "--hostfile", dest="hostfile_option", metavar="HOSTFILE",
-                       help="hostfile as an option (then no HOSTFILE argument); with --launcher slurm "
-                            "it names slots for (some of) the allocated nodes")
+    nodes = parser.add_argument_group("nodes")
+    backends = {name: backend_class(name) for name in backend_names()}
+    nodes.add_argument("--launcher", choices=list(backends), default=DEFAULT_BACKEND,
+                       help="how node launchers start: " + "; ".join(
+                           f"{name}: {cls.summary}" for name, cls in backends.items() if cls.name == name)
+                       + f" (default {DEFAULT_BACKEND})")
+    nodes.add_argument("-H", "--hostfile", dest="hostfile_option", metavar="HOSTFILE",
+                       help="hostfile as an option (then no HOSTFILE argument); with a --launcher that "
+                            "finds its hosts it names slots for (some of) them")
+    nodes.add_argument("--remote_python", "--remote-python", help="python on the nodes (default: this one)")
+    nodes.add_argument("--remote_cwd", "--remote-cwd", help="working directory on the nodes (default: this one)")
+    nodes.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
+    nodes.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
+                       help="a node cut off from the console this long stops its job (default 30)")
+    for cls in dict.fromkeys(backends.values()):
+        cls.add_arguments(parser)
     ela = parser.add_argument_group(
         "elastic (torch's elastic agent on every node: c10d rendezvous at MASTER_ADDR:MASTER_PORT)")
     ela.add_argument("--elastic", action="store_true",
@@ -103,14 +99,14 @@ def check_durations(args: argparse.Namespace) -> None:
 
 
 def shift_positionals(args: argparse.Namespace) -> None:
-    """No HOSTFILE argument (--launcher slurm, or --hostfile given): the first word is SCRIPT."""
+    """No HOSTFILE argument (a --launcher that finds its hosts, or --hostfile given): the
+    first word is SCRIPT."""
     words = [w for w in (args.hostfile, args.script) if w is not None] + list(args.script_args)
     args.hostfile = args.hostfile_option
     args.script, args.script_args = (words[0], words[1:]) if words else (None, [])
 
 
-def resolve_world(args: argparse.Namespace, hosts: dict[str, int] | None = None) -> World:
-    hosts = read_hostfile(args.hostfile) if hosts is None else hosts
+def resolve_world(args: argparse.Namespace, hosts: dict[str, int]) -> World:
     selected = select_slots(
         hosts, include=args.include, exclude=args.exclude,
         num_nodes=args.num_nodes, num_gpus=args.num_gpus,
@@ -165,22 +161,6 @@ def format_plan(world: World, command: Command) -> str:
     return "\n".join(lines)
 
 
-def make_transports(args: argparse.Namespace):
-    local = LocalTransport()
-    remote: list[Transport] = []
-
-    def transport_for(node: Node) -> Transport:
-        if is_local_host(node.host):
-            return local
-        if not remote:
-            from flextui.transport.ssh import SSHTransport  # noqa: PLC0415 - only when needed
-
-            remote.append(SSHTransport.from_args(args))
-        return remote[0]
-
-    return transport_for
-
-
 async def _run_tui(job: Job, theme: str | None) -> int:
     await job.preflight()  # a bad node fails here, before the UI takes the screen
     from flextui.ui.app import run_app  # Textual is loaded for the TUI only
@@ -188,13 +168,15 @@ async def _run_tui(job: Job, theme: str | None) -> int:
     return await run_app(job, theme=theme)
 
 
-def attach_slurm_args(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """`--slurm_args -N2` as `--slurm_args=-N2` (argparse takes a lone '-N2' for an option);
-    only among flextui's own options, before the first positional word."""
+def attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--slurm_args -N2` as `--slurm_args=-N2` (argparse takes a lone '-N2' for an option),
+    for every backend option whose value may start with "-"; only among flextui's own
+    options, before the first positional word."""
+    attach = {option for name in backend_names() for option in backend_class(name).dash_value_options}
     argv, i = list(argv), 0
     while i < len(argv) - 1 and argv[i].startswith("-") and argv[i] != "--":
         word = argv[i]
-        if word in ("--slurm_args", "--slurm-args"):
+        if word in attach:
             argv[i:i + 2] = [f"{word}={argv[i + 1]}"]
         else:
             action = parser._option_string_actions.get(word)
@@ -204,42 +186,41 @@ def attach_slurm_args(parser: argparse.ArgumentParser, argv: list[str]) -> list[
     return argv
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line, HOSTFILE and SCRIPT in place (exits 2 on a usage error)."""
     parser = build_parser()
-    args = parser.parse_args(attach_slurm_args(parser, sys.argv[1:] if argv is None else argv))
-    if args.launcher == "slurm" or args.hostfile_option is not None:
+    args = parser.parse_args(attach_dash_values(parser, argv))
+    if not backend_class(args.launcher).hostfile_argument or args.hostfile_option is not None:
         shift_positionals(args)
     elif args.hostfile is None:
         parser.error("the following arguments are required: hostfile, script")
     if args.script is None:
         parser.error("the following arguments are required: script")
-    if args.launcher == "slurm":
-        return _main_slurm(args)
-    return _main(args)
+    return args
 
 
-def _main_slurm(args: argparse.Namespace) -> int:
-    from flextui.transport.slurm import SlurmBackend  # noqa: PLC0415 - only when needed
-
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
         check_durations(args)
-        parse_env(args.env)
-    except UsageError as exc:  # before asking Slurm for anything
+        env = parse_env(args.env)
+    except UsageError as exc:  # before asking a backend for anything (an allocation)
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        with SlurmBackend.from_args(args) as backend:  # an allocation it made is released on exit
-            return _main(args, backend)
+        with backend_class(args.launcher).from_args(args) as backend:  # released on exit
+            return _main(args, backend, env)
+    except UsageError as exc:
+        print(f"flextui: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     except LaunchError as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return LAUNCH_ERROR
 
 
-def _main(args: argparse.Namespace, slurm=None) -> int:
+def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> int:
     try:
-        check_durations(args)
-        world = resolve_world(args, slurm.hosts(args) if slurm else None)
-        env = parse_env(args.env)
+        world = resolve_world(args, backend.hosts(args.hostfile))
         elastic = resolve_elastic(args, world)
         exports = worker_exports(os.environ, os.getcwd(), env)
     except (HostfileError, UsageError, EnvFileError) as exc:
@@ -267,14 +248,9 @@ def _main(args: argparse.Namespace, slurm=None) -> int:
         cwd=cwd, env=exports, node_timeout=args.node_timeout,
         elastic=elastic,
     )
-    job = Job(config, slurm.transport_for if slurm else make_transports(args))
-    headless = args.headless or not sys.stdout.isatty()
-    try:
-        if headless:
-            from flextui.headless import HeadlessConsole
+    job = Job(config, backend)
+    if args.headless or not sys.stdout.isatty():
+        from flextui.headless import HeadlessConsole
 
-            return asyncio.run(HeadlessConsole(job).run())
-        return asyncio.run(_run_tui(job, args.theme))
-    except LaunchError as exc:
-        print(f"flextui: error: {exc}", file=sys.stderr)
-        return LAUNCH_ERROR
+        return asyncio.run(HeadlessConsole(job).run())
+    return asyncio.run(_run_tui(job, args.theme))

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from flextui import elastic
 from flextui.elastic import ElasticConfig, ElasticJobModel
+from flextui.errors import LaunchError  # the job layer's error: `from flextui.job import LaunchError`
 from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState, RankStatus
 from flextui.rundir import RunDir
-from flextui.transport import LaunchError, NodeChannel, Transport
+from flextui.transport import Backend, NodeChannel
 from flextui.world import Command, Node, World
 
 #: Called with (rank, completed display lines) for every chunk of output.
@@ -54,12 +55,7 @@ def new_run_id() -> str:
 
 
 class Job:
-    def __init__(
-        self,
-        config: JobConfig,
-        transport_for: Callable[[Node], Transport],
-        run_id: str | None = None,
-    ) -> None:
+    def __init__(self, config: JobConfig, backend: Backend, run_id: str | None = None) -> None:
         self.config = config
         self.world = config.world
         self.run_id = run_id or new_run_id()
@@ -68,7 +64,7 @@ class Job:
         else:
             self.model = JobModel(self.world, self.run_id, config.tail_lines)
         self.run_dir = RunDir(config.log_root, self.run_id)
-        self.transports = {node.node_rank: transport_for(node) for node in self.world.nodes}
+        self.backend = backend
         self.channels: dict[int, NodeChannel] = {}
         # Each channel's one event iterator: read up to "preflight" first, then followed.
         self._events: dict[int, AsyncIterator[dict]] = {}
@@ -173,32 +169,44 @@ class Job:
         return request
 
     async def _preflight_all(self) -> None:
-        """Start every launcher (the transports bound their fan-out) and read each one's
+        """Start every launcher (the backend bounds its fan-out) and read each one's
         events up to its preflight report; the first node (in node order) that cannot run
         the job is the error."""
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())  # pings from the first channel on
-
-        async def open_node(node: Node) -> None:
-            transport = self.transports[node.node_rank]
-            spec = {**self._node_spec(node, transport), "preflight": self._preflight_request(node)}
-            channel = self.channels[node.node_rank] = await transport.start(node, spec)
-            events = self._events[node.node_rank] = aiter(channel.events())
-            try:
-                report = await asyncio.wait_for(self._until_preflight(node, events), PREFLIGHT_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise LaunchError(f"{node.host}: no preflight report within {PREFLIGHT_TIMEOUT:g}s") from None
-            except (OSError, ConnectionError) as exc:
-                raise LaunchError(f"{node.host}: {exc}") from None
-            if report is None:  # the launcher ended without a word: it never ran
-                detail = channel.diagnostics() or "launcher ended before its preflight"
-                raise LaunchError(f"{node.host}: {detail.splitlines()[-1]}")
-            if report.get("problems"):
-                raise LaunchError(f"{node.host}: {report['problems'][0]}")
-
-        results = await asyncio.gather(*(open_node(n) for n in self.world.nodes), return_exceptions=True)
-        for result in results:
+        specs = [(node, self._launch_spec(node)) for node in self.world.nodes]
+        errors: dict[int, BaseException] = {}
+        checks: dict[int, asyncio.Future] = {}
+        async for node, opened in self.backend.open_nodes(specs):
+            if isinstance(opened, BaseException):
+                errors[node.node_rank] = opened
+            else:
+                self.channels[node.node_rank] = opened
+                checks[node.node_rank] = asyncio.ensure_future(self._preflight_report(node, opened))
+        for node_rank, result in zip(checks, await asyncio.gather(*checks.values(), return_exceptions=True)):
             if isinstance(result, BaseException):
-                raise result if isinstance(result, LaunchError) else LaunchError(str(result))
+                errors[node_rank] = result
+        for node_rank in sorted(errors):
+            error = errors[node_rank]
+            raise error if isinstance(error, LaunchError) else LaunchError(str(error))
+
+    def _launch_spec(self, node: Node) -> dict:
+        """What the node's launcher gets (flextui.launch documents it)."""
+        return {**self._node_spec(node), "preflight": self._preflight_request(node)}
+
+    async def _preflight_report(self, node: Node, channel: NodeChannel) -> None:
+        """Read the node's events up to its preflight report; raise LaunchError unless it passed."""
+        events = self._events[node.node_rank] = aiter(channel.events())
+        try:
+            report = await asyncio.wait_for(self._until_preflight(node, events), PREFLIGHT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise LaunchError(f"{node.host}: no preflight report within {PREFLIGHT_TIMEOUT:g}s") from None
+        except (OSError, ConnectionError) as exc:
+            raise LaunchError(f"{node.host}: {exc}") from None
+        if report is None:  # the launcher ended without a word: it never ran
+            detail = channel.diagnostics() or "launcher ended before its preflight"
+            raise LaunchError(f"{node.host}: {detail.splitlines()[-1]}")
+        if report.get("problems"):
+            raise LaunchError(f"{node.host}: {report['problems'][0]}")
 
     async def _until_preflight(self, node: Node, events: AsyncIterator[dict]) -> dict | None:
         async for event in events:
@@ -211,8 +219,8 @@ class Job:
                 self._early_events.append({"node": node.node_rank, **event})
         return None
 
-    def _node_spec(self, node: Node, transport: Transport) -> dict:
-        if transport.shares_run_dir:
+    def _node_spec(self, node: Node) -> dict:
+        if self.backend.shares_run_dir(node):
             log_dir = os.path.abspath(self.run_dir.path)
         else:
             log_dir = f"{self.config.remote_log_root}/{self.run_id}"
@@ -251,7 +259,7 @@ class Job:
         }
 
     async def _follow(self, node_rank: int, channel: NodeChannel) -> None:
-        copy_logs = not self.transports[node_rank].shares_run_dir
+        copy_logs = not self.backend.shares_run_dir(self.world.nodes[node_rank])
         model, run_dir = self.model, self.run_dir
         try:
             async for event in self._events[node_rank]:
@@ -404,8 +412,7 @@ class Job:
     async def _close_channels(self) -> None:
         for channel in self.channels.values():
             await channel.close()
-        for transport in self.transports.values():
-            await transport.close()
+        await self.backend.close()
 
     # -- control (called by UI / signal handlers) -----------------------------------------
 

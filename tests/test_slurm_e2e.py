@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flextui.cli import attach_slurm_args, build_parser, shift_positionals
+from flextui.cli import parse_command_line
 from flextui.launch import map_gpus
 from flextui.transport.slurm import expand_counts, gpu_count, srun_environ
 
@@ -309,8 +309,6 @@ def test_srun_environment_has_no_slurm_input_variables():
     (["--launcher", "slurm", "-m", "pkg.train"], None, "pkg.train", []),
 ])
 def test_slurm_command_line(argv, hostfile, script, rest):
-    parser = build_parser()
-    args = parser.parse_args(attach_slurm_args(parser, argv))
-    shift_positionals(args)
+    args = parse_command_line(argv)
     assert (args.hostfile, args.script, args.script_args) == (hostfile, script, rest)
     assert args.slurm_args == ("-N2" if "-N2" in argv else None)

@@ -16,7 +16,7 @@ import pytest
 
 from flextui.job import Job, JobConfig
 from flextui.model import JobState, RankStatus
-from flextui.transport.local import LocalTransport
+from flextui.transport.local import LocalBackend
 from flextui.ui.app import FlexApp, stop_job_of
 from flextui.ui.screens import ConfirmScreen, SummaryScreen
 from flextui.world import Command, World
@@ -80,7 +80,7 @@ def local_job(tmp_path):
                           python=sys.executable, no_local_rank=True)
         config = JobConfig(world=world, command=command, log_root=str(tmp_path / "runs"),
                            grace=grace, cwd=str(tmp_path))
-        job = Job(config, lambda node: LocalTransport())
+        job = Job(config, LocalBackend())
         await job.preflight()
         jobs.append(job)
         return job

@@ -1,13 +1,18 @@
-"""Localhost fast path: the node launcher as a subprocess of the console, no SSH."""
+"""Localhost fast path: the node launcher as a subprocess of the console, no SSH.
+
+Not a `--launcher` of its own: the SSH backend uses it for hosts that name this machine,
+and tests use it for jobs that run here.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator
 
-from flextui.transport import NodeChannel, Transport, decode_event, encode_command, spec_message
+from flextui.transport import Backend, NodeChannel, decode_event, encode_command, spec_message
 from flextui.world import Node
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -19,11 +24,12 @@ def is_local_host(host: str) -> bool:
 
 
 class LocalChannel(NodeChannel):
-    def __init__(self, node: Node, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, node: Node, process: asyncio.subprocess.Process, spec_line: bytes) -> None:
         super().__init__(node)
         self.process = process
         self._stderr = b""
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
+        self._write(spec_line)
 
     async def _collect_stderr(self) -> None:
         self._stderr = await self.process.stderr.read()
@@ -37,9 +43,12 @@ class LocalChannel(NodeChannel):
         await self._stderr_task
 
     def send(self, command: dict) -> None:
+        self._write(encode_command(command))
+
+    def _write(self, data: bytes) -> None:
         stdin = self.process.stdin
         if stdin is not None and not stdin.is_closing():
-            stdin.write(encode_command(command))
+            stdin.write(data)
 
     async def close(self) -> None:
         if self.process.stdin and not self.process.stdin.is_closing():
@@ -49,10 +58,20 @@ class LocalChannel(NodeChannel):
         return self._stderr.decode(errors="replace").strip()
 
 
-class LocalTransport(Transport):
-    shares_run_dir = True
+class LocalBackend(Backend):
+    """Every node's launcher as a subprocess of the console, on this machine."""
 
-    async def start(self, node: Node, spec: dict) -> NodeChannel:
+    name = "local"
+    summary = "every node's launcher as a subprocess here"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LocalBackend:
+        return cls()
+
+    def shares_run_dir(self, node: Node) -> bool:
+        return True
+
+    async def open(self, node: Node, spec: dict) -> NodeChannel:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flextui.launch",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -61,6 +80,4 @@ class LocalTransport(Transport):
             # the job in order; the launcher stops by itself if the console dies.
             start_new_session=True,
         )
-        process.stdin.write(spec_message(spec))
-        return LocalChannel(node, process)
-
+        return LocalChannel(node, process, spec_message(spec))

@@ -1,4 +1,4 @@
-"""Slurm transport (`--launcher slurm`): node launchers as srun job steps in an allocation.
+"""Slurm backend (`--launcher slurm`): node launchers as srun job steps in an allocation.
 
 The allocation is the current one (SLURM_JOB_ID set: inside sbatch/salloc) or a new one
 made from `--slurm_args`; its nodes come from `scontrol show hostnames`, in Slurm's order,
@@ -20,7 +20,7 @@ directory exists on the node and reports it in one line, where srun would fail t
 first; the workers get the directory from the spec. The step is the only one per node:
 the launcher checks the node, then waits for the console's "go".
 
-* It is the per-node Transport interface as it stands: a step's stdin/stdout *is* that
+* It is the per-node Backend interface as it stands: a step's stdin/stdout *is* that
   node's channel, so commands reach one node, a node's spec travels on its own stdin,
   and nothing needs demultiplexing (`srun --label` prefixes every line of every task).
 * Failure stays the console's business, as with SSH: a rank failing on one node makes
@@ -49,7 +49,7 @@ launcher's stdin EOF, so it stops every process tree. On `scancel` (or a time li
 slurmstepd sends SIGTERM to the launcher and its workers, then SIGKILL after KillWait; the
 launcher stops its trees as on any stop, srun reports the cancellation, and the channel
 tells the job (NodeChannel.interruption), which then fails with that reason and a non-zero
-exit. At the end the transport scancels any step of its own still listed (a hung srun),
+exit. At the end the backend scancels any step of its own still listed (a hung srun),
 and an allocation it created is released: salloc holds it only as long as a small holder
 process whose stdin is a pipe from the console, so it is released at the end, on Ctrl+C,
 and also if the console is killed.
@@ -57,6 +57,7 @@ and also if the console is killed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -72,9 +73,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from flextui import launch
+from flextui.errors import LaunchError
 from flextui.hostfile import HostfileError, read_hostfile
 from flextui.transport import (
-    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program, spec_message,
+    Backend, NodeChannel, decode_event, encode_command, inline_program, spec_message,
 )
 from flextui.world import Node
 
@@ -265,6 +267,20 @@ class Allocation:
             self.pump.join(5)  # salloc's last words are out before ours
 
 
+def with_slurm_task_env(spec: dict) -> dict:
+    """The spec with Slurm task variables for each worker that match its flextui rank, so
+    frameworks that read them do not all see task 0 of 1."""
+    world_size = spec.get("env", {}).get("WORLD_SIZE")
+    workers = []
+    for worker in spec.get("workers", []):
+        extra = {"SLURM_PROCID": str(worker["rank"]), "SLURM_LOCALID": str(worker["local_rank"]),
+                 "SLURM_NODEID": str(spec.get("node_rank", 0))}
+        if world_size:
+            extra.update(SLURM_NTASKS=world_size, SLURM_NPROCS=world_size)
+        workers.append({**worker, "env": {**extra, **worker.get("env", {})}})
+    return {**spec, "workers": workers}
+
+
 def hostnames(nodelist: str) -> list[str]:
     """`scontrol show hostnames`: 'n[1-3],gpu7' -> ['n1', 'n2', 'n3', 'gpu7']."""
     if not nodelist or nodelist == "(null)":
@@ -275,63 +291,11 @@ def hostnames(nodelist: str) -> list[str]:
     return result.stdout.split()
 
 
-class SlurmBackend:
-    """What the CLI needs for `--launcher slurm`: the allocation, its hosts, the transport.
-
-    A context manager: an allocation made from `--slurm_args` is released on exit.
-    """
-
-    def __init__(self, allocation: Allocation, args) -> None:
-        self.allocation = allocation
-        self.transport = SlurmTransport(
-            allocation.job_id, python=args.remote_python,
-            timeout=max(30.0, getattr(args, "connect_timeout", 30.0)),
-        )
-
-    @classmethod
-    def from_args(cls, args) -> SlurmBackend:
-        if args.slurm_args is not None:
-            try:
-                slurm_args = shlex.split(args.slurm_args)
-            except ValueError as exc:
-                raise LaunchError(f"--slurm_args {args.slurm_args!r}: {exc}") from None
-            try:
-                allocation = Allocation.create(slurm_args, python=sys.executable)
-            except KeyboardInterrupt:
-                raise LaunchError("interrupted while waiting for the Slurm allocation") from None
-        else:
-            allocation = Allocation.current()
-        return cls(allocation, args)
-
-    def __enter__(self) -> SlurmBackend:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.allocation.release()
-
-    def hosts(self, args) -> dict[str, int]:
-        """Host -> slots for hostfile-style selection (--include/--exclude/--num_* apply after)."""
-        alloc = self.allocation
-        if args.hostfile:
-            hosts = read_hostfile(args.hostfile)
-            outside = [h for h in hosts if h not in alloc.nodes]
-            if outside:
-                raise HostfileError(f"{args.hostfile}: host {outside[0]!r} is not in Slurm job {alloc.job_id} "
-                                    f"(its nodes: {','.join(alloc.nodes)})")
-            return hosts
-        if args.num_gpus is not None and args.num_gpus >= 1:
-            return {host: args.num_gpus for host in alloc.nodes}
-        return alloc.default_slots()
-
-    def transport_for(self, node: Node) -> Transport:
-        return self.transport
-
-
 class SlurmChannel(NodeChannel):
-    def __init__(self, node: Node, process: asyncio.subprocess.Process, transport: SlurmTransport) -> None:
+    def __init__(self, node: Node, process: asyncio.subprocess.Process, backend: SlurmBackend) -> None:
         super().__init__(node)
         self.process = process
-        self.transport = transport
+        self.backend = backend
         self._stderr = b""
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
         self._interruption: str | None = None
@@ -352,16 +316,19 @@ class SlurmChannel(NodeChannel):
                 yield event
         await self.process.wait()
         await self._stderr_task
-        self._interruption = await self.transport.interruption(self.stderr_text())
+        self._interruption = await self.backend.interruption(self.stderr_text())
 
     def stderr_text(self) -> str:
         return self._stderr.decode(errors="replace")
 
     def send(self, command: dict) -> None:
+        self.write(encode_command(command))
+
+    def write(self, data: bytes) -> None:
         stdin = self.process.stdin
         if stdin is not None and not stdin.is_closing():
             try:
-                stdin.write(encode_command(command))
+                stdin.write(data)
             except (OSError, RuntimeError):
                 pass
 
@@ -376,7 +343,7 @@ class SlurmChannel(NodeChannel):
                 try:
                     await asyncio.wait_for(self.process.wait(), 10)
                 except asyncio.TimeoutError:
-                    self.process.kill()  # its step is scancelled by the transport's close()
+                    self.process.kill()  # its step is scancelled by the backend's close()
                     await self.process.wait()
 
     def interruption(self) -> str | None:
@@ -385,21 +352,73 @@ class SlurmChannel(NodeChannel):
     def diagnostics(self) -> str:
         text = self.stderr_text()
         if "execve(): " in text and "No such file or directory" in text:
-            return f"python not found: {self.transport.python}"
+            return f"python not found: {self.backend.python}"
         code = self.process.returncode
         if code is not None and code < 0:
             return f"srun killed by signal {-code}"
         return _last_error(text) or (f"srun exited with status {code}" if code else "")
 
 
-class SlurmTransport(Transport):
-    def __init__(self, job_id: str, *, python: str | None = None, timeout: float = 30.0, fanout: int = 32) -> None:
-        self.job_id = job_id
+class SlurmBackend(Backend):
+    """The allocation (made here from --slurm_args, or the current one), its hosts, and one
+    srun step per node. An allocation it made is released by release() (`with backend:`)."""
+
+    name = "slurm"
+    summary = ("one srun step per node of the current allocation (SLURM_JOB_ID) or of a new one "
+               "(--slurm_args); no HOSTFILE argument")
+    hostfile_argument = False
+    dash_value_options = ("--slurm_args", "--slurm-args")
+
+    def __init__(self, allocation: Allocation, *, python: str | None = None, fanout: int = 32,
+                 num_gpus: int | None = None) -> None:
+        self.allocation = allocation
+        self.job_id = allocation.job_id
         self.python = python or sys.executable
-        self.timeout = timeout
+        self.num_gpus = num_gpus
         self.token = secrets.token_hex(4)
-        self._fanout = asyncio.Semaphore(max(1, fanout))  # concurrent srun starts
+        self._fanout_limit = max(1, fanout)  # concurrent srun starts
+        self._fanout: asyncio.Semaphore | None = None  # made in the job's event loop
         self._closed = False
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Slurm (--launcher slurm: the nodes of an allocation)")
+        group.add_argument("--slurm_args", "--slurm-args", metavar="'SALLOC OPTIONS'",
+                           help="request a new allocation with these salloc options, e.g. '-N2 -p gpu "
+                                "--gpus-per-node=8 -t 60'; released when the job ends")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SlurmBackend:
+        if args.slurm_args is not None:
+            try:
+                slurm_args = shlex.split(args.slurm_args)
+            except ValueError as exc:
+                raise LaunchError(f"--slurm_args {args.slurm_args!r}: {exc}") from None
+            try:
+                allocation = Allocation.create(slurm_args, python=sys.executable)
+            except KeyboardInterrupt:
+                raise LaunchError("interrupted while waiting for the Slurm allocation") from None
+        else:
+            allocation = Allocation.current()
+        return cls(allocation, python=args.remote_python, num_gpus=args.num_gpus)
+
+    def release(self) -> None:
+        self.allocation.release()
+
+    def hosts(self, hostfile: str | None) -> dict[str, int]:
+        """The allocation's nodes: slots from --num_gpus, else its GPUs or tasks per node; a
+        hostfile may name slots for some of them (--include/--exclude/--num_* apply after)."""
+        alloc = self.allocation
+        if hostfile:
+            hosts = read_hostfile(hostfile)
+            outside = [h for h in hosts if h not in alloc.nodes]
+            if outside:
+                raise HostfileError(f"{hostfile}: host {outside[0]!r} is not in Slurm job {alloc.job_id} "
+                                    f"(its nodes: {','.join(alloc.nodes)})")
+            return hosts
+        if self.num_gpus is not None and self.num_gpus >= 1:
+            return {host: self.num_gpus for host in alloc.nodes}
+        return alloc.default_slots()
 
     def srun_argv(self, node: Node, name: str, program: list[str]) -> list[str]:
         return [
@@ -408,10 +427,12 @@ class SlurmTransport(Transport):
             f"--job-name=flextui-{self.token}-{name}", *program,
         ]
 
-    async def start(self, node: Node, spec: dict) -> NodeChannel:
+    async def open(self, node: Node, spec: dict) -> NodeChannel:
         # The workers' CUDA_VISIBLE_DEVICES (slot ids) become the GPUs Slurm gave the step.
-        spec = {**self._with_slurm_task_env(spec), "map_gpus": True}
+        spec = {**with_slurm_task_env(spec), "map_gpus": True}
         argv = self.srun_argv(node, str(node.node_rank), [self.python, "-c", LAUNCHER_PROGRAM])
+        if self._fanout is None:
+            self._fanout = asyncio.Semaphore(self._fanout_limit)
         async with self._fanout:
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -423,21 +444,9 @@ class SlurmTransport(Transport):
                 )
             except FileNotFoundError:
                 raise LaunchError("srun not found: is Slurm installed on this machine?") from None
-        process.stdin.write(spec_message(spec))
-        return SlurmChannel(node, process, self)
-
-    @staticmethod
-    def _with_slurm_task_env(spec: dict) -> dict:
-        """Give each worker Slurm task variables that match its flextui rank."""
-        world_size = spec.get("env", {}).get("WORLD_SIZE")
-        workers = []
-        for worker in spec.get("workers", []):
-            extra = {"SLURM_PROCID": str(worker["rank"]), "SLURM_LOCALID": str(worker["local_rank"]),
-                     "SLURM_NODEID": str(spec.get("node_rank", 0))}
-            if world_size:
-                extra.update(SLURM_NTASKS=world_size, SLURM_NPROCS=world_size)
-            workers.append({**worker, "env": {**extra, **worker.get("env", {})}})
-        return {**spec, "workers": workers}
+        channel = SlurmChannel(node, process, self)
+        channel.write(spec_message(spec))
+        return channel
 
     async def interruption(self, srun_stderr: str) -> str | None:
         """Why a step ended from outside the job (scancel, time limit, ...), else None."""

@@ -1,33 +1,54 @@
-"""SSH transport: one asyncssh connection per node, the node launcher on a session channel.
+"""SSH backend (`--launcher ssh`, the default): the hosts of a hostfile, one asyncssh
+connection per node, the node launcher on a session channel.
 
 asyncssh reads ~/.ssh/config (HostName, Port, User, IdentityFile, ProxyJump, ...),
 known_hosts (also UserKnownHostsFile) and the ssh agent, and checks host keys strictly:
-an unknown or changed key is an error, never silently accepted.
+an unknown or changed key is an error, never silently accepted. A host that names this
+machine (localhost, its hostname) gets a local subprocess instead (transport/local.py).
 
 The launcher's source is shipped with the command (it is stdlib + psutil only), so nodes
 need a python with psutil but not flextui itself, and can never run a stale version. The
 node's spec is the first line on the channel's stdin, never in the command: any number of
-ranks and any size of script arguments fit. It is the only remote command per node: the launcher also runs the preflight checks, so a
-node costs one login shell and one python start.
+ranks and any size of script arguments fit. It is the only remote command per node: the
+launcher also runs the preflight checks, so a node costs one login shell and one python
+start.
 Its life is tied to the channel: when the channel closes (console killed, network
 dropped, sshd gone) its stdin reaches EOF and it stops every process it started.
+
+asyncssh is imported when the first remote node is opened: the parser imports every
+backend for its options, and a job on this machine alone never needs it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shlex
 import socket
 import sys
 from collections.abc import AsyncIterator
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from flextui import launch
+from flextui.errors import LaunchError
 from flextui.transport import (
-    LaunchError, NodeChannel, Transport, decode_event, encode_command, inline_program, spec_message,
+    Backend, NodeChannel, decode_event, encode_command, inline_program, spec_message,
 )
+from flextui.transport.local import LocalBackend, is_local_host
 from flextui.world import Node
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = None  # the module, once _load_asyncssh() ran (before any connection)
+
+
+def _load_asyncssh() -> None:
+    global asyncssh
+    if asyncssh is None:
+        import asyncssh as module  # noqa: PLC0415 - see the module docstring
+
+        asyncssh = module
 
 KEEPALIVE_COUNT_MAX = 3
 READ_SIZE = 1 << 18
@@ -132,7 +153,10 @@ class SSHChannel(NodeChannel):
         return ""
 
 
-class SSHTransport(Transport):
+class SSHBackend(Backend):
+    name = "ssh"
+    summary = "one SSH session per host of the hostfile (a local subprocess for this machine)"
+
     def __init__(
         self,
         *,
@@ -147,16 +171,40 @@ class SSHTransport(Transport):
         self.connect_timeout = connect_timeout
         # The console gives up on a silent node about when the node gives up on it.
         self.keepalive_interval = max(1.0, node_timeout / KEEPALIVE_COUNT_MAX)
-        self._fanout = asyncio.Semaphore(max(1, fanout))
+        self._fanout_limit = max(1, fanout)
+        self._fanout: asyncio.Semaphore | None = None  # made in the job's event loop
         self._connections: dict[str, asyncssh.SSHClientConnection] = {}
         self._connecting: dict[str, asyncio.Task] = {}
+        self.local = LocalBackend()
 
     @classmethod
-    def from_args(cls, args) -> SSHTransport:
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("SSH (--launcher ssh, the default)")
+        group.add_argument("--ssh_port", "--ssh-port", type=int,
+                           help="SSH port for every host (default: ~/.ssh/config)")
+        group.add_argument("--ssh_fanout", "--ssh-fanout", type=int, default=32, help="concurrent SSH connects")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SSHBackend:
         return cls(
             port=args.ssh_port, python=args.remote_python, fanout=args.ssh_fanout,
             connect_timeout=args.connect_timeout, node_timeout=args.node_timeout,
         )
+
+    def shares_run_dir(self, node: Node) -> bool:
+        return is_local_host(node.host)
+
+    async def open(self, node: Node, spec: dict) -> NodeChannel:
+        if is_local_host(node.host):
+            return await self.local.open(node, spec)
+        conn = await self._connection(node.host)
+        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM])
+        try:
+            process = await conn.create_process(command, encoding=None)
+            process.stdin.write(spec_message(spec))  # any size: the channel carries it
+        except (asyncssh.Error, OSError) as exc:
+            raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
+        return SSHChannel(node, process, self.python)
 
     async def _connection(self, host: str) -> asyncssh.SSHClientConnection:
         if host in self._connections:
@@ -167,6 +215,9 @@ class SSHTransport(Transport):
         return await task
 
     async def _connect(self, host: str) -> asyncssh.SSHClientConnection:
+        _load_asyncssh()
+        if self._fanout is None:
+            self._fanout = asyncio.Semaphore(self._fanout_limit)
         options = {"port": self.port} if self.port else {}
         async with self._fanout:
             try:
@@ -183,17 +234,8 @@ class SSHTransport(Transport):
         self._connections[host] = conn
         return conn
 
-    async def start(self, node: Node, spec: dict) -> NodeChannel:
-        conn = await self._connection(node.host)
-        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM])
-        try:
-            process = await conn.create_process(command, encoding=None)
-            process.stdin.write(spec_message(spec))  # any size: the channel carries it
-        except (asyncssh.Error, OSError) as exc:
-            raise LaunchError(describe_error(node.host, exc, self.connect_timeout)) from None
-        return SSHChannel(node, process, self.python)
-
     async def close(self) -> None:
+        self._connecting.clear()
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
             conn.close()

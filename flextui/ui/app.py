@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.widgets import Footer, Input, Tab, Tabs
 
-from flextui.transport import LaunchError
+from flextui.job import LaunchError
 from flextui.ui.driver import ConsoleDriver
 from flextui.ui.format import RateMeter, fmt_duration, status_text
 from flextui.ui.logview import ERROR_RE, CombinedSource, LogView, RankSource

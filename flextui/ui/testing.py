@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from flextui.model import JobModel
-from flextui.transport import LaunchError
+from flextui.job import LaunchError
 from flextui.world import World
 
 
