@@ -404,6 +404,7 @@ class NodeLauncher:
         self.escalation: asyncio.TimerHandle | None = None
         self.changed = asyncio.Event()
         self.waiting = False  # checked, holding until the console says "go"
+        self.asked_to_stop: set[tuple[int, float]] = set()  # (pid, start time): had its SIGTERM
         self.preflight_code = 0
         self.go = asyncio.Event()  # "go", or a stop while waiting
 
@@ -554,7 +555,7 @@ class NodeLauncher:
             for worker in self.workers:
                 if worker.rank == command.get("rank") and not worker.exited:
                     worker.stopped = True
-                    self.signal_tree(self.worker_tree(worker), signal.SIGTERM)
+                    self.terminate(self.worker_tree(worker))
                     asyncio.get_running_loop().call_later(
                         self.grace, self.signal_tree, self.worker_tree(worker), signal.SIGKILL
                     )
@@ -574,12 +575,26 @@ class NodeLauncher:
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
-        self.signal_tree(self.descendants(), signal.SIGTERM)
-        for worker in self.workers:
-            if worker.pid and not worker.exited:
+        processes = self.descendants()
+        self.terminate(processes)
+        found = {p.pid for p in processes}
+        for worker in self.workers:  # only if psutil missed it: its group, once
+            if worker.pid and not worker.exited and worker.pid not in found:
                 _killpg(worker.pid, signal.SIGTERM)
         self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
         self.changed.set()
+
+    def terminate(self, processes: list[psutil.Process]) -> None:
+        """SIGTERM each process once: a script that checkpoints on the first SIGTERM is cut
+        short by a second one (also after a stop_rank, by the job's stop)."""
+        for process in processes:
+            try:
+                key = (process.pid, process.create_time())
+            except psutil.Error:
+                continue
+            if key not in self.asked_to_stop:
+                self.asked_to_stop.add(key)
+                self.signal_tree([process], signal.SIGTERM)
 
     def kill_all(self) -> None:
         if self.waiting:
@@ -855,18 +870,32 @@ class ElasticNodeLauncher(NodeLauncher):
             super().on_command(command)
 
     def begin_stop(self, reason: str) -> None:
-        """As the base class, but each process gets one SIGTERM: a second one reaching
-        torch's agent while it stops its workers aborts its shutdown half-way."""
+        """As the base class, but torch's agent stops its own workers: it SIGTERMs each
+        worker's process group (once) when it gets its SIGTERM, so those groups are left to
+        it while it lives (a second SIGTERM cuts a checkpointing worker short). The rest
+        (the agent, whatever left a worker's group) gets one from us; SIGKILL after the
+        grace to every survivor."""
         if self.stopping or self.stop_before_start():
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
         processes = self.descendants()  # the agent, shims, workers
-        self.signal_tree(processes, signal.SIGTERM)
+        agents_groups = self.agents_worker_groups()
+        self.terminate([p for p in processes if _pgid(p.pid) not in agents_groups])
         if self.agent.pid and not self.agent.exited and self.agent.pid not in {p.pid for p in processes}:
             _killpg(self.agent.pid, signal.SIGTERM)
         self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
         self.changed.set()
+
+    def agents_worker_groups(self) -> set[int]:
+        """Process groups torch's agent signals itself: its children, each started in a
+        session of its own (none once the agent is gone)."""
+        if self.agent.exited or not self.agent.pid:
+            return set()
+        try:
+            return {c.pid for c in psutil.Process(self.agent.pid).children() if _pgid(c.pid) == c.pid}
+        except psutil.Error:
+            return set()
 
     def stop_group(self, group: WorkerGroup, reason: str) -> None:
         if group.stopped:
@@ -882,7 +911,7 @@ class ElasticNodeLauncher(NodeLauncher):
         if worker.exited:
             return
         worker.stopped = True
-        self.signal_tree(worker.tree(), signal.SIGTERM)
+        self.terminate(worker.tree())
         asyncio.get_running_loop().call_later(
             self.grace, lambda: self.signal_tree(worker.tree(), signal.SIGKILL))
 
@@ -991,8 +1020,11 @@ class ElasticNodeLauncher(NodeLauncher):
                 self.check_exit(worker)
             await self.emitter.drain()
             if self.agent.exited:
-                if not self.descendants():
+                left = self.descendants()
+                if not left:
                     break
+                if self.stopping:  # the agent did not stop all of its workers: we do (once)
+                    self.terminate(left)
                 self.begin_stop("torch's elastic agent exited, stopping what it left behind")
             self.changed.clear()
             if more:
@@ -1054,6 +1086,13 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -113,6 +113,47 @@ while time.time() - start < args.run_for:
 '''
 
 
+# A worker that checkpoints on SIGTERM: it counts every SIGTERM delivered to it (through
+# Python's wakeup fd, one byte per delivery, which its handler alone would merge) in
+# term-<pid>, finishes its "checkpoint" CHECKPOINT s after the first one and exits 0. It
+# starts --children copies of itself (same process group, like dataloader workers).
+TERM_COUNTER_SOURCE = r"""
+import os, select, signal, subprocess, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+signal.signal(signal.SIGTERM, lambda *_: None)
+children = int(sys.argv[sys.argv.index("--children") + 1]) if "--children" in sys.argv else 0
+for _ in range(children):
+    subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child"])
+open(os.path.join(here, "up-%d" % os.getpid()), "w").close()
+print("ready rank %s pid %d" % (os.environ.get("RANK", "?"), os.getpid()), flush=True)
+deadline = None
+while deadline is None or time.time() < deadline:
+    if select.select([r], [], [], 0.05)[0]:
+        for byte in os.read(r, 100):
+            if byte == signal.SIGTERM:
+                with open(os.path.join(here, "term-%d" % os.getpid()), "a") as f:
+                    f.write("TERM\n")
+                if deadline is None:
+                    deadline = time.time() + CHECKPOINT
+print("checkpoint written by %d" % os.getpid(), flush=True)
+"""
+
+
+def write_term_counter(directory: Path, checkpoint: float = 1.5) -> Path:
+    path = Path(directory) / "term_counter.py"
+    path.write_text(f"CHECKPOINT = {checkpoint}\n" + TERM_COUNTER_SOURCE)
+    return path
+
+
+def sigterms_received(directory: Path) -> dict[int, int]:
+    """pid -> SIGTERMs delivered, for every process the term counter started in directory."""
+    ups = [int(p.name[3:]) for p in Path(directory).glob("up-*")]
+    return {pid: len(read_text(Path(directory) / f"term-{pid}").splitlines()) for pid in ups}
+
+
 def write_worker(directory: Path) -> Path:
     path = Path(directory) / "worker.py"
     path.write_text(WORKER_SOURCE)

@@ -17,8 +17,8 @@ import pytest
 
 import flextui.launch
 from tests.helpers import (  # noqa: F401 - fixtures
-    PY, Launcher, SharedCommand, logs_contain, marker, node_spec, pids_alive, read_text, spec_line,
-    survivors, wait_for, worker,
+    PY, Launcher, SharedCommand, logs_contain, marker, node_spec, pids_alive, read_text, sigterms_received,
+    spec_line, survivors, wait_for, worker, write_term_counter,
 )
 
 
@@ -520,3 +520,27 @@ def test_map_gpus_takes_slot_ids_as_indexes_into_the_launchers_own_gpus(tmp_path
     assert flextui.launch.map_gpus("0,1", "4,5,6,7") == "4,5"
     assert flextui.launch.map_gpus("1", "") == "1"
     assert flextui.launch.map_gpus("0,3", "7,8") == "7,3"  # no such GPU: left as it is
+
+
+# -- one SIGTERM per process (issue 13 defect 1) ------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["stop", "stop_rank, then stop"])
+def test_a_stop_sends_each_process_exactly_one_sigterm(tmp_path, marker, first):
+    """A script that checkpoints on SIGTERM must not get a second one (begin_stop signalled
+    the tree, then killpg'd each worker again); nor a process a stop_rank already asked."""
+    counter = write_term_counter(tmp_path, checkpoint=1.5)
+    log_dir = tmp_path / "logs"
+    launcher = Launcher(node_spec(log_dir, SharedCommand([PY, str(counter)], ["--children", "3"], 2)))
+    wait_for(lambda: len(sigterms_received(tmp_path)) == 8, 20, "2 workers and 6 children up")
+    if first == "stop_rank, then stop":
+        launcher.send({"cmd": "stop_rank", "rank": 1})
+        wait_for(lambda: sum(sigterms_received(tmp_path).values()) >= 4, 10, "rank 1's tree asked to stop")
+    launcher.send({"cmd": "stop", "reason": "test"})
+    assert launcher.finish() == 0, launcher.stderr  # every rank finished its checkpoint
+    assert sorted(sigterms_received(tmp_path).values()) == [1] * 8
+    assert launcher.of("killing") == []
+    assert [e["code"] for e in launcher.of("exited")] == [0, 0]
+    for rank in range(2):  # the worker and its 3 children each finished their checkpoint
+        assert launcher.output(rank).count("checkpoint written by") == 4
+    assert_all_gone(marker, worker_pids(launcher))

@@ -20,7 +20,8 @@ import pytest
 
 from tests.helpers import (  # noqa: F401 - fixtures
     PY, TRAIN, free_port, logs_contain, marker, pids_alive, pids_running, read_events, read_summary,
-    read_text, start_flextui, survivors, the_run_dir, wait_for, wait_run_dir, worker,
+    read_text, sigterms_received, start_flextui, survivors, the_run_dir, wait_for, wait_run_dir, worker,
+    write_term_counter,
 )
 
 
@@ -452,4 +453,22 @@ def test_a_megabyte_of_script_arguments_on_eight_slots(tmp_path, marker):
     run_dir = the_run_dir(tmp_path / "runs")
     for rank in range(8):
         assert read_text(run_dir / f"rank-{rank}.log") == args_digest([f"--local_rank={rank}", *args]) + "\n"
+    assert_nothing_survives(marker)
+
+
+@pytest.mark.parametrize("mode", ["fixed", pytest.param("elastic", marks=pytest.mark.slow)])
+def test_ctrl_c_sends_each_process_exactly_one_sigterm(tmp_path, marker, mode):
+    """Issue 13: one Ctrl+C must reach every rank and child once, so a script that
+    checkpoints on the first SIGTERM finishes it. In --elastic, torch's agent signals its
+    workers itself: the launcher must not add a second one."""
+    counter = write_term_counter(tmp_path, checkpoint=1.5)
+    extra = ["--elastic", "--monitor_interval", "0.2"] if mode == "elastic" else []
+    proc = start_flextui(*flextui_args(tmp_path, *extra), str(write_hostfile(tmp_path, "localhost slots=2\n")),
+                         str(counter), "--children", "2", cwd=tmp_path)
+    wait_for(lambda: len(sigterms_received(tmp_path)) == 6, 60, "2 ranks and 4 children up")
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, out + err
+    assert sorted(sigterms_received(tmp_path).values()) == [1] * 6
+    assert "killing" not in [e["ev"] for e in read_events(the_run_dir(tmp_path / "runs"))]
     assert_nothing_survives(marker)
