@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from flextui.elastic import ElasticJobModel, describe_attempt, describe_elastic
@@ -49,10 +51,56 @@ def summary_table(model: JobModel) -> str:
     return "\n".join([*lines, verdict])
 
 
+class ConsoleOutput:
+    """The headless console's stdout. Once a write fails — the reader of a pipe is gone
+    (`| head -n 30`), the terminal closed, the disk of a redirect is full — it prints
+    nothing more: the output is a view of the job, never a reason to touch it. The job
+    runs on and flextui exits with the job's code, unlike `yes | head`, whose producer
+    SIGPIPE ends (128 + 13): a finished training run is no failure because nobody read
+    its tail. As Python's docs advise for SIGPIPE, the stream's file descriptor is then
+    pointed at /dev/null, so neither a late write nor the interpreter's final flush fails
+    again."""
+
+    def __init__(self, stream: TextIO, on_failure: Callable[[OSError], None]) -> None:
+        self.stream = stream
+        self.on_failure = on_failure
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> None:
+        if self.failed is None:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self._fail(exc)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = exc
+        silence(self.stream)
+        self.on_failure(exc)
+
+
+def silence(stream: TextIO) -> None:
+    """Point the stream's file descriptor at /dev/null (whatever it still buffers goes there)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class HeadlessConsole:
     def __init__(self, job: Job, out: TextIO = sys.stdout) -> None:
         self.job = job
-        self.out = out
+        self.out = ConsoleOutput(out, self._output_failed)
         self.prefixes = [f"[{r.rank}|{r.host}] " for r in job.world.ranks]
         self.elastic = isinstance(job.model, ElasticJobModel)
         self._attempts_told = self._lost_told = 0
@@ -107,6 +155,13 @@ class HeadlessConsole:
                 break
             self.out.write(f"flextui: {describe_attempt(model, attempt)}\n")
             self._attempts_told += 1
+
+    def _output_failed(self, exc: OSError) -> None:
+        try:
+            print(f"flextui: cannot write the output ({exc.strerror or exc}): printing stops, the job "
+                  f"goes on; its logs are in {self.job.run_dir.path}", file=sys.stderr, flush=True)
+        except OSError:
+            silence(sys.stderr)  # gone too (`2>&1 | head`)
 
     def _on_signal(self, sig: int) -> None:
         deadline = self.job.model.stop_deadline()

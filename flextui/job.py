@@ -261,24 +261,21 @@ class Job:
     async def _follow(self, node_rank: int, channel: NodeChannel) -> None:
         copy_logs = not self.backend.shares_run_dir(self.world.nodes[node_rank])
         model, run_dir = self.model, self.run_dir
-        try:
-            async for event in self._events[node_rank]:
-                if event.get("ev") == "out":
-                    if copy_logs:
-                        run_dir.write_log(event["rank"], event["data"])
-                    self._publish(event["rank"], model.apply(node_rank, event))
-                    continue
-                self._publish(event.get("rank"), model.apply(node_rank, event))
-                run_dir.record({"node": node_rank, **event})
-                if copy_logs and event.get("ev") == "exited":
-                    run_dir.flush_logs()
-                if model.must_stop:
-                    first = model.first_failure
-                    reason = f"rank {first.rank} failed" if first else "a node was lost"
-                    self.stop(reason)
-                self._notify()
-        except (OSError, ConnectionError) as exc:
-            model.nodes[node_rank].error = str(exc)
+        async for event in self._node_events(node_rank):
+            if event.get("ev") == "out":
+                if copy_logs:
+                    run_dir.write_log(event["rank"], event["data"])
+                self._publish(event["rank"], model.apply(node_rank, event))
+                continue
+            self._publish(event.get("rank"), model.apply(node_rank, event))
+            run_dir.record({"node": node_rank, **event})
+            if copy_logs and event.get("ev") == "exited":
+                run_dir.flush_logs()
+            if model.must_stop:
+                first = model.first_failure
+                reason = f"rank {first.rank} failed" if first else "a node was lost"
+                self.stop(reason)
+            self._notify()
         interrupted = channel.interruption()
         if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
             self._interrupted(node_rank, interrupted)
@@ -287,6 +284,21 @@ class Job:
             if model.must_stop:
                 self.stop(reason)
             self._notify()
+
+    async def _node_events(self, node_rank: int) -> AsyncIterator[dict]:
+        """The node's events until its channel ends. Only an error reading the channel is
+        the node's (kept as why it ended); one while handling an event is the console's own
+        (its output, its run directory) and must never be blamed on a node."""
+        events = self._events[node_rank]
+        while True:
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except (OSError, ConnectionError) as exc:
+                self.model.nodes[node_rank].error = str(exc)
+                return
+            yield event
 
     def _lost_unless_done(self, node_rank: int, channel: NodeChannel) -> str | None:
         """The channel ended: a node that never said "done" is lost. Returns why, if so."""
@@ -324,33 +336,30 @@ class Job:
         a failed rank does not stop the job (torch's agents re-rendezvous), see elastic.py."""
         model, run_dir = self.model, self.run_dir
         host = self.world.nodes[node_rank].host
-        try:
-            async for event in self._events[node_rank]:
-                kind = event.get("ev")
-                if kind == "out":
-                    attempt = model.attempt_of(node_rank, event.get("seq"))
-                    if attempt is not None:
-                        run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
-                    self._publish(event["rank"], model.apply(node_rank, event))
-                    continue
-                if kind == "agent_out":
-                    run_dir.write_agent_log(host, event["data"])
-                    model.apply(node_rank, event)
-                    continue
-                current = model.current_attempt
-                self._publish(event.get("rank"), model.apply(node_rank, event))
-                record = {"node": node_rank, **event}
-                if kind == "attempt":
-                    record["attempt"] = model.attempt_of(node_rank, event["seq"]).number
-                    if model.current_attempt is not current and current is not None:
-                        run_dir.close_attempt_logs(current.number)
-                elif kind == "exited":
-                    run_dir.flush_logs()
-                run_dir.record(record)
-                self._elastic_decide()
-                self._notify()
-        except (OSError, ConnectionError) as exc:
-            model.nodes[node_rank].error = str(exc)
+        async for event in self._node_events(node_rank):
+            kind = event.get("ev")
+            if kind == "out":
+                attempt = model.attempt_of(node_rank, event.get("seq"))
+                if attempt is not None:
+                    run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
+                self._publish(event["rank"], model.apply(node_rank, event))
+                continue
+            if kind == "agent_out":
+                run_dir.write_agent_log(host, event["data"])
+                model.apply(node_rank, event)
+                continue
+            current = model.current_attempt
+            self._publish(event.get("rank"), model.apply(node_rank, event))
+            record = {"node": node_rank, **event}
+            if kind == "attempt":
+                record["attempt"] = model.attempt_of(node_rank, event["seq"]).number
+                if model.current_attempt is not current and current is not None:
+                    run_dir.close_attempt_logs(current.number)
+            elif kind == "exited":
+                run_dir.flush_logs()
+            run_dir.record(record)
+            self._elastic_decide()
+            self._notify()
         self._lost_unless_done(node_rank, channel)
         self._elastic_decide()
         self._notify()

@@ -98,3 +98,33 @@ def test_tui_exits_when_its_terminal_closes(make_cluster, tmp_path):
     assert (summary["state"], summary["exit_code"]) == ("aborted", 128 + signal.SIGHUP)
     for rank in range(4):
         assert (run_dir / f"rank-{rank}.log").read_bytes() == (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
+
+
+def test_headless_output_to_a_closed_pipe_does_not_touch_the_job(make_cluster, tmp_path):
+    """Defect 3: `flextui --headless ... | head -n 30`. The broken pipe was raised inside the
+    job's event loop and blamed on a node ("node ... lost: [Errno 32] Broken pipe", exit 255)."""
+    cluster = make_cluster(2)
+    console = subprocess.Popen(ssh_job_argv(cluster, tmp_path, "--on-trigger", "finish", options=("--headless",)),
+                               cwd=tmp_path, env=cluster.env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(30):  # what `head -n 30` does
+            assert console.stdout.readline()
+        console.stdout.close()
+        time.sleep(1.0)  # the ranks go on logging into a pipe nobody reads
+        (tmp_path / "trigger").touch()  # now they finish
+        assert console.wait(30) == 0  # the job's own exit code: it succeeded
+        stderr = console.stderr.read().decode()
+    finally:
+        if console.poll() is None:
+            console.kill()
+    run_dir = the_run_dir(tmp_path)
+    assert stderr.splitlines() == [f"flextui: cannot write the output (Broken pipe): printing stops, the job goes on; "
+                                   f"its logs are in {run_dir}"], stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["state"], summary["stop_reason"]) == ("succeeded", None)
+    assert not any(e.get("ev") == "node_lost" for e in map(json.loads, (run_dir / "events.jsonl").open()))
+    for rank in range(4):
+        own = (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
+        assert b"finished after" in own
+        assert (run_dir / f"rank-{rank}.log").read_bytes() == own
