@@ -49,6 +49,7 @@ from flextui.world import Node
 BACKENDS: dict[str, str] = {
     "ssh": "flextui.transport.ssh:SSHBackend",
     "slurm": "flextui.transport.slurm:SlurmBackend",
+    "mpirun": "flextui.transport.mpi:MPIBackend",
 }
 #: Other names users know a backend by (say DeepSpeed's `--launcher pdsh`): alias -> name.
 ALIASES: dict[str, str] = {}
