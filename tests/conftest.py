@@ -191,6 +191,23 @@ def slurm(slurm_cluster):
 
 
 # --------------------------------------------------------------------------- #
+# MPI runtimes on the SSH test cluster (tests/mpicluster.py).
+#
+#   mpi_cluster   function, parametrized "openmpi" / "mpich": the `cluster` fixture (same
+#                 up/clean/leak checks) with the options that let that runtime reach its
+#                 nodes: mpi_cluster.args() are flextui's `--launcher mpirun ...` options.
+# --------------------------------------------------------------------------- #
+import mpicluster as _mpicluster  # noqa: E402
+
+
+@pytest.fixture(params=sorted(_mpicluster.RUNTIMES))
+def mpi_cluster(request, cluster):
+    if (why := _mpicluster.missing(request.param)) is not None:
+        pytest.fail(why, pytrace=False)
+    return _mpicluster.MPICluster(cluster, request.param)
+
+
+# --------------------------------------------------------------------------- #
 # Test tiers.  `cluster`: the test uses a real sshd/Slurm/MPI test cluster (applied
 # automatically from its fixtures).  `slow`: a local test that runs real torch jobs or
 # waits out real timeouts (marked by hand).  The quick loop is
