@@ -96,6 +96,10 @@ def ensure_deepspeed(venv: Path = DS_VENV, install: bool = True) -> tuple[str | 
 # --------------------------------------------------------------------------------------
 # The cluster and the workspace
 # --------------------------------------------------------------------------------------
+#: MPI runtimes flextui can launch through (Debian: both installed side by side).
+MPI_RUNTIMES = {"openmpi": "/usr/bin/mpirun.openmpi", "mpich": "/usr/bin/mpiexec.hydra"}
+
+
 class Bench:
     """One cluster + a work directory + how to run each launcher against it."""
 
@@ -140,13 +144,24 @@ class Bench:
 
     # -- command lines -----------------------------------------------------------------
     def flextui_argv(self, nodes: int, slots: int, script: Path, args: list[str], *,
-                     grace: float | None = None, local: bool = False) -> list[str]:
+                     grace: float | None = None, local: bool = False, options: list[str] = ()) -> list[str]:
         hf = self.local_hostfile(nodes * slots) if local else self.hostfile(nodes, slots)
-        extra = ["--grace", str(grace)] if grace is not None else []
+        extra = [*options] + (["--grace", str(grace)] if grace is not None else [])
         if local:  # this machine's 29500 may be taken by someone else's job (tests, other benches)
             extra += ["--master_port", str(free_port())]
         return [PYTHON, "-m", "flextui", "--headless", "--log-dir", str(self.runs), *extra,
                 str(hf), str(script), *args]
+
+    def mpi_options(self, runtime: str) -> list[str]:
+        """flextui's `--launcher mpirun` options for one of MPI_RUNTIMES, reaching the cluster:
+        Open MPI's ssh gets the cluster's config, Hydra runs the PATH ssh wrapper and is told
+        which interface the nodes reach this machine on (its hostname is 127.0.0.1 here)."""
+        program = MPI_RUNTIMES[runtime]
+        if runtime == "openmpi":
+            reach = ["--mca", "plm_rsh_args", f"-F {self.cluster.ssh_config}"]
+        else:
+            reach = ["-launcher-exec", str(self.bin / "ssh"), "-iface", self.cluster.bridge]
+        return ["--launcher", "mpirun", "--mpirun", program, "--mpi_args", shlex.join(reach)]
 
     def pdsh_argv(self, nodes: int, slots: int, script: Path, args: list[str]) -> list[str]:
         world = nodes * slots

@@ -34,6 +34,9 @@ SLOTS = 2
 def _argv(bench: Bench, launcher: str, nodes: int, slots: int, script, args, grace=None):
     if launcher == "flextui":
         return bench.flextui_argv(nodes, slots, script, args, grace=grace), bench.flextui_env()
+    if launcher.startswith("mpirun:"):  # flextui --launcher mpirun with that runtime
+        options = bench.mpi_options(launcher.partition(":")[2])
+        return bench.flextui_argv(nodes, slots, script, args, grace=grace, options=options), bench.flextui_env()
     if launcher == "pdsh":
         return bench.pdsh_argv(nodes, slots, script, args), bench.wrapped_env()
     return bench.deepspeed_argv(nodes, slots, script, args), bench.deepspeed_env()

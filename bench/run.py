@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flextui benchmarks, side by side with pdsh -R ssh and the DeepSpeed launcher.
 
-    ./dev bench [--quick] [--only launch,abort,local,ingest,idle,ui] [--reps N] [--train-reps N]
+    ./dev bench [--quick] [--only launch,abort,local,ingest,idle,ui,mpi] [--reps N] [--train-reps N]
                 [--nodes 1,2,4,8] [--no-deepspeed] [--no-pdsh] [--no-results]
                 [--flextui-path DIR | --flextui-rev REV]
 
@@ -36,12 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, PYTHON, REPO, Bench, ensure_deepspeed, log, machine_info, sshcluster  # noqa: E402
+from harness import (  # noqa: E402
+    BENCH, MPI_RUNTIMES, PYTHON, REPO, Bench, ensure_deepspeed, log, machine_info, sshcluster,
+)
 
 import ingest  # noqa: E402
 import launch_abort  # noqa: E402
 
-SECTIONS = ["launch", "abort", "local", "ingest", "idle", "ui"]
+SECTIONS = ["launch", "abort", "local", "ingest", "idle", "ui", "mpi"]
 RESULTS_JSON = BENCH / "results.json"
 RESULTS_MD = BENCH / "RESULTS.md"
 LAUNCHER_NAMES = {"flextui": "flextui", "pdsh": "pdsh -R ssh", "deepspeed": "DeepSpeed"}
@@ -116,6 +118,49 @@ def launch_rows(raw: dict, node_counts: list[int]) -> list[dict]:
             rows.append(row("launch", f"{label}: CPU-seconds per launch, console side + inside the nodes "
                             f"(sshd, login shell, launcher, workers), 1 → {hi} nodes",
                             cpu("flextui"), cpu("pdsh"), cpu("deepspeed"), "(context: 2 cores)", "n/a"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# MPI: flextui --launcher mpirun beside --launcher ssh, interleaved in the same run
+# --------------------------------------------------------------------------------------
+MPI_NODES = 2
+MPI_LABEL = {"flextui": "--launcher ssh", "mpirun:openmpi": "--launcher mpirun (Open MPI)",
+             "mpirun:mpich": "--launcher mpirun (MPICH/Hydra)"}
+
+
+def mpi_launchers() -> tuple[list[str], list[str]]:
+    """flextui's launchers to compare (ssh first), and notes on runtimes not installed."""
+    present = [f"mpirun:{name}" for name, path in MPI_RUNTIMES.items() if os.access(path, os.X_OK)]
+    missing = [f"[mpi] {path} not installed: not measured" for path in MPI_RUNTIMES.values()
+               if not os.access(path, os.X_OK)]
+    return ["flextui", *present], missing
+
+
+def run_mpi(bench: Bench, reps: int, train_reps: int) -> dict:
+    launchers, _ = mpi_launchers()
+    workloads = ["hello"] + (["train"] if train_reps else [])
+    return launch_abort.run_launch(bench, launchers, [MPI_NODES], workloads, {"hello": reps, "train": train_reps})
+
+
+def mpi_rows(raw: dict) -> list[dict]:
+    rows = []
+    for workload, by_nodes in raw.items():
+        results = by_nodes.get(str(MPI_NODES), {})
+        ssh = launch_abort.median_first(results.get("flextui", []))
+        for launcher, runs in results.items():
+            med = launch_abort.median_first(runs)
+            failed = sum(1 for r in runs if r["first_lines"] is None or r["exit"] != 0)
+            text = s(med) + (f" ({med / ssh:.2f}× ssh)" if med and ssh and launcher != "flextui" else "")
+            text += f"; {failed}/{len(runs)} failed" if failed else ""
+            console = launch_abort.median_first(runs, "console_cpu")
+            nodes = launch_abort.median_first(runs, "node_cpu")
+            if console is not None and nodes is not None:
+                text += f"; CPU {console:.2f} + {nodes:.2f} s"
+            rows.append(row("mpi", f"{launch_abort.LABEL[workload]}: {MPI_NODES} nodes × 2 slots → every rank's "
+                            f"first line, flextui {MPI_LABEL[launcher]}"
+                            + (f" (median of {len(runs)})" if len(runs) > 1 else ""),
+                            text, target="beside --launcher ssh, same run", result="n/a"))
     return rows
 
 
@@ -425,6 +470,13 @@ METHODS = """\
   CPU% over the window by psutil (10 ms tick resolution), node launchers' CPU% summed.
 - **local**: bench/local_lifecycle.py (another engineer's): 4 ranks on the localhost fast
   path, times from the run directory's events; Ctrl+C → every process of the job gone.
+- **mpi**: the launch measurement above (Popen → every rank's first line; 2 nodes × 2 slots)
+  for flextui `--launcher ssh` and `--launcher mpirun` with each MPI runtime installed
+  (Debian's Open MPI `mpirun.openmpi`, MPICH's `mpiexec.hydra`), the three interleaved in
+  every repetition. mpirun reaches the nodes with OpenSSH's client: Open MPI gets
+  `--mpi_args "--mca plm_rsh_args '-F <cluster ssh_config>'"`, Hydra the PATH ssh wrapper as
+  `-launcher-exec` and `-iface <cluster bridge>`. CPU = console side (flextui, mpirun/mpiexec,
+  ssh clients) + inside the nodes (sshd, orted/hydra_pmi_proxy, launcher, workers).
 - **ui**: bench/ui_load.py (another engineer's): the Textual app headless (`App.run_test`, 200×50)
   fed synthetic launcher events on its own event loop; a key every 0.25 s timed until the
   screen shows its effect; refreshes/s and their interval; CPU and RSS of that process.
@@ -539,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
                     elif name == "idle":
                         raw = ingest.run_idle(bench, args.quick)
                         rows = idle_rows(raw)
+                    elif name == "mpi":
+                        notes.extend(mpi_launchers()[1])
+                        raw = run_mpi(bench, reps, max(train_reps, 1))
+                        rows = mpi_rows(raw)
                     else:
                         rows, raw = run_ui(args.quick, bench.flextui_env(), tools_root)
                         if raw.get("missing"):
