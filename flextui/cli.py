@@ -10,11 +10,11 @@ import os
 import socket
 import sys
 
-from flextui.elastic import DEFAULT_MAX_RESTARTS, ElasticConfig, check_world
 from flextui.environment import EnvFileError, worker_exports
 from flextui.errors import UsageError
 from flextui.hostfile import HostfileError, select_slots
 from flextui.job import Job, JobConfig, LaunchError
+from flextui.modes import RunMode, mode_classes, mode_from_args
 from flextui.transport import DEFAULT_BACKEND, Backend, backend_class, backend_names
 from flextui.transport.local import is_local_host
 from flextui.world import DEFAULT_MASTER_PORT, Command, World
@@ -71,18 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a node cut off from the console this long stops its job (default 30)")
     for cls in dict.fromkeys(backends.values()):
         cls.add_arguments(parser)
-    ela = parser.add_argument_group(
-        "elastic (torch's elastic agent on every node: c10d rendezvous at MASTER_ADDR:MASTER_PORT)")
-    ela.add_argument("--elastic", action="store_true",
-                     help="run torch.distributed.run on each node; a lost node does not end the job")
-    ela.add_argument("--min_nodes", "--min-nodes", type=int, help="fewest nodes to run with (default 1)")
-    ela.add_argument("--max_nodes", "--max-nodes", type=int, help="most nodes (default: all selected)")
-    ela.add_argument("--max_restarts", "--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS,
-                     help=f"worker group restarts before failing (default {DEFAULT_MAX_RESTARTS})")
-    ela.add_argument("--rdzv_conf", "--rdzv-conf", default="", metavar="K=V,...",
-                     help="extra torchrun --rdzv-conf, e.g. last_call_timeout=5,keep_alive_interval=2")
-    ela.add_argument("--monitor_interval", "--monitor-interval", type=float,
-                     help="torchrun --monitor-interval (seconds)")
+    for mode in mode_classes():
+        mode.add_arguments(parser)
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
     out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
@@ -123,24 +113,6 @@ def default_master_addr(given: str | None, hosts: list[str]) -> str | None:
     return given
 
 
-def resolve_elastic(args: argparse.Namespace, world: World) -> ElasticConfig | None:
-    given = [name for name in ("min_nodes", "max_nodes", "monitor_interval") if getattr(args, name) is not None]
-    if not args.elastic:
-        if given or args.rdzv_conf:
-            raise UsageError(f"--{(given or ['rdzv_conf'])[0]} needs --elastic")
-        return None
-    config = ElasticConfig(
-        min_nodes=1 if args.min_nodes is None else args.min_nodes,
-        max_nodes=len(world.nodes) if args.max_nodes is None else args.max_nodes,
-        max_restarts=args.max_restarts, rdzv_conf=args.rdzv_conf, monitor_interval=args.monitor_interval,
-    )
-    try:
-        check_world(world, config)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return config
-
-
 def parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -151,14 +123,14 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def format_plan(world: World, command: Command) -> str:
+def format_plan(world: World, command: Command, mode: RunMode) -> str:
     lines = [f"world_size={world.world_size} master={world.master_addr}:{world.master_port}"]
     for node in world.nodes:
         ranks = f"{node.ranks.start}-{node.ranks.stop - 1}" if len(node.slots) > 1 else str(node.ranks.start)
         lines.append(f"node {node.node_rank}: {node.host} slots={list(node.slots)} ranks {ranks} "
                      f"CUDA_VISIBLE_DEVICES={','.join(map(str, node.slots))}")
     lines.append("command: " + " ".join(command.argv(0)).replace("--local_rank=0", "--local_rank=N"))
-    return "\n".join(lines)
+    return "\n".join(lines + mode.plan_lines(world))
 
 
 async def _run_tui(job: Job, theme: str | None) -> int:
@@ -221,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> int:
     try:
         world = resolve_world(args, backend.hosts(args.hostfile))
-        elastic = resolve_elastic(args, world)
+        mode = mode_from_args(args, world)
         exports = worker_exports(os.environ, os.getcwd(), env)
     except (HostfileError, UsageError, EnvFileError) as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
@@ -233,20 +205,15 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
     )
     if args.dry_run:
         if args.json:
-            plan = world.plan() if elastic is None else {**world.plan(), "elastic": elastic.plan()}
-            print(json.dumps(plan, indent=2))
+            print(json.dumps({**world.plan(), **mode.plan()}, indent=2))
         else:
-            print(format_plan(world, command))
-            if elastic is not None:
-                print(f"elastic: torch.distributed.run --nnodes {elastic.min_nodes}:{elastic.max_nodes} "
-                      f"--max-restarts {elastic.max_restarts} on every node, c10d rendezvous at "
-                      f"{world.master_addr}:{world.master_port}; ranks are assigned per attempt")
+            print(format_plan(world, command, mode))
         return 0
     cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
         cwd=cwd, env=exports, node_timeout=args.node_timeout,
-        elastic=elastic,
+        mode=mode,
     )
     job = Job(config, backend)
     if args.headless or not sys.stdout.isatty():

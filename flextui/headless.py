@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from flextui.elastic import ElasticJobModel, describe_attempt, describe_elastic
+from flextui.modes.elastic import ElasticJobModel, describe_attempt, describe_elastic
 from flextui.job import Job
 from flextui.model import JobModel, RankState, RankStatus
 

@@ -18,10 +18,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from flextui import elastic
-from flextui.elastic import ElasticConfig, ElasticJobModel
 from flextui.errors import LaunchError  # the job layer's error: `from flextui.job import LaunchError`
-from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState, RankStatus
+from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState
+from flextui.modes import RunMode
+from flextui.modes.fixed import FixedMode
 from flextui.rundir import RunDir
 from flextui.transport import Backend, NodeChannel
 from flextui.world import Command, Node, World
@@ -47,7 +47,7 @@ class JobConfig:
     # A node that hears nothing from the console for this long stops its job: a silently
     # dropped network closes no channel. The console pings three times per period.
     node_timeout: float = 30.0
-    elastic: ElasticConfig | None = None  # --elastic: torch's elastic agent on every node
+    mode: RunMode = field(default_factory=FixedMode)  # how ranks run: fixed, elastic (modes/)
 
 
 def new_run_id() -> str:
@@ -59,12 +59,13 @@ class Job:
         self.config = config
         self.world = config.world
         self.run_id = run_id or new_run_id()
-        if config.elastic is not None:
-            self.model: JobModel = ElasticJobModel(self.world, self.run_id, config.elastic, config.tail_lines)
-        else:
-            self.model = JobModel(self.world, self.run_id, config.tail_lines)
+        self.mode = config.mode
+        self.model: JobModel = self.mode.new_model(self.world, self.run_id, config.tail_lines)
         self.run_dir = RunDir(config.log_root, self.run_id)
         self.backend = backend
+        #: Whether the console keeps a node's rank logs from its events (the node writes
+        #: them elsewhere); else they are already in the run directory.
+        self.copy_logs = {node.node_rank: not backend.shares_run_dir(node) for node in self.world.nodes}
         self.channels: dict[int, NodeChannel] = {}
         # Each channel's one event iterator: read up to "preflight" first, then followed.
         self._events: dict[int, AsyncIterator[dict]] = {}
@@ -106,10 +107,7 @@ class Job:
             except OSError as exc:
                 raise LaunchError(f"cannot create the run directory {self.run_dir.path}: "
                                   f"{exc.strerror or exc}") from None
-            plan = {"ev": "plan", **self.world.plan(), "run_id": self.run_id}
-            if self.config.elastic is not None:
-                plan["elastic"] = self.config.elastic.plan()
-            self.run_dir.record(plan)
+            self.run_dir.record({"ev": "plan", **self.world.plan(), "run_id": self.run_id, **self.mode.plan()})
             for event in self._early_events:
                 self.run_dir.record(event)
         except LaunchError as exc:
@@ -117,7 +115,7 @@ class Job:
             await self._abandon_started()
             self.model.finish()
             self._finished.set()
-            self._notify()
+            self.notify()
             raise
         if self.model.stop_started_at is not None:
             # Stopped (Ctrl+C) during the preflight: nothing starts anywhere.
@@ -128,10 +126,9 @@ class Job:
             for channel in self.channels.values():
                 channel.send({"cmd": "go"})
         self.model.state = JobState.LAUNCHING
-        self._notify()
+        self.notify()
         try:
-            follow = self._follow_elastic if self.config.elastic is not None else self._follow
-            await asyncio.gather(*(follow(n, ch) for n, ch in self.channels.items()))
+            await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
         finally:
             self._stop_heartbeat()
             await self._close_channels()
@@ -141,7 +138,7 @@ class Job:
             self.run_dir.write_summary(self.model.summary())
             self.run_dir.close()
             self._finished.set()
-            self._notify()
+            self.notify()
         return self.model.exit_code
 
     async def wait(self) -> int:
@@ -160,12 +157,8 @@ class Job:
             "module": cmd.module,
             "no_python": cmd.no_python,
             "need_psutil": True,
-            "master_port": self.world.master_port if node.node_rank == 0 else None,
+            **self.mode.preflight_request(self.world, node),
         }
-        if self.config.elastic is not None:
-            request["need_torch"] = True
-            host = elastic.rendezvous_host(self.world)
-            request["master_port"] = self.world.master_port if node.node_rank == host.node_rank else None
         return request
 
     async def _preflight_all(self) -> None:
@@ -220,12 +213,13 @@ class Job:
         return None
 
     def _node_spec(self, node: Node) -> dict:
-        if self.backend.shares_run_dir(node):
+        if not self.copy_logs[node.node_rank]:
             log_dir = os.path.abspath(self.run_dir.path)
         else:
             log_dir = f"{self.config.remote_log_root}/{self.run_id}"
         cmd = self.config.command
-        spec = {
+        mode_spec = self.mode.node_spec(self.world, node, self.run_id, cmd)
+        return {
             "run_id": self.run_id,
             "node_rank": node.node_rank,
             "log_dir": log_dir,
@@ -233,57 +227,17 @@ class Job:
             "grace": self.config.grace,
             "console_timeout": self.config.node_timeout,
             "command": cmd.node_command(),  # the script's arguments once, not once per rank
-        }
-        if self.config.elastic is not None:
-            return {
-                **spec,
-                "env": {**self.config.env, **elastic.node_env(node)},
-                "workers": [],
-                "elastic": {
-                    "agent": elastic.agent_argv(cmd.python, self.world, node, self.run_id, self.config.elastic),
-                    "python": cmd.python,
-                    "nproc": len(node.slots),
-                },
-            }
-        return {
-            **spec,
-            "env": {**self.config.env, **self.world.node_env(node)},
-            "workers": [
-                {
-                    "rank": info.rank,
-                    "local_rank": info.local_rank,
-                    "env": {"RANK": str(info.rank), "LOCAL_RANK": str(info.local_rank)},
-                }
-                for info in self.world.ranks[node.first_rank : node.first_rank + len(node.slots)]
-            ],
+            **mode_spec,
+            "env": {**self.config.env, **mode_spec["env"]},
         }
 
     async def _follow(self, node_rank: int, channel: NodeChannel) -> None:
-        copy_logs = not self.backend.shares_run_dir(self.world.nodes[node_rank])
-        model, run_dir = self.model, self.run_dir
+        """Feed the node's events to the mode until its channel ends (see flextui.modes)."""
+        on_event = self.mode.on_event
         async for event in self._node_events(node_rank):
-            if event.get("ev") == "out":
-                if copy_logs:
-                    run_dir.write_log(event["rank"], event["data"])
-                self._publish(event["rank"], model.apply(node_rank, event))
-                continue
-            self._publish(event.get("rank"), model.apply(node_rank, event))
-            run_dir.record({"node": node_rank, **event})
-            if copy_logs and event.get("ev") == "exited":
-                run_dir.flush_logs()
-            if model.must_stop:
-                first = model.first_failure
-                reason = f"rank {first.rank} failed" if first else "a node was lost"
-                self.stop(reason)
-            self._notify()
-        interrupted = channel.interruption()
-        if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
-            self._interrupted(node_rank, interrupted)
-        reason = self._lost_unless_done(node_rank, channel)
-        if reason is not None:
-            if model.must_stop:
-                self.stop(reason)
-            self._notify()
+            if on_event(self, node_rank, event):
+                self.notify()
+        self.mode.on_channel_end(self, node_rank, channel)
 
     async def _node_events(self, node_rank: int) -> AsyncIterator[dict]:
         """The node's events until its channel ends. Only an error reading the channel is
@@ -300,7 +254,9 @@ class Job:
                 return
             yield event
 
-    def _lost_unless_done(self, node_rank: int, channel: NodeChannel) -> str | None:
+    # -- what run modes use (flextui.modes) ---------------------------------------------
+
+    def node_ended(self, node_rank: int, channel: NodeChannel) -> str | None:
         """The channel ended: a node that never said "done" is lost. Returns why, if so."""
         node = self.model.nodes[node_rank]
         if node.done:
@@ -308,79 +264,30 @@ class Job:
         detail = node.error or channel.diagnostics() or "connection closed"
         reason = f"node {node.host} lost: {detail.splitlines()[-1]}"
         self.model.node_lost(node_rank, reason)
-        self.run_dir.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        self.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
         return reason
 
-    def _publish(self, rank: int, lines: list[str] | None) -> None:
+    def publish(self, rank: int, lines: list[str] | None) -> None:
+        """Completed display lines of a rank, to the output listeners."""
         if lines:
             for listener in self.output_listeners:
                 listener(rank, lines)
 
-    def _interrupted(self, node_rank: int, reason: str) -> None:
-        """The node's launcher was ended from outside (scancel, a time limit). Whoever ends a
-        step signals every process in it at once, so a rank that died of SIGTERM or SIGKILL
-        may have died before its launcher began stopping: it was stopped, not a failure."""
-        model = self.model
-        model.error = model.error or reason
-        for rank in model.ranks:
-            if rank.status is RankStatus.KILLED and rank.signal in (signal.SIGTERM, signal.SIGKILL):
-                rank.stopped = True
-        failures = [r for r in model.ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
-        model.first_failure = min(failures, key=lambda r: r.ended_at or 0, default=None)
-        self.run_dir.record({"ev": "interrupted", "node": node_rank, "reason": reason, "t": time.time()})
-        self.stop(reason)
-        self._notify()
+    def record(self, event: dict) -> None:
+        """One line of the run directory's events.jsonl."""
+        self.run_dir.record(event)
 
-    async def _follow_elastic(self, node_rank: int, channel: NodeChannel) -> None:
-        """Like _follow for --elastic: logs go to attempt-<k>/rank-<N>.log; a lost node or
-        a failed rank does not stop the job (torch's agents re-rendezvous), see elastic.py."""
-        model, run_dir = self.model, self.run_dir
-        host = self.world.nodes[node_rank].host
-        async for event in self._node_events(node_rank):
-            kind = event.get("ev")
-            if kind == "out":
-                attempt = model.attempt_of(node_rank, event.get("seq"))
-                if attempt is not None:
-                    run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
-                self._publish(event["rank"], model.apply(node_rank, event))
-                continue
-            if kind == "agent_out":
-                run_dir.write_agent_log(host, event["data"])
-                model.apply(node_rank, event)
-                continue
-            current = model.current_attempt
-            self._publish(event.get("rank"), model.apply(node_rank, event))
-            record = {"node": node_rank, **event}
-            if kind == "attempt":
-                record["attempt"] = model.attempt_of(node_rank, event["seq"]).number
-                if model.current_attempt is not current and current is not None:
-                    run_dir.close_attempt_logs(current.number)
-            elif kind == "exited":
-                run_dir.flush_logs()
-            run_dir.record(record)
-            self._elastic_decide()
-            self._notify()
-        self._lost_unless_done(node_rank, channel)
-        self._elastic_decide()
-        self._notify()
+    def send(self, node_ranks: list[int], command: dict) -> None:
+        """A command to the launchers of these nodes (those with a channel)."""
+        for node_rank in node_ranks:
+            channel = self.channels.get(node_rank)
+            if channel is not None:
+                channel.send(command)
 
-    def _elastic_decide(self) -> None:
-        """After a node left (or ended badly): stop the job if too few nodes are left, else
-        stop the survivors' workers of its rounds so their agents re-rendezvous now."""
-        model = self.model
-        cause = model.stop_cause()
-        if cause is not None:
-            self.stop(cause)
-            return
-        for attempt in model.take_doomed_attempts():
-            self.run_dir.record({"ev": "stop_attempt", "attempt": attempt.number,
-                                 "reason": attempt.doomed, "t": time.time()})
-            command = {"cmd": "stop_attempt", "master": attempt.master,
-                       "world_size": attempt.world_size, "reason": attempt.doomed}
-            for node_rank in model.active_nodes():
-                channel = self.channels.get(node_rank)
-                if channel is not None:
-                    channel.send(command)
+    def notify(self) -> None:
+        """Tell the state listeners (UI, headless printer) that the model changed."""
+        for listener in self.state_listeners:
+            listener()
 
     async def _heartbeat(self) -> None:
         if self.config.node_timeout <= 0:
@@ -428,10 +335,10 @@ class Job:
     def stop(self, reason: str, by_user: bool = False) -> None:
         """Graceful stop of every node at once: SIGTERM trees, SIGKILL after the grace."""
         if self.model.begin_stop(reason, self.config.grace, by_user):
-            self.run_dir.record({"ev": "stop", "reason": reason, "by_user": by_user, "t": time.time()})
+            self.record({"ev": "stop", "reason": reason, "by_user": by_user, "t": time.time()})
             for channel in self.channels.values():
                 channel.send({"cmd": "stop", "reason": reason})
-            self._notify()
+            self.notify()
 
     def abort(self, signum: int = signal.SIGINT) -> None:
         """The user's Ctrl+C (or SIGTERM/SIGHUP to the console): the first one stops
@@ -447,29 +354,15 @@ class Job:
         self.model.begin_stop("killed by user", 0.0, by_user=True)
         for channel in self.channels.values():
             channel.send({"cmd": "kill"})
-        self._notify()
+        self.notify()
 
     def stop_rank(self, rank: int) -> None:
         """Stop one rank (in --elastic: of the current attempt; its agent then restarts)."""
-        if self.config.elastic is not None:
-            node_rank = self.model.ranks[rank].info.node_rank if rank < len(self.model.ranks) else -1
-        else:
-            node_rank = self.world.ranks[rank].node_rank
-        channel = self.channels.get(node_rank)
-        if channel is not None:
-            channel.send({"cmd": "stop_rank", "rank": rank})
+        ranks = self.model.ranks
+        if 0 <= rank < len(ranks):
+            self.send([ranks[rank].info.node_rank], {"cmd": "stop_rank", "rank": rank})
 
     def stop_node(self, node_rank: int) -> None:
-        """Stop a node's ranks. In --elastic: take the node out of the job (its agent
-        stops; the others re-rendezvous without it if --min_nodes allows)."""
-        channel = self.channels.get(node_rank)
-        if channel is not None and self.config.elastic is not None:
-            channel.send({"cmd": "stop", "reason": "node taken out of the job by the user"})
-        elif channel is not None:
-            for rank in self.world.nodes[node_rank].ranks:
-                channel.send({"cmd": "stop_rank", "rank": rank})
-
-    def _notify(self) -> None:
-        for listener in self.state_listeners:
-            listener()
-
+        """Stop a node's ranks (in --elastic: take the node out of the job)."""
+        for command in self.mode.stop_node_commands(self.world, node_rank):
+            self.send([node_rank], command)

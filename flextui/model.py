@@ -8,6 +8,7 @@ headless printer and the Textual UI read it. Log text is kept per rank in a boun
 from __future__ import annotations
 
 import enum
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -254,6 +255,18 @@ class JobModel:
             if not rank.status.finished:
                 self._finish_output(rank)
                 rank.status, rank.ended_at = RankStatus.LOST, time.time()
+
+    def interrupted(self, reason: str) -> None:
+        """A node's launcher was ended from outside the job (scancel, a time limit): the job
+        fails with that reason. Whoever ends a step signals every process in it at once, so
+        a rank that died of SIGTERM or SIGKILL may have died before its launcher began
+        stopping: it was stopped, not a failure."""
+        self.error = self.error or reason
+        for rank in self.ranks:
+            if rank.status is RankStatus.KILLED and rank.signal in (signal.SIGTERM, signal.SIGKILL):
+                rank.stopped = True
+        failures = [r for r in self.ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
+        self.first_failure = min(failures, key=lambda r: r.ended_at or 0, default=None)
 
     # -- decisions ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from flextui.elastic import ElasticConfig, ElasticJobModel
+from flextui.modes.elastic import ElasticConfig, ElasticJobModel
 from flextui.model import JobState, RankStatus
 from flextui.world import World
 

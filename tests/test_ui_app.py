@@ -404,7 +404,7 @@ async def test_app_crash_path_never_leaves_the_job_running():
 
 
 async def test_elastic_slots_outside_the_current_world_show_as_idle():
-    from flextui.elastic import ElasticConfig, ElasticJobModel
+    from flextui.modes.elastic import ElasticConfig, ElasticJobModel
 
     job = FakeJob(hosts={"n0": 2, "n1": 2, "n2": 2})
     job.model = ElasticJobModel(job.world, job.run_id, ElasticConfig(min_nodes=2, max_nodes=3))

@@ -13,8 +13,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from flextui.elastic import ElasticJobModel
-from flextui.elastic import bar_text as elastic_bar_text
+from flextui.modes.elastic import ElasticJobModel
+from flextui.modes.elastic import bar_text as elastic_bar_text
 from flextui.model import JobModel, RankStatus
 from flextui.ui.format import fmt_duration, fmt_rate, job_state_text, status_text
 from flextui.ui.logview import plain

@@ -1,4 +1,4 @@
-"""Elastic jobs (`--elastic`): torch's own elastic agent on every node, attempts in the model.
+"""Elastic mode (`--elastic`): torch's own elastic agent on every node, attempts in the model.
 
 Each node launcher runs `python -m torch.distributed.run` with c10d rendezvous at
 MASTER_ADDR:MASTER_PORT (the rendezvous store lives on that node) and rendezvous id = the
@@ -14,17 +14,26 @@ around them (abort, nothing left behind) and follows what they do:
   hang forever in init_process_group) so their agents re-rendezvous at once. The job is
   stopped only when fewer than --min_nodes nodes are left or the rendezvous host is gone.
 
-Pure logic besides the model; no I/O.
+The model and the decisions are pure logic; ElasticMode (at the end) is what the Job
+consults: the spec, the follow (logs per attempt, torch's agent log) and the decisions.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from flextui.errors import UsageError
 from flextui.model import JobModel, JobState, RankState, RankStatus
-from flextui.world import Node, RankInfo, World
+from flextui.modes import RunMode
+from flextui.world import Command, Node, RankInfo, World
+
+if TYPE_CHECKING:
+    from flextui.job import Job
+    from flextui.transport import NodeChannel
 
 DEFAULT_MAX_RESTARTS = 3
 AGENT_TAIL_LINES = 2000
@@ -465,7 +474,135 @@ def describe_elastic(model: ElasticJobModel) -> list[str]:
     return lines
 
 
+# -- the mode ---------------------------------------------------------------------------
+
+
+class ElasticMode(RunMode):
+    name = "elastic"
+
+    def __init__(self, config: ElasticConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(
+            "elastic (torch's elastic agent on every node: c10d rendezvous at MASTER_ADDR:MASTER_PORT)")
+        group.add_argument("--elastic", action="store_true",
+                           help="run torch.distributed.run on each node; a lost node does not end the job")
+        group.add_argument("--min_nodes", "--min-nodes", type=int, help="fewest nodes to run with (default 1)")
+        group.add_argument("--max_nodes", "--max-nodes", type=int, help="most nodes (default: all selected)")
+        group.add_argument("--max_restarts", "--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS,
+                           help=f"worker group restarts before failing (default {DEFAULT_MAX_RESTARTS})")
+        group.add_argument("--rdzv_conf", "--rdzv-conf", default="", metavar="K=V,...",
+                           help="extra torchrun --rdzv-conf, e.g. last_call_timeout=5,keep_alive_interval=2")
+        group.add_argument("--monitor_interval", "--monitor-interval", type=float,
+                           help="torchrun --monitor-interval (seconds)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, world: World) -> ElasticMode | None:
+        given = [name for name in ("min_nodes", "max_nodes", "monitor_interval") if getattr(args, name) is not None]
+        if not args.elastic:
+            if given or args.rdzv_conf:
+                raise UsageError(f"--{(given or ['rdzv_conf'])[0]} needs --elastic")
+            return None
+        config = ElasticConfig(
+            min_nodes=1 if args.min_nodes is None else args.min_nodes,
+            max_nodes=len(world.nodes) if args.max_nodes is None else args.max_nodes,
+            max_restarts=args.max_restarts, rdzv_conf=args.rdzv_conf, monitor_interval=args.monitor_interval,
+        )
+        try:
+            check_world(world, config)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return cls(config)
+
+    def plan(self) -> dict:
+        return {"elastic": self.config.plan()}
+
+    def plan_lines(self, world: World) -> list[str]:
+        config = self.config
+        return [f"elastic: torch.distributed.run --nnodes {config.min_nodes}:{config.max_nodes} "
+                f"--max-restarts {config.max_restarts} on every node, c10d rendezvous at "
+                f"{world.master_addr}:{world.master_port}; ranks are assigned per attempt"]
+
+    # -- starting -----------------------------------------------------------------------
+
+    def new_model(self, world: World, run_id: str, tail_lines: int) -> ElasticJobModel:
+        return ElasticJobModel(world, run_id, self.config, tail_lines)
+
+    def node_spec(self, world: World, node: Node, run_id: str, command: Command) -> dict:
+        return {
+            "env": node_env(node),
+            "workers": [],
+            "elastic": {
+                "agent": agent_argv(command.python, world, node, run_id, self.config),
+                "python": command.python,
+                "nproc": len(node.slots),
+            },
+        }
+
+    def preflight_request(self, world: World, node: Node) -> dict:
+        host = rendezvous_host(world)
+        return {"need_torch": True,
+                "master_port": world.master_port if node.node_rank == host.node_rank else None}
+
+    # -- following: logs go to attempt-<k>/rank-<N>.log; a lost node or a failed rank does
+    # not stop the job (torch's agents re-rendezvous) -----------------------------------------
+
+    def on_event(self, job: Job, node_rank: int, event: dict) -> bool:
+        model, run_dir = job.model, job.run_dir
+        kind = event.get("ev")
+        if kind == "out":
+            attempt = model.attempt_of(node_rank, event.get("seq"))
+            if attempt is not None:
+                run_dir.write_attempt_log(attempt.number, event["rank"], event["data"])
+            job.publish(event["rank"], model.apply(node_rank, event))
+            return False
+        if kind == "agent_out":
+            run_dir.write_agent_log(model.nodes[node_rank].host, event["data"])
+            model.apply(node_rank, event)
+            return False
+        current = model.current_attempt
+        job.publish(event.get("rank"), model.apply(node_rank, event))
+        record = {"node": node_rank, **event}
+        if kind == "attempt":
+            record["attempt"] = model.attempt_of(node_rank, event["seq"]).number
+            if model.current_attempt is not current and current is not None:
+                run_dir.close_attempt_logs(current.number)
+        elif kind == "exited":
+            run_dir.flush_logs()
+        job.record(record)
+        self.decide(job)
+        return True
+
+    def on_channel_end(self, job: Job, node_rank: int, channel: NodeChannel) -> None:
+        job.node_ended(node_rank, channel)
+        self.decide(job)
+        job.notify()
+
+    def decide(self, job: Job) -> None:
+        """After a node left (or ended badly): stop the job if too few nodes are left, else
+        stop the survivors' workers of its rounds so their agents re-rendezvous now."""
+        model = job.model
+        cause = model.stop_cause()
+        if cause is not None:
+            job.stop(cause)
+            return
+        for attempt in model.take_doomed_attempts():
+            job.record({"ev": "stop_attempt", "attempt": attempt.number, "reason": attempt.doomed,
+                        "t": time.time()})
+            job.send(model.active_nodes(), {"cmd": "stop_attempt", "master": attempt.master,
+                                            "world_size": attempt.world_size, "reason": attempt.doomed})
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop_node_commands(self, world: World, node_rank: int) -> list[dict]:
+        # The node leaves the job: its agent stops; the others re-rendezvous without it if
+        # --min_nodes allows.
+        return [{"cmd": "stop", "reason": "node taken out of the job by the user"}]
+
+
 __all__ = [
-    "Attempt", "ElasticConfig", "ElasticJobModel", "NodeGroup", "agent_argv", "bar_text", "check_world",
+    "Attempt", "ElasticConfig", "ElasticJobModel", "ElasticMode", "NodeGroup", "agent_argv", "bar_text", "check_world",
     "describe_attempt", "describe_elastic", "node_env", "rendezvous_host",
 ]
