@@ -61,7 +61,7 @@ class Job:
         self.run_id = run_id or new_run_id()
         self.mode = config.mode
         self.model: JobModel = self.mode.new_model(self.world, self.run_id, config.tail_lines)
-        self.run_dir = RunDir(config.log_root, self.run_id)
+        self.run_dir = RunDir(config.log_root, self.run_id, on_failure=self._run_dir_failed)
         self.backend = backend
         #: Whether the console keeps a node's rank logs from its events (the node writes
         #: them elsewhere); else they are already in the run directory.
@@ -103,7 +103,7 @@ class Job:
         await self.preflight()
         try:
             try:
-                self.run_dir.create()
+                self.run_dir.create(self.world.world_size)
             except OSError as exc:
                 raise LaunchError(f"cannot create the run directory {self.run_dir.path}: "
                                   f"{exc.strerror or exc}") from None
@@ -339,6 +339,12 @@ class Job:
             for channel in self.channels.values():
                 channel.send({"cmd": "stop", "reason": reason})
             self.notify()
+
+    def _run_dir_failed(self, reason: str) -> None:
+        """The console cannot record the run (its disk is full, say): stop it, saying why.
+        Remote nodes keep their own copy of every log."""
+        self.model.error = self.model.error or reason
+        self.stop(reason)
 
     def abort(self, signum: int = signal.SIGINT) -> None:
         """The user's Ctrl+C (or SIGTERM/SIGHUP to the console): the first one stops

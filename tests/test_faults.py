@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 FAULT_WORKER = str(Path(__file__).resolve().parent / "workers" / "fault_worker.py")
 
@@ -128,3 +129,38 @@ def test_headless_output_to_a_closed_pipe_does_not_touch_the_job(make_cluster, t
         own = (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
         assert b"finished after" in own
         assert (run_dir / f"rank-{rank}.log").read_bytes() == own
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs: a --log-dir that fills up."""
+    path = tmp_path / "small"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "flextui-test", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_run_directory_stops_the_job_saying_why(make_cluster, tmp_path, small_disk):
+    """Defect 5: a full --log-dir was blamed on a node ("node lost"), then write_summary
+    crashed with a traceback and left no summary.json."""
+    cluster = make_cluster(2)
+    argv = ssh_job_argv(cluster, tmp_path, "--interval", "0", options=("--headless",))
+    argv[argv.index("--log-dir") + 1] = str(small_disk)
+    result = subprocess.run(argv, cwd=tmp_path, env=cluster.env(), stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    run_dir = next(small_disk.iterdir())
+    reason = f"run directory full: {run_dir}: No space left on device"
+    assert result.stdout.splitlines()[-1] == f"job failed (exit code 1); {reason}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["state"], summary["exit_code"], summary["error"], summary["stop_reason"]) == \
+        ("failed", 1, reason, reason)
+    assert all(r["status"] == "killed" and r["stopped"] for r in summary["ranks"]), summary["ranks"]
+    assert job_processes(cluster) == 0
+    for rank in range(4):  # what fitted is exact
+        own = (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
+        assert own.startswith((run_dir / f"rank-{rank}.log").read_bytes())
