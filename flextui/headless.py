@@ -6,49 +6,26 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
-from flextui.modes.elastic import ElasticJobModel, describe_attempt, describe_elastic
+from flextui.diagnosis import attempt_text, elastic_summary_lines, outcome_text, verdict_line
 from flextui.job import Job
-from flextui.model import JobModel, RankState, RankStatus
-
-
-def describe_outcome(rank: RankState) -> str:
-    if rank.status is RankStatus.KILLED:
-        text = f"signal {rank.signal} ({_signal_name(rank.signal)})"
-    elif rank.status in (RankStatus.EXITED, RankStatus.FAILED):
-        text = f"exit {rank.code}"
-    else:
-        text = rank.status.value
-    return text + (" (stopped)" if rank.stopped else "")
-
-
-def _signal_name(number: int | None) -> str:
-    try:
-        return signal.Signals(number).name
-    except (ValueError, TypeError):
-        return "?"
+from flextui.model import JobModel
+from flextui.modes.elastic import ElasticJobModel
 
 
 def summary_table(model: JobModel) -> str:
     header = ("RANK", "HOST", "GPU", "PID", "OUTCOME", "DURATION")
     rows = [
-        (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), describe_outcome(r),
+        (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), outcome_text(r),
          f"{r.runtime(model.ended_at):.1f}s")
-        for r in (model.current_ranks if isinstance(model, ElasticJobModel) else model.ranks)
+        for r in model.current_ranks
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    first = model.first_failure
-    verdict = f"job {model.state.value} (exit code {model.exit_code})"
-    if first is not None:
-        verdict += f"; first failure: rank {first.rank} on {first.info.host}, {describe_outcome(first)}"
-    elif model.error:
-        verdict += f"; {model.error}"
-    elif model.stop_reason:
-        verdict += f"; {model.stop_reason}"
-    return "\n".join([*lines, verdict])
+    return "\n".join([*lines, verdict_line(model, model.ended_at or time.time())])
 
 
 class ConsoleOutput:
@@ -129,7 +106,7 @@ class HeadlessConsole:
                 loop.remove_signal_handler(sig)
         self.out.write(summary_table(model) + "\n")
         if self.elastic:
-            self.out.write("".join(f"flextui: {line}\n" for line in describe_elastic(model)))
+            self.out.write("".join(f"flextui: {line}\n" for line in elastic_summary_lines(model)))
         self.out.flush()
         return code
 
@@ -153,7 +130,7 @@ class HeadlessConsole:
         for attempt in model.attempts[self._attempts_told:]:
             if attempt is model.current_attempt and len(attempt.claimed()) < attempt.world_size:
                 break
-            self.out.write(f"flextui: {describe_attempt(model, attempt)}\n")
+            self.out.write(f"flextui: {attempt_text(model, attempt)}\n")
             self._attempts_told += 1
 
     def _output_failed(self, exc: OSError) -> None:

@@ -196,6 +196,11 @@ class JobModel:
         self.abort_signal = 2  # SIGINT: what the user's abort counts as in the exit code
         self.error: str | None = None  # why the job could not start / was cut short
 
+    @property
+    def current_ranks(self) -> list[RankState]:
+        """The ranks of the job as it runs now (in an elastic job: the current attempt's)."""
+        return self.ranks
+
     # -- events from node launchers ------------------------------------------------------
 
     def apply(self, node_rank: int, event: dict) -> list[str] | None:

@@ -194,7 +194,7 @@ async def test_error_jump_and_first_failure_jump():
     app = make_app(job, clock=lambda: DEMO_NOW)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        assert "first failure: rank 5 on node-b, failed 1" in bar_text(app)
+        assert "first failure: rank 5 on node-b, exit 1" in bar_text(app)
         assert "SIGKILL in 8s" in bar_text(app)
         assert app._tab_label("r5").plain == "▶5"
         await pilot.press("x")

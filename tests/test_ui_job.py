@@ -136,7 +136,7 @@ async def test_failing_rank_is_flagged_first_and_x_jumps_to_its_traceback(local_
         await pilot.pause(0.2)
         model = job.model
         assert model.first_failure is model.ranks[2] and model.exit_code == 3
-        assert "first failure: rank 2 on localhost, failed 3" in bar(app)
+        assert "first failure: rank 2 on localhost, exit 3" in bar(app)
         assert table_rows(app)[2].startswith("▶") and "failed 3" in table_rows(app)[2]
         assert all(r.status is not RankStatus.RUNNING for r in model.ranks)
         await pilot.press("x")  # works from the summary screen too

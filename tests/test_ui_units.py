@@ -10,8 +10,9 @@ import pytest
 
 from flextui.model import JobModel
 from flextui.ui.collapse import GAP, Collapser, format_ranks
-from flextui.ui.format import RateMeter, fmt_duration, fmt_rate, job_state_text, status_text
-from flextui.ui.logview import ERROR_RE, Matcher, clean, max_width, plain, width_of
+from flextui.diagnosis import ERROR_RE, RateMeter, job_state_text, status_text
+from flextui.ui.format import fmt_duration, fmt_rate
+from flextui.ui.logview import Matcher, clean, max_width, plain, width_of
 from flextui.ui.testing import demo_job
 from flextui.ui.theming import (
     BUILTIN_DIR, STATUS_VARIABLES, Palette, ThemeError, load_theme_file, load_themes, resolve_theme,

@@ -441,39 +441,6 @@ class ElasticJobModel(JobModel):
         return summary
 
 
-def describe_attempt(model: ElasticJobModel, attempt: Attempt) -> str:
-    """One line: `attempt 1 (restart 1): world size 4: ranks 0-1 ftn1, 2-3 ftn3`."""
-    parts = []
-    for group in sorted(attempt.groups.values(), key=lambda g: min(g.ranks, default=0)):
-        ranks = sorted(group.ranks)
-        span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else (str(ranks[0]) if ranks else "-")
-        parts.append(f"{span} {model.nodes[group.node_rank].host}")
-    return (f"attempt {attempt.number} (restart {attempt.restart_count}): world size "
-            f"{attempt.world_size}: ranks {', '.join(parts)}")
-
-
-def bar_text(model: ElasticJobModel) -> str:
-    """For a status bar: `attempt 1 · restart 1 · world 4 · 2/3 nodes · lost ftn3`."""
-    attempt = model.current_attempt
-    if attempt is None:
-        text = f"elastic · waiting for rendezvous ({model.elastic.min_nodes}-{model.elastic.max_nodes} nodes)"
-    else:
-        text = (f"attempt {attempt.number} · restart {attempt.restart_count} · world {attempt.world_size} · "
-                f"{len(attempt.groups)}/{len(model.nodes)} nodes")
-    if model.lost_nodes:
-        text += " · lost " + ", ".join(model.nodes[n].host for n in model.lost_nodes)
-    return text
-
-
-def describe_elastic(model: ElasticJobModel) -> list[str]:
-    """Summary lines for the end of a run."""
-    lines = [describe_attempt(model, a) for a in model.attempts]
-    if model.lost_nodes:
-        lines.append("lost: " + ", ".join(f"{model.nodes[n].host} ({model.nodes[n].error})"
-                                          for n in model.lost_nodes))
-    return lines
-
-
 # -- the mode ---------------------------------------------------------------------------
 
 
@@ -603,6 +570,6 @@ class ElasticMode(RunMode):
 
 
 __all__ = [
-    "Attempt", "ElasticConfig", "ElasticJobModel", "ElasticMode", "NodeGroup", "agent_argv", "bar_text", "check_world",
-    "describe_attempt", "describe_elastic", "node_env", "rendezvous_host",
+    "Attempt", "ElasticConfig", "ElasticJobModel", "ElasticMode", "NodeGroup", "agent_argv", "check_world",
+    "node_env", "rendezvous_host",
 ]

@@ -27,8 +27,9 @@ from textual.widgets import Footer, Input, Tab, Tabs
 
 from flextui.job import LaunchError
 from flextui.ui.driver import ConsoleDriver
-from flextui.ui.format import RateMeter, fmt_duration, status_text
-from flextui.ui.logview import ERROR_RE, CombinedSource, LogView, RankSource
+from flextui.diagnosis import ERROR_RE, RateMeter, status_text
+from flextui.ui.format import fmt_duration
+from flextui.ui.logview import CombinedSource, LogView, RankSource
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
 from flextui.ui.widgets import Columns, JobBar, RankHeader, RankTable, job_bar_lines

@@ -29,16 +29,11 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
+from flextui.diagnosis import ERROR_RE, TRACEBACK
 from flextui.model import JobModel, RankState
 from flextui.ui.collapse import GAP, Collapser, format_ranks
 from flextui.ui.theming import Palette
 
-#: A line worth jumping to with `e`: a traceback header or an error/exception.
-ERROR_RE = re.compile(
-    r"Traceback \(most recent call last\)|\b[A-Za-z_]*(?:Error|Exception)\b(?!\w)"
-    r"|\bERROR\b|\bFATAL\b|\bCRITICAL\b|\berror:|Segmentation fault|core dumped"
-)
-TRACEBACK = "Traceback (most recent call last)"
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
 # C0 (except tab and ESC) and C1 controls and line separators: a terminal could act on them.
 _CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f\u2028\u2029]")

@@ -10,9 +10,9 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from flextui.headless import describe_outcome
+from flextui.diagnosis import outcome_text, verdict
 from flextui.model import JobModel
-from flextui.ui.format import fmt_duration, job_state_text
+from flextui.ui.format import fmt_duration
 from flextui.ui.theming import Palette
 
 
@@ -77,25 +77,20 @@ def summary_renderable(model: JobModel, palette: Palette, now: float) -> Table:
         table.add_row(
             Text("▶", palette.first_failure) if r is first else "",
             str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"),
-            Text(describe_outcome(r), style), fmt_duration(r.runtime(end)), str(r.line_count),
+            Text(outcome_text(r), style), fmt_duration(r.runtime(end)), str(r.line_count),
         )
     return table
 
 
 def verdict_text(model: JobModel, palette: Palette, now: float, launch_error: str | None) -> Text:
-    words, key = job_state_text(model, now)
+    v = verdict(model, now, launch_error)
     text = Text()
-    text.append(f"job {words}", palette.status[key] + palette.bold)
-    if model.state.finished:
-        text.append(f" (exit code {model.exit_code})", palette.status[key])
-    first = model.first_failure
-    if first is not None:
-        text.append(f"; first failure: rank {first.rank} on {first.info.host}, "
-                    f"{describe_outcome(first)}", palette.first_failure)
-    elif launch_error or model.error:
-        text.append(f"; {launch_error or model.error}", palette.status["failed"])
-    elif model.stop_reason:
-        text.append(f"; {model.stop_reason}")
+    text.append(f"job {v.state}", palette.status[v.key] + palette.bold)
+    if v.exit_code is not None:
+        text.append(f" (exit code {v.exit_code})", palette.status[v.key])
+    if v.reason:
+        style = {"first_failure": palette.first_failure, "error": palette.status["failed"]}.get(v.kind)
+        text.append(f"; {v.reason}", style)
     return text
 
 

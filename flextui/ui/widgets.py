@@ -13,10 +13,10 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from flextui.modes.elastic import ElasticJobModel
-from flextui.modes.elastic import bar_text as elastic_bar_text
+from flextui.diagnosis import elastic_bar_text, status_text, verdict
 from flextui.model import JobModel, RankStatus
-from flextui.ui.format import fmt_duration, fmt_rate, job_state_text, status_text
+from flextui.modes.elastic import ElasticJobModel
+from flextui.ui.format import fmt_duration, fmt_rate
 from flextui.ui.logview import plain
 from flextui.ui.theming import Palette
 
@@ -220,21 +220,17 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
         head.append(f"{fmt_rate(total_rate)} lines/s", palette.muted)
 
     second = Text()
-    words, key = job_state_text(model, now)
-    second.append(words.upper() if model.state.finished else words, palette.status[key] + palette.bold)
-    if model.state.finished:
-        second.append(f" (exit code {model.exit_code})", palette.status[key])
-    first = model.first_failure
-    if launch_error:
-        second.append(f"  error: {launch_error}", palette.status["failed"])
-    elif first is not None:
-        second.append(f"  ▶ first failure: rank {first.rank} on {first.info.host}, "
-                      f"{status_text(first)}", palette.first_failure)
+    v = verdict(model, now, launch_error)
+    second.append(v.state.upper() if model.state.finished else v.state, palette.status[v.key] + palette.bold)
+    if v.exit_code is not None:
+        second.append(f" (exit code {v.exit_code})", palette.status[v.key])
+    if v.kind == "first_failure":
+        second.append(f"  ▶ {v.reason}", palette.first_failure)
         second.append("  (x: show it)", palette.muted)
-    elif model.error:
-        second.append(f"  {model.error}", palette.status["failed"])
-    elif model.stop_reason:
-        second.append(f"  {model.stop_reason}", palette.muted)
+    elif v.kind == "error":
+        second.append(f"  error: {v.reason}", palette.status["failed"])
+    elif v.kind == "stop":
+        second.append(f"  {v.reason}", palette.muted)
     if model.state.value == "stopping" and not quitting:
         second.append("  Ctrl+C again: kill now", palette.muted)
     elif quitting and not model.state.finished:
