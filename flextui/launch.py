@@ -69,7 +69,9 @@ node N only (a shared stdin), the others ignore it:
     {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
-    {"cmd": "ping"}                  the console is alive (sent every few seconds)
+    {"cmd": "ping"}                  the console is alive (sent every few seconds); with
+                                     "reply": true the launcher answers {"ev": "pong", "t": float},
+                                     for channels with no keepalive of their own (MPI)
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
 as "stop"; so does hearing nothing on stdin for the spec's console_timeout seconds, because a
 silently dropped network closes no channel. A stdin that is a regular file (its first line
@@ -546,6 +548,9 @@ class NodeLauncher:
         kind = command.get("cmd")
         if kind == "go":
             self.go.set()
+        elif kind == "ping":
+            if command.get("reply"):
+                self.emitter.emit({"ev": "pong", "t": time.time()})
         elif kind == "stop":
             self.begin_stop(command.get("reason", "stopped by console"))
         elif kind == "kill":
