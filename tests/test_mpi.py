@@ -167,3 +167,23 @@ def test_launcher_outlives_a_sigkilled_guard_and_stops_on_stdin_eof(tmp_path):
     finally:
         if launcher.is_running():
             launcher.kill()
+
+
+# -- the launcher's side of the MPI channel's watchdog --------------------------------------
+
+
+def test_launcher_answers_a_ping_only_when_asked(tmp_path):
+    from tests.helpers import Launcher, node_spec
+
+    launcher = Launcher(node_spec(tmp_path / "logs", [[sys.executable, "-c", "import time; time.sleep(30)"]]))
+    try:
+        launcher.wait_event(lambda e: e["ev"] == "started")
+        launcher.send({"cmd": "ping"})
+        launcher.send({"cmd": "ping", "reply": True})
+        pong = launcher.wait_event(lambda e: e["ev"] == "pong")
+        assert abs(pong["t"] - time.time()) < 10
+        time.sleep(0.3)
+        assert len(launcher.of("pong")) == 1  # the plain ping (SSH, Slurm, local) adds no event
+    finally:
+        launcher.close_stdin()
+        launcher.finish()

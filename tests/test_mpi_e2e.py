@@ -201,6 +201,35 @@ def test_node_crash_stops_the_others(mpi_cluster, tmp_path):
     assert f"node {mpi_cluster.nodes[1].name} lost" in proc.stderr.read() + json.dumps(report)
 
 
+def test_silently_dropped_network_stops_the_cut_off_node(mpi_cluster, tmp_path):
+    """No FIN, no RST: the node must notice the console is gone by itself, and the console
+    must notice the node (through the runtime's own connection to it)."""
+    proc = start_flextui(mpi_cluster, tmp_path, "--node_timeout", "3", "--grace", "1",
+                         hostfile(mpi_cluster, tmp_path), WORKER, "--children", "1")
+    wait_ready(tmp_path, 6, proc)
+    cut_off = mpi_cluster.nodes[2]
+    mpi_cluster.cluster.disconnect_node(cut_off)
+    try:
+        start = time.monotonic()
+
+        def ours(node):  # the launcher (and its guard) and the workers; not the runtime's daemon
+            return [p for p in mpi_cluster.cluster.job_processes(node) if "python" in p[2]]
+
+        while ours(cut_off) and time.monotonic() - start < 3 + 1 + 5:
+            time.sleep(0.05)
+        assert ours(cut_off) == []
+        assert proc.wait(3 + 1 + 10) == 255  # the console noticed too, marked the node lost, aborted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        mpi_cluster.cluster.reconnect_node(cut_off)
+    # The daemon on the cut-off node learns its mpirun is gone once the network is back.
+    wait_no_job_processes(mpi_cluster, timeout=60)
+    report = summary(tmp_path)
+    assert [r["status"] for r in report["ranks"]][4:] == ["lost", "lost"]
+    assert f"node {cut_off.name} lost: no word from its launcher for 3s" in json.dumps(report) + proc.stderr.read()
+
+
 def test_runtime_killed_by_someone_else_stops_its_node_and_the_job(mpi_cluster, tmp_path):
     proc = start_flextui(mpi_cluster, tmp_path, "--grace", "5", hostfile(mpi_cluster, tmp_path, nodes=2),
                          WORKER, "--children", "1")

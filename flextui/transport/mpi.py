@@ -49,7 +49,10 @@ launcher sees its stdin close when the daemon goes and stops its workers with th
 * a node lost: its runtime exits, the console sees that channel close and stops the
   others;
 * the runtime killed: the daemon closes the launcher's stdin (and maybe kills the
-  guard); the launcher stops everything.
+  guard); the launcher stops everything;
+* a node cut off without a word (no FIN, no RST): the launcher stops itself after
+  --node_timeout without pings, and this channel ends the node's runtime after as long
+  without a word (the launcher answers pings here: MPIChannel._watch_silence).
 The guard also removes the runtime's own variables (OMPI_*, PMIX_*, PMI_*, ...) from the
 launcher's environment: the workers are not ranks of this one-process MPI job, and an
 MPI or DeepSpeed program among them must not take itself for rank 0 of 1.
@@ -83,6 +86,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+
+import psutil
 
 from flextui import launch
 from flextui.errors import LaunchError, UsageError
@@ -191,11 +196,16 @@ def runtime_argv(path: str, flavour: str, host: str, mpi_args: list[str],
 class MPIChannel(NodeChannel):
     """One node's launcher under its own runtime process: its stdin/stdout are the node's."""
 
-    def __init__(self, node: Node, process: asyncio.subprocess.Process, runtime: str, python: str) -> None:
+    def __init__(self, node: Node, process: asyncio.subprocess.Process, runtime: str, python: str,
+                 node_timeout: float = 0.0) -> None:
         super().__init__(node)
         self.process = process
         self.runtime = runtime
         self.python = python
+        self.node_timeout = node_timeout
+        self._last_word = asyncio.get_running_loop().time()
+        self._silent = False  # ended for saying nothing for node_timeout
+        self._watchdog: asyncio.Future | None = None
         self._stderr = b""
         self._start_failure: str | None = None  # the line that says the start failed
         self._started = False  # the launcher said its first word
@@ -220,8 +230,9 @@ class MPIChannel(NodeChannel):
                         break
 
     async def _read_events(self) -> AsyncIterator[dict]:
-        stdout, pending = self.process.stdout, b""
+        stdout, pending, loop = self.process.stdout, b"", asyncio.get_running_loop()
         while chunk := await stdout.read(READ_SIZE):
+            self._last_word = loop.time()
             if b"\n" not in chunk:
                 pending += chunk
                 continue
@@ -229,7 +240,7 @@ class MPIChannel(NodeChannel):
             pending = lines.pop()
             for line in lines:
                 event = decode_event(line)
-                if event is not None:
+                if event is not None and event.get("ev") != "pong":  # pongs only feed the watchdog
                     yield event
         # stdout closed: the exit status and the rest of stderr follow (for diagnostics())
         try:
@@ -251,6 +262,8 @@ class MPIChannel(NodeChannel):
         if first.done() and not first.cancelled() and first.exception() is None:
             self._first = first.result()
             self._started = True
+            if self.node_timeout > 0:
+                self._watchdog = asyncio.ensure_future(self._watch_silence())
             return
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
@@ -261,6 +274,20 @@ class MPIChannel(NodeChannel):
             reason = self.diagnostics() or f"no word from the launcher within {timeout:g}s"
         raise LaunchError(f"{self.node.host}: {reason}")
 
+    async def _watch_silence(self) -> None:
+        """A node cut off without FIN or RST: the runtime's connections may hang for many
+        minutes (Open MPI's TCP keepalive starts after 300 s; Hydra has none), so the
+        launcher answers the job's pings (sent every node_timeout/3) and silence for
+        node_timeout ends this node's runtime: the job sees the channel close, marks the
+        node lost and stops the others. The node stops itself after the same time."""
+        loop = asyncio.get_running_loop()
+        while self.process.returncode is None:
+            await asyncio.sleep(min(1.0, self.node_timeout / 4))
+            if loop.time() - self._last_word > self.node_timeout:
+                self._silent = True
+                await self.end_runtime()
+                return
+
     async def events(self) -> AsyncIterator[dict]:
         if self._first is not None:
             first, self._first = self._first, None
@@ -269,6 +296,8 @@ class MPIChannel(NodeChannel):
             yield event
 
     def send(self, command: dict) -> None:
+        if command.get("cmd") == "ping":
+            command = {**command, "reply": True}  # feeds the watchdog
         stdin = self.process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.write(encode_command(command))
@@ -276,6 +305,8 @@ class MPIChannel(NodeChannel):
     async def close(self) -> None:
         """Close the launcher's stdin (it stops everything), then wait for the runtime;
         one that lingers is ended (the launcher outlives its guard)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.close()
         try:
@@ -284,25 +315,42 @@ class MPIChannel(NodeChannel):
             await self.end_runtime()
 
     async def end_runtime(self) -> None:
-        """SIGTERM the runtime (and the ssh client in its process group), SIGKILL if it is
-        still there after a few seconds; reaps it."""
-        if self.process.returncode is not None:
+        """SIGTERM the runtime and what it started here (its ssh clients: Open MPI puts each
+        in a process group of its own, so all of the session it leads), SIGKILL what is
+        still there after a few seconds; reaps it. An ssh client left to a cut-off node
+        would hold the runtime's stdout open, and this channel would never end."""
+        if self.process.returncode is not None and not self._session():
             return
         self._signalled = True
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
+            for process in self._session():
+                try:
+                    process.send_signal(sig)
+                except psutil.Error:
+                    pass
             try:
                 await asyncio.wait_for(self.process.wait(), 3)
-                break
             except asyncio.TimeoutError:
                 continue
+            if sig == signal.SIGTERM and self._session():
+                await asyncio.sleep(0.5)  # its ssh clients end with it, or get the SIGKILL
+                continue
+            break
         try:
             await asyncio.wait_for(self._stderr_task, 1)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - only for diagnostics
             pass
+
+    def _session(self) -> list[psutil.Process]:
+        """The runtime and every process of the session it leads (started with its own)."""
+        found = []
+        for process in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(process.pid) == self.process.pid:
+                    found.append(process)
+            except (OSError, psutil.Error):
+                continue
+        return found
 
     def diagnostics(self) -> str:
         """One line: why the launcher could not start (the ssh client's or the runtime's
@@ -321,6 +369,8 @@ class MPIChannel(NodeChannel):
                         "execvp error" in failure and self.python in failure):
                     return f"python not found: {self.python}"
                 return f"{runtime} could not start the launcher: {failure}"
+        elif self._silent:
+            return f"no word from its launcher for {self.node_timeout:g}s (network down?)"
         elif lost := next((line for line in lines if CONNECTION_LOST.fullmatch(line)), None):
             return lost
         if code is not None and code < 0:
@@ -344,7 +394,7 @@ class MPIBackend(Backend):
     dash_value_options = ("--mpi_args", "--mpi-args")
 
     def __init__(self, *, mpirun: str | None = None, mpi_args: str | None = None,
-                 python: str | None = None, connect_timeout: float = 15.0) -> None:
+                 python: str | None = None, connect_timeout: float = 15.0, node_timeout: float = 30.0) -> None:
         try:
             self.mpi_args = shlex.split(mpi_args or "")
         except ValueError as exc:
@@ -352,6 +402,7 @@ class MPIBackend(Backend):
         self.runtime, self.flavour = detect_runtime(mpirun)
         self.python = python or sys.executable
         self.connect_timeout = connect_timeout
+        self.node_timeout = node_timeout
         self._fanout: asyncio.Semaphore | None = None  # made in the job's event loop
         self._channels: list[MPIChannel] = []
 
@@ -368,7 +419,7 @@ class MPIBackend(Backend):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MPIBackend:
         return cls(mpirun=args.mpirun, mpi_args=args.mpi_args, python=args.remote_python,
-                   connect_timeout=args.connect_timeout)
+                   connect_timeout=args.connect_timeout, node_timeout=args.node_timeout)
 
     async def open(self, node: Node, spec: dict) -> NodeChannel:
         if self._fanout is None:
@@ -386,7 +437,7 @@ class MPIBackend(Backend):
                 )
             except OSError as exc:
                 raise LaunchError(f"{node.host}: cannot run {self.runtime}: {exc.strerror}") from None
-            channel = MPIChannel(node, process, self.runtime, self.python)
+            channel = MPIChannel(node, process, self.runtime, self.python, self.node_timeout)
             self._channels.append(channel)
             channel.process.stdin.write(spec_message(spec))  # the runtime forwards stdin to it
             await channel.wait_started(self.connect_timeout)
