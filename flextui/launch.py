@@ -20,6 +20,7 @@ A node spec (built by the console) is
      "console_timeout": float,                 stop after this long without a command (0: never)
      "command": {"head": [..], "tail": [..], "local_rank_arg": bool},
      "workers": [{"rank": int, "local_rank": int, "env": {..}}, ..],
+     "mode": "fixed"|"elastic",                optional: "elastic" if the spec has that key
      "map_gpus": bool,                         optional, see below
      "preflight": {..}}                        optional, see below
 Worker i runs `head + ["--local_rank=<local rank>"] + tail` (the flag only with
@@ -130,6 +131,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 try:  # a node without psutil is reported by the preflight, not by a traceback
     import psutil
@@ -347,29 +349,40 @@ def command_argv(command: dict, local_rank: int) -> list[str]:
     return [*command["head"], *flag, *command["tail"]]
 
 
-class Worker:
-    def __init__(self, spec: dict, log_dir: str, command: dict | None = None) -> None:
-        self.rank: int = spec["rank"]
-        self.argv: list[str] = spec["argv"] if "argv" in spec else command_argv(command, spec["local_rank"])
-        self.env: dict[str, str] = spec.get("env", {})
-        self.log_path = os.path.join(log_dir, f"rank-{self.rank}.log")
-        self.proc: subprocess.Popen | None = None
-        self.pid: int | None = None
-        self.read_fd: int | None = None
+# -- a set of processes: start, poll, signal, reap ------------------------------------------
+
+
+class LogTail:
+    """A log file followed as it grows, emitted as {**tag, "data": text} events: whole lines,
+    a line with a carriage return (a progress bar) as it is drawn, a line over READ_CHUNK
+    in pieces, the unfinished last line at the end."""
+
+    def __init__(self, path: str, tag: dict) -> None:
+        self.path = path
+        self.tag = tag
+        self.fd: int | None = None
         self.partial = b""
         self.more = False
-        self.code: int | None = None
-        self.signal: int | None = None
-        self.exited = False
-        self.stopped = False
+
+    def open(self) -> None:
+        if self.fd is None:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def read_new(self) -> bytes:
         """Up to READ_CHUNK more bytes of the log, cut after the last newline; a line
         longer than that goes out in pieces. Sets `more` when the read was capped."""
-        if self.read_fd is None:
+        if self.fd is None:
             self.more = False
             return b""
-        chunk = os.read(self.read_fd, READ_CHUNK)
+        chunk = os.read(self.fd, READ_CHUNK)
         self.more = len(chunk) == READ_CHUNK
         data = self.partial + chunk
         cut = data.rfind(b"\n") + 1
@@ -387,7 +400,127 @@ class Worker:
         return data
 
 
+class Child:
+    """A process the launcher starts (a worker, torch's agent) and how it ended."""
+
+    def __init__(self, argv: list[str], log: LogTail, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.log = log
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.code: int | None = None
+        self.signal: int | None = None
+        self.exited = False
+        self.stopped = False  # we asked it (or the job) to stop before it ended
+
+
+class ProcessGroup:
+    """Every process of the job on this node, as torch's PContext keeps its workers: starts
+    children (each in a session of its own, stdout+stderr straight into its log file, so it
+    never waits on us), reaps them and every orphan they leave (the launcher is their child
+    subreaper), and signals what is left: SIGTERM once per process, SIGKILL to survivors."""
+
+    def __init__(self, on_exit: Callable[[Child], None]) -> None:
+        self.on_exit = on_exit
+        self.by_pid: dict[int, Child] = {}  # started and not reaped yet
+        self.asked_to_stop: set[tuple[int, float]] = set()  # (pid, start time): had its SIGTERM
+
+    def start(self, child: Child, env: dict[str, str], cwd: str | None) -> None:
+        """Start it (OSError if it cannot be) and follow its log."""
+        child.proc = start_logged(child.argv, child.log.path, env, cwd)
+        child.pid = child.proc.pid
+        child.log.open()
+        self.by_pid[child.pid] = child
+
+    def live(self) -> list[Child]:
+        return list(self.by_pid.values())
+
+    def reap(self) -> None:
+        """Collect every exited child: ours (on_exit tells the mode) and adopted orphans."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.by_pid.pop(pid, None)
+            if child is not None:
+                child.proc.returncode = os.waitstatus_to_exitcode(status)
+                if os.WIFSIGNALED(status):
+                    child.code, child.signal = None, os.WTERMSIG(status)
+                else:
+                    child.code, child.signal = os.WEXITSTATUS(status), None
+                child.exited = True
+                self.on_exit(child)
+
+    @staticmethod
+    def descendants() -> list[psutil.Process]:
+        try:
+            return psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return []
+
+    @staticmethod
+    def tree(pid: int | None) -> list[psutil.Process]:
+        if not pid:
+            return []
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def terminate(self, processes: list[psutil.Process]) -> None:
+        """SIGTERM each process once: a script that checkpoints on the first SIGTERM is cut
+        short by a second one (also after a stop_rank, by the job's stop)."""
+        for process in processes:
+            try:
+                key = (process.pid, process.create_time())
+            except psutil.Error:
+                continue
+            if key not in self.asked_to_stop:
+                self.asked_to_stop.add(key)
+                signal_all([process], signal.SIGTERM)
+
+    def terminate_children(self, found: list[psutil.Process]) -> None:
+        """A child psutil did not find among `found` (the snapshot just signalled): its
+        process group, once."""
+        pids = {p.pid for p in found}
+        for child in self.live():
+            if child.pid not in pids:
+                _killpg(child.pid, signal.SIGTERM)
+
+    def kill(self) -> int:
+        """SIGKILL every process left; how many there were."""
+        survivors = self.descendants()
+        for child in self.live():
+            _killpg(child.pid, signal.SIGKILL)
+        signal_all(survivors, signal.SIGKILL)
+        return len(survivors)
+
+
+def signal_all(processes: list[psutil.Process], sig: int) -> None:
+    for process in processes:
+        try:
+            process.send_signal(sig)  # psutil checks the pid was not reused
+        except psutil.Error:
+            pass
+
+
+# -- the launcher: what every mode shares -------------------------------------------------
+
+
 class NodeLauncher:
+    """The protocol, the preflight and "go", commands, signals and the console timeout,
+    stopping (SIGTERM once per process, SIGKILL after the grace) and following logs until
+    every process is gone. A mode (a subclass, in MODES) says what to start, which logs to
+    follow, when its own processes are done and what the node's exit code is."""
+
+    #: Why the job stops when the mode's processes are done but left others behind.
+    leftover_reason = "stopping what the job left behind"
+
     def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
         self.spec = spec
         self.node_rank = spec.get("node_rank", 0)
@@ -397,18 +530,59 @@ class NodeLauncher:
         self.stdin_rest = stdin_rest  # what followed the spec line on stdin
         self.stdin_watched = watch_stdin
         self.log_dir = spec["log_dir"]
-        self.workers = [Worker(w, self.log_dir, spec.get("command")) for w in spec["workers"]]
-        self.by_pid: dict[int, Worker] = {}
+        self.group = ProcessGroup(self.on_exit)
         self.emitter = Emitter()
         self.stopping = False
-        self.first_failure: Worker | None = None
         self.stop_signal: int | None = None
         self.escalation: asyncio.TimerHandle | None = None
         self.changed = asyncio.Event()
         self.waiting = False  # checked, holding until the console says "go"
-        self.asked_to_stop: set[tuple[int, float]] = set()  # (pid, start time): had its SIGTERM
         self.preflight_code = 0
         self.go = asyncio.Event()  # "go", or a stop while waiting
+
+    # -- what a mode provides ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the mode's processes (the log directory exists)."""
+        raise NotImplementedError
+
+    def on_exit(self, child: Child) -> None:
+        """A child the mode started has ended (reaped: code, signal and exited are set)."""
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Each round, before the logs are read: look for what no signal tells us."""
+
+    def tails(self) -> list[LogTail]:
+        """The logs still being written."""
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        """Whether the mode's own processes have all ended."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After the last process: report whatever is left (logs, exits)."""
+
+    def stop_targets(self, processes: list[psutil.Process]) -> list[psutil.Process]:
+        """Of every process left, those a stop SIGTERMs (the others stop by themselves)."""
+        return processes
+
+    def on_command(self, command: dict) -> None:
+        kind = command.get("cmd")
+        if kind == "go":
+            self.go.set()
+        elif kind == "ping":
+            if command.get("reply"):
+                self.emitter.emit({"ev": "pong", "t": time.time()})
+        elif kind == "stop":
+            self.begin_stop(command.get("reason", "stopped by console"))
+        elif kind == "kill":
+            self.begin_stop(command.get("reason", "killed by console"))
+            self.kill_all()
+
+    def exit_code(self) -> int:
+        raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -431,9 +605,9 @@ class NodeLauncher:
             await self.emitter.close()
             return code
         os.makedirs(self.log_dir, exist_ok=True)
-        self.start_processes()
+        self.start()
         self.reap()
-        await self.follow_logs_until_done()
+        await self.follow_until_done()
         stdin_task.cancel()
         code = self.exit_code()
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
@@ -453,61 +627,18 @@ class NodeLauncher:
         self.waiting = False
         return not self.stopping
 
-    def start_processes(self) -> None:
-        for worker in self.workers:
-            if self.stopping:
-                # A worker that could not start stopped the job: the rest never run (their
-                # ranks stay without a "started" event) and must not be waited for.
-                worker.exited = True
-                continue
-            self.spawn(worker)
-
-    def spawn(self, worker: Worker) -> None:
-        env = {**os.environ, **self.env, **worker.env}
+    def start_child(self, child: Child) -> OSError | None:
+        """Start a child with the node's environment (and its own) in the job's directory;
+        the error if it could not be."""
         try:
-            worker.proc = start_logged(worker.argv, worker.log_path, env, self.spec.get("cwd"))
+            self.group.start(child, {**os.environ, **self.env, **child.env}, self.spec.get("cwd"))
         except OSError as exc:
-            message = f"cannot start rank {worker.rank}: {worker.argv[0]}: {exc.strerror}\n"
-            with open(worker.log_path, "ab") as log:
-                log.write(message.encode())
-            self.emitter.emit({"ev": "error", "rank": worker.rank, "message": message.strip()})
-            worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
-            self.on_exit(worker, 127, None)
-            return
-        worker.pid = worker.proc.pid
-        worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
-        self.by_pid[worker.pid] = worker
-        self.emitter.emit({"ev": "started", "rank": worker.rank, "pid": worker.pid, "t": time.time()})
+            return exc
+        return None
 
     def reap(self) -> None:
-        """Collect every child: our workers and the orphans we adopted as subreaper."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            worker = self.by_pid.pop(pid, None)
-            if worker is not None:
-                worker.proc.returncode = os.waitstatus_to_exitcode(status)
-                if os.WIFSIGNALED(status):
-                    self.on_exit(worker, None, os.WTERMSIG(status))
-                else:
-                    self.on_exit(worker, os.WEXITSTATUS(status), None)
+        self.group.reap()
         self.changed.set()
-
-    def on_exit(self, worker: Worker, code: int | None, sig: int | None) -> None:
-        self.flush(worker, final=True)
-        worker.code, worker.signal, worker.exited = code, sig, True
-        stopped = worker.stopped or self.stopping
-        self.emitter.emit(
-            {"ev": "exited", "rank": worker.rank, "code": code, "signal": sig,
-             "t": time.time(), "stopped": stopped}
-        )
-        if exit_status(code, sig) != 0 and not stopped and self.first_failure is None:
-            self.first_failure = worker
-            self.begin_stop(f"rank {worker.rank} failed")
 
     def on_signal(self, sig: int) -> None:
         if self.stop_signal is None:
@@ -544,27 +675,6 @@ class NodeLauncher:
             if isinstance(command, dict) and command.get("node", self.node_rank) == self.node_rank:
                 self.on_command(command)
 
-    def on_command(self, command: dict) -> None:
-        kind = command.get("cmd")
-        if kind == "go":
-            self.go.set()
-        elif kind == "ping":
-            if command.get("reply"):
-                self.emitter.emit({"ev": "pong", "t": time.time()})
-        elif kind == "stop":
-            self.begin_stop(command.get("reason", "stopped by console"))
-        elif kind == "kill":
-            self.begin_stop(command.get("reason", "killed by console"))
-            self.kill_all()
-        elif kind == "stop_rank":
-            for worker in self.workers:
-                if worker.rank == command.get("rank") and not worker.exited:
-                    worker.stopped = True
-                    self.terminate(self.worker_tree(worker))
-                    asyncio.get_running_loop().call_later(
-                        self.grace, self.signal_tree, self.worker_tree(worker), signal.SIGKILL
-                    )
-
     # -- stopping ----------------------------------------------------------------------
 
     def stop_before_start(self) -> bool:
@@ -576,78 +686,45 @@ class NodeLauncher:
         return self.waiting
 
     def begin_stop(self, reason: str) -> None:
+        """SIGTERM every process once (those the mode leaves to others excepted), SIGKILL
+        every survivor after the grace."""
         if self.stopping or self.stop_before_start():
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
-        processes = self.descendants()
-        self.terminate(processes)
-        found = {p.pid for p in processes}
-        for worker in self.workers:  # only if psutil missed it: its group, once
-            if worker.pid and not worker.exited and worker.pid not in found:
-                _killpg(worker.pid, signal.SIGTERM)
+        processes = self.group.descendants()
+        self.group.terminate(self.stop_targets(processes))
+        self.group.terminate_children(processes)
         self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
         self.changed.set()
 
-    def terminate(self, processes: list[psutil.Process]) -> None:
-        """SIGTERM each process once: a script that checkpoints on the first SIGTERM is cut
-        short by a second one (also after a stop_rank, by the job's stop)."""
-        for process in processes:
-            try:
-                key = (process.pid, process.create_time())
-            except psutil.Error:
-                continue
-            if key not in self.asked_to_stop:
-                self.asked_to_stop.add(key)
-                self.signal_tree([process], signal.SIGTERM)
+    def stop_tree(self, tree: Callable[[], list[psutil.Process]]) -> None:
+        """Stop one process tree (a rank): SIGTERM now, SIGKILL to what is left after the grace."""
+        first = tree()
+        self.group.terminate(first)
+        asyncio.get_running_loop().call_later(
+            self.grace, lambda: signal_all(first + tree(), signal.SIGKILL))
 
     def kill_all(self) -> None:
         if self.waiting:
             return  # nothing started yet
-        survivors = self.descendants()
-        for worker in self.workers:
-            if worker.pid and not worker.exited:
-                _killpg(worker.pid, signal.SIGKILL)
-        if survivors:
-            self.emitter.emit({"ev": "killing", "count": len(survivors), "t": time.time()})
-        self.signal_tree(survivors, signal.SIGKILL)
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process().children(recursive=True)
-        except psutil.Error:
-            return []
-
-    def worker_tree(self, worker: Worker) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(worker.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    @staticmethod
-    def signal_tree(processes: list[psutil.Process], sig: int) -> None:
-        for process in processes:
-            try:
-                process.send_signal(sig)  # psutil checks the pid was not reused
-            except psutil.Error:
-                pass
+        count = self.group.kill()
+        if count:
+            self.emitter.emit({"ev": "killing", "count": count, "t": time.time()})
 
     # -- logs ------------------------------------------------------------------------
 
-    def flush(self, worker: Worker, final: bool = False) -> bool:
-        """Emit the worker's new log text (final: all of it); True if more is waiting.
+    def flush(self, tail: LogTail, final: bool = False) -> bool:
+        """Emit the log's new text (final: all of it); True if more is waiting.
 
         One event carries at most about READ_CHUNK bytes, however fast a rank floods its
         log: the console reads events as lines and a giant one would overrun it."""
         while True:
-            data = worker.read_rest() if final else worker.read_new()
+            data = tail.read_rest() if final else tail.read_new()
             if data:
-                self.emitter.emit(
-                    {"ev": "out", "rank": worker.rank, "data": data.decode("utf-8", "surrogateescape")}
-                )
-            if not (final and worker.more):
-                return worker.more
+                self.emitter.emit({**tail.tag, "data": data.decode("utf-8", "surrogateescape")})
+            if not (final and tail.more):
+                return tail.more
 
     async def wait_for_change(self, found_output: bool) -> None:
         try:
@@ -657,30 +734,103 @@ class NodeLauncher:
         except asyncio.TimeoutError:
             pass
 
-    async def follow_logs_until_done(self) -> None:
-        """Stream logs until every worker has exited and no descendant is left."""
+    async def follow_until_done(self) -> None:
+        """Stream logs until the mode's processes are done and no descendant is left."""
         while True:
-            more = False
             emitted_before = self.emitter.emitted
-            for worker in self.workers:
-                if not worker.exited:
-                    more = self.flush(worker) or more
+            self.poll()
+            more = False
+            for tail in self.tails():
+                more = self.flush(tail) or more
             await self.emitter.drain()
-            if all(w.exited for w in self.workers):
-                leftovers = self.descendants()
-                if not leftovers:
+            if self.done():
+                left = self.group.descendants()
+                if not left:
                     break
-                # Workers are done but left children behind (say, dataloader workers).
-                self.begin_stop("workers exited, stopping their leftover children")
+                if self.stopping:  # born since the stop began (or left to a mode's process
+                    self.group.terminate(left)  # that is gone now): asked once, too
+                self.begin_stop(self.leftover_reason)
             self.changed.clear()
             if more:  # a capped read: read on at once, letting signals and stdin in
                 await asyncio.sleep(0)
                 continue
             await self.wait_for_change(self.emitter.emitted != emitted_before)
-        for worker in self.workers:
-            self.flush(worker, final=True)  # children may have written after their parent
+        self.finish()
         if self.escalation:
             self.escalation.cancel()
+
+
+# -- fixed mode: one worker per slot ---------------------------------------------------
+
+
+class Worker(Child):
+    """One rank: the spec's command for its local rank (or its own argv)."""
+
+    def __init__(self, spec: dict, log_dir: str, command: dict | None) -> None:
+        self.rank: int = spec["rank"]
+        argv = spec["argv"] if "argv" in spec else command_argv(command, spec["local_rank"])
+        log = LogTail(os.path.join(log_dir, f"rank-{self.rank}.log"), {"ev": "out", "rank": self.rank})
+        super().__init__(argv, log, spec.get("env", {}))
+
+
+class FixedLauncher(NodeLauncher):
+    """One worker per slot, started at once. The first that fails stops the others and
+    its status is the node's exit code."""
+
+    leftover_reason = "workers exited, stopping their leftover children"
+
+    def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
+        super().__init__(spec, stdin_rest, watch_stdin)
+        self.workers = [Worker(w, self.log_dir, spec.get("command")) for w in spec["workers"]]
+        self.first_failure: Worker | None = None
+
+    def start(self) -> None:
+        for worker in self.workers:
+            if self.stopping:
+                # A worker that could not start stopped the job: the rest never run (their
+                # ranks stay without a "started" event) and must not be waited for.
+                worker.exited = True
+                continue
+            error = self.start_child(worker)
+            if error is None:
+                self.emitter.emit({"ev": "started", "rank": worker.rank, "pid": worker.pid, "t": time.time()})
+                continue
+            message = f"cannot start rank {worker.rank}: {worker.argv[0]}: {error.strerror}\n"
+            with open(worker.log.path, "ab") as log:
+                log.write(message.encode())
+            self.emitter.emit({"ev": "error", "rank": worker.rank, "message": message.strip()})
+            worker.log.open()
+            worker.code, worker.exited = 127, True
+            self.on_exit(worker)
+
+    def on_exit(self, worker: Worker) -> None:
+        self.flush(worker.log, final=True)
+        stopped = worker.stopped or self.stopping
+        self.emitter.emit(
+            {"ev": "exited", "rank": worker.rank, "code": worker.code, "signal": worker.signal,
+             "t": time.time(), "stopped": stopped}
+        )
+        if exit_status(worker.code, worker.signal) != 0 and not stopped and self.first_failure is None:
+            self.first_failure = worker
+            self.begin_stop(f"rank {worker.rank} failed")
+
+    def on_command(self, command: dict) -> None:
+        if command.get("cmd") != "stop_rank":
+            return super().on_command(command)
+        worker = next((w for w in self.workers if w.rank == command.get("rank") and not w.exited), None)
+        if worker is not None:
+            worker.stopped = True
+            self.stop_tree(lambda: self.group.tree(worker.pid))
+
+    def tails(self) -> list[LogTail]:
+        return [w.log for w in self.workers if not w.exited]
+
+    def done(self) -> bool:
+        return all(w.exited for w in self.workers)
+
+    def finish(self) -> None:
+        for worker in self.workers:
+            self.flush(worker.log, final=True)  # children may have written after their parent
 
     def exit_code(self) -> int:
         if self.first_failure is not None:
@@ -759,16 +909,20 @@ SHIM_BOOT = "import os;exec(os.environ['FLEXTUI_SHIM'])"
 GROUP_WAIT = 2.0  # seconds to wait for all of a worker group's shims before announcing it
 
 
-class ElasticWorker(Worker):
+class ElasticWorker:
     """One worker of the agent, seen through the files its shim writes."""
 
     def __init__(self, meta: dict, base: str, seq: int) -> None:
-        super().__init__({"rank": meta["rank"], "argv": []}, os.path.dirname(base))
-        self.log_path = base + ".log"
-        self.status_path = base + ".status"
-        self.seq = seq
+        self.rank: int = meta["rank"]
         self.local_rank: int = meta["local_rank"]
+        self.seq = seq
         self.pid = meta.get("pid")
+        self.log = LogTail(base + ".log", {"ev": "out", "seq": seq, "rank": self.rank})
+        self.status_path = base + ".status"
+        self.code: int | None = None
+        self.signal: int | None = None
+        self.exited = False
+        self.stopped = False
         try:
             self.shim: psutil.Process | None = psutil.Process(meta["shim"])
         except psutil.Error:
@@ -786,11 +940,6 @@ class ElasticWorker(Worker):
         except psutil.Error:
             return True
 
-    def close(self) -> None:
-        if self.read_fd is not None:
-            os.close(self.read_fd)
-            self.read_fd = None
-
 
 class WorkerGroup:
     """The workers one agent started together after one rendezvous (one attempt)."""
@@ -806,16 +955,19 @@ class WorkerGroup:
         self.stopped = False
 
 
-class ElasticNodeLauncher(NodeLauncher):
-    """Runs torch's elastic agent and reports the workers it starts, attempt by attempt."""
+class ElasticLauncher(NodeLauncher):
+    """Runs torch's elastic agent and reports the workers it starts, attempt by attempt.
+
+    The agent is the only child; a failed worker is its business (it restarts the group),
+    not a reason to stop; the node ends when the agent has, with the agent's status."""
+
+    leftover_reason = "torch's elastic agent exited, stopping what it left behind"
 
     def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
         super().__init__(spec, stdin_rest, watch_stdin)
         self.elastic = spec["elastic"]
         self.dir = os.path.join(self.log_dir, f"elastic-node{self.node_rank}")
-        self.agent = Worker({"rank": -1, "argv": self.agent_argv()}, self.dir)
-        self.agent.log_path = os.path.join(self.dir, "agent.log")
-        self.workers = [self.agent]  # what the base class signals, reaps and waits for
+        self.agent = Child(self.agent_argv(), LogTail(os.path.join(self.dir, "agent.log"), {"ev": "agent_out"}))
         self.groups: list[WorkerGroup] = []
         self.seen: set[str] = set()
         self.doomed: dict[tuple, str] = {}  # attempt identity -> why its workers must stop
@@ -824,38 +976,33 @@ class ElasticNodeLauncher(NodeLauncher):
         return [*self.elastic["agent"], "--log-dir", os.path.join(self.dir, "torchelastic"),
                 "--no-python", self.elastic["python"], "-S", "-c", SHIM_BOOT]
 
-    def start_processes(self) -> None:
+    def start(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
         env = {**os.environ, **self.env}
         # Workers would find stale addresses in a rendezvous store shared across restarts
         # (pytorch#135712): every round gets a fresh one. INFO makes the agent's log say
         # what it does; the shim takes back from the workers whatever we added.
         added = [name for name in ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "LOGLEVEL") if name not in env]
-        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-        env.setdefault("LOGLEVEL", "INFO")
-        env["FLEXTUI_ELASTIC_DIR"] = self.dir
-        env["FLEXTUI_SHIM"] = SHIM_SOURCE
-        env["FLEXTUI_WORKER"] = json.dumps({**self.spec["command"], "unset": added})
         agent = self.agent
-        try:
-            agent.proc = start_logged(agent.argv, agent.log_path, env, self.spec.get("cwd"))
-        except OSError as exc:
-            message = f"cannot start torch's elastic agent: {agent.argv[0]}: {exc.strerror}"
+        agent.env = {
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": env.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1"),
+            "LOGLEVEL": env.get("LOGLEVEL", "INFO"),
+            "FLEXTUI_ELASTIC_DIR": self.dir,
+            "FLEXTUI_SHIM": SHIM_SOURCE,
+            "FLEXTUI_WORKER": json.dumps({**self.spec["command"], "unset": added}),
+        }
+        error = self.start_child(agent)
+        if error is not None:
+            message = f"cannot start torch's elastic agent: {agent.argv[0]}: {error.strerror}"
             self.emitter.emit({"ev": "error", "rank": None, "message": message})
             agent.code, agent.exited = 127, True
             return
-        agent.pid = agent.proc.pid
-        agent.read_fd = os.open(agent.log_path, os.O_RDONLY)
-        self.by_pid[agent.pid] = agent
         self.emitter.emit({"ev": "agent", "pid": agent.pid, "argv": agent.argv, "t": time.time()})
 
-    def on_exit(self, worker: Worker, code: int | None, sig: int | None) -> None:
-        # Only the agent is our child; when it is gone so is the job on this node.
-        self.flush(worker, final=True)
-        worker.code, worker.signal, worker.exited = code, sig, True
-        self.emitter.emit({"ev": "agent_exited", "code": code, "signal": sig,
+    def on_exit(self, agent: Child) -> None:
+        self.flush(agent.log, final=True)
+        self.emitter.emit({"ev": "agent_exited", "code": agent.code, "signal": agent.signal,
                            "stopped": self.stopping, "t": time.time()})
-        self.changed.set()
 
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
@@ -874,23 +1021,12 @@ class ElasticNodeLauncher(NodeLauncher):
         else:
             super().on_command(command)
 
-    def begin_stop(self, reason: str) -> None:
-        """As the base class, but torch's agent stops its own workers: it SIGTERMs each
-        worker's process group (once) when it gets its SIGTERM, so those groups are left to
-        it while it lives (a second SIGTERM cuts a checkpointing worker short). The rest
-        (the agent, whatever left a worker's group) gets one from us; SIGKILL after the
-        grace to every survivor."""
-        if self.stopping or self.stop_before_start():
-            return
-        self.stopping = True
-        self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
-        processes = self.descendants()  # the agent, shims, workers
+    def stop_targets(self, processes: list[psutil.Process]) -> list[psutil.Process]:
+        """torch's agent stops its own workers: it SIGTERMs each worker's process group
+        (once) when it gets its SIGTERM, so those groups are left to it while it lives (a
+        second SIGTERM would cut a checkpointing worker short)."""
         agents_groups = self.agents_worker_groups()
-        self.terminate([p for p in processes if _pgid(p.pid) not in agents_groups])
-        if self.agent.pid and not self.agent.exited and self.agent.pid not in {p.pid for p in processes}:
-            _killpg(self.agent.pid, signal.SIGTERM)
-        self.escalation = asyncio.get_running_loop().call_later(self.grace, self.kill_all)
-        self.changed.set()
+        return [p for p in processes if _pgid(p.pid) not in agents_groups]
 
     def agents_worker_groups(self) -> set[int]:
         """Process groups torch's agent signals itself: its children, each started in a
@@ -911,16 +1047,33 @@ class ElasticNodeLauncher(NodeLauncher):
             self.stop_worker(worker)
 
     def stop_worker(self, worker: ElasticWorker) -> None:
-        """SIGTERM its tree now, SIGKILL what is left of it after the grace. The agent sees
-        a failed worker and restarts its group (counted in --max-restarts)."""
-        if worker.exited:
-            return
-        worker.stopped = True
-        self.terminate(worker.tree())
-        asyncio.get_running_loop().call_later(
-            self.grace, lambda: self.signal_tree(worker.tree(), signal.SIGKILL))
+        """The agent sees a failed worker and restarts its group (counted in --max-restarts)."""
+        if not worker.exited:
+            worker.stopped = True
+            self.stop_tree(worker.tree)
 
-    # -- discovering workers -----------------------------------------------------------
+    # -- following the agent and its workers ---------------------------------------------
+
+    def poll(self) -> None:
+        self.scan()
+        for worker in list(self.live_workers()):
+            self.check_exit(worker)
+
+    def tails(self) -> list[LogTail]:
+        own = [] if self.agent.exited else [self.agent.log]
+        return own + [w.log for w in self.live_workers()]
+
+    def done(self) -> bool:
+        return self.agent.exited
+
+    def finish(self) -> None:
+        self.scan()
+        for group in self.groups:
+            if not group.announced:
+                self.announce(group)
+        for worker in list(self.live_workers()):
+            self.check_exit(worker, final=True)
+        self.flush(self.agent.log, final=True)
 
     def scan(self) -> None:
         try:
@@ -968,11 +1121,8 @@ class ElasticNodeLauncher(NodeLauncher):
             "t": meta.get("t"),
         })
         for worker in group.workers.values():
-            if worker.read_fd is None and not worker.exited:
-                try:
-                    worker.read_fd = os.open(worker.log_path, os.O_RDONLY)
-                except OSError:
-                    pass
+            if not worker.exited:
+                worker.log.open()
         reason = self.doomed.get(group.identity)
         if reason is not None:
             self.stop_group(group, reason)
@@ -985,67 +1135,19 @@ class ElasticNodeLauncher(NodeLauncher):
             status = _read_json(worker.status_path)  # it may have written it just now
         if status is None:  # gone without a word: only SIGKILL does that to the shim
             status = {"code": None, "signal": signal.SIGKILL, "t": time.time()}
-        self.flush(worker, final=True)
-        worker.close()
+        self.flush(worker.log, final=True)
+        worker.log.close()
         worker.code, worker.signal, worker.exited = status.get("code"), status.get("signal"), True
         self.emitter.emit({"ev": "exited", "seq": worker.seq, "rank": worker.rank,
                            "code": worker.code, "signal": worker.signal, "t": status.get("t"),
                            "stopped": worker.stopped or self.stopping})
 
-    def live_workers(self):
+    def live_workers(self) -> Iterator[ElasticWorker]:
         for group in self.groups:
             if group.announced:
                 for worker in group.workers.values():
                     if not worker.exited:
                         yield worker
-
-    # -- logs --------------------------------------------------------------------------
-
-    def flush(self, worker: Worker, final: bool = False) -> bool:
-        while True:
-            data = worker.read_rest() if final else worker.read_new()
-            if data:
-                text = data.decode("utf-8", "surrogateescape")
-                if worker is self.agent:
-                    self.emitter.emit({"ev": "agent_out", "data": text})
-                else:
-                    self.emitter.emit({"ev": "out", "seq": worker.seq, "rank": worker.rank, "data": text})
-            if not (final and worker.more):
-                return worker.more
-
-    async def follow_logs_until_done(self) -> None:
-        """Stream the agent's and its workers' logs until the agent is gone with every
-        process it left behind."""
-        while True:
-            emitted_before = self.emitter.emitted
-            self.scan()
-            more = self.flush(self.agent) if not self.agent.exited else False
-            for worker in list(self.live_workers()):
-                more = self.flush(worker) or more
-                self.check_exit(worker)
-            await self.emitter.drain()
-            if self.agent.exited:
-                left = self.descendants()
-                if not left:
-                    break
-                if self.stopping:  # the agent did not stop all of its workers: we do (once)
-                    self.terminate(left)
-                self.begin_stop("torch's elastic agent exited, stopping what it left behind")
-            self.changed.clear()
-            if more:
-                await asyncio.sleep(0)
-                continue
-            await self.wait_for_change(self.emitter.emitted != emitted_before)
-        self.scan()
-        for group in self.groups:
-            if not group.announced:
-                self.announce(group)
-        for worker in list(self.live_workers()):
-            self.check_exit(worker, final=True)
-        if self.agent.read_fd is not None:
-            self.flush(self.agent, final=True)
-        if self.escalation:
-            self.escalation.cancel()
 
     def exit_code(self) -> int:
         if self.stop_signal is not None:
@@ -1053,6 +1155,14 @@ class ElasticNodeLauncher(NodeLauncher):
         if self.agent.pid is None and self.agent.code is None:
             return 1
         return exit_status(self.agent.code, self.agent.signal)
+
+
+#: How a spec's mode ("mode", else "elastic" when it has that key) is run on the node.
+MODES: dict[str, type[NodeLauncher]] = {"fixed": FixedLauncher, "elastic": ElasticLauncher}
+
+
+def mode_of(spec: dict) -> str:
+    return spec.get("mode") or ("elastic" if spec.get("elastic") else "fixed")
 
 
 def _read_json(path: str) -> dict | None:
@@ -1144,7 +1254,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_pid:
         with open(args.save_pid, "w") as f:
             f.write(f"{os.getpid()}\n")
-    launcher = ElasticNodeLauncher if spec.get("elastic") else NodeLauncher
+    launcher = MODES.get(mode_of(spec))
+    if launcher is None:
+        parser.exit(2, f"{parser.prog}: unknown mode {mode_of(spec)!r} (known: {', '.join(MODES)})\n")
     return asyncio.run(launcher(spec, rest, watch_stdin=stdin_is_a_console()).run())
 
 
