@@ -141,6 +141,7 @@ except ImportError:
 PROTOCOL_VERSION = 1
 DEFAULT_GRACE = 10.0
 SPEC_TIMEOUT = 60.0  # seconds of silence on stdin before its first line (the spec) is given up
+LAST_WORDS = 2.0  # seconds still given to unsent events once the console is known dead
 POLL_INTERVAL = 0.05
 ACTIVE_POLL_INTERVAL = 0.01  # while logs flow: less lag; when quiet: less idle CPU
 READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
@@ -226,8 +227,8 @@ class Emitter:
 
     def __init__(self) -> None:
         self.transport: asyncio.WriteTransport | None = None
-        self.emitted = 0
-        self.protocol: asyncio.Protocol | None = None
+        self.emitted = 0  # events so far: the follow loop polls faster while they flow
+        self.protocol: _DrainableProtocol | None = None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -251,16 +252,28 @@ class Emitter:
         if self.transport is not None and not self.transport.is_closing():
             await self.protocol.drain()
 
-    async def close(self) -> None:
-        if self.transport is not None:
-            await self.drain()
-            self.transport.close()
+    async def close(self, console_alive: Callable[[], bool] = lambda: True) -> None:
+        """Return once every event is written to the channel (a launcher that exits sooner
+        loses the rest: the console would see a node end without "done"), or the channel
+        is dead, or the console is known dead (then after LAST_WORDS more seconds)."""
+        if self.transport is None:
+            return
+        self.transport.close()  # writes out what is buffered, then connection_lost
+        dead_since = None
+        while not self.protocol.lost.done():
+            if not console_alive():
+                dead_since = dead_since or time.monotonic()
+                if time.monotonic() - dead_since > LAST_WORDS:
+                    self.transport.abort()
+                    return
+            await asyncio.wait([self.protocol.lost], timeout=0.1)
 
 
 class _DrainableProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._paused = False
         self._waiter: asyncio.Future | None = None
+        self.lost = asyncio.get_running_loop().create_future()  # done: nothing more to write
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -272,6 +285,8 @@ class _DrainableProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.resume_writing()
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
     async def drain(self) -> None:
         if self._paused:
@@ -539,6 +554,7 @@ class NodeLauncher:
         self.waiting = False  # checked, holding until the console says "go"
         self.preflight_code = 0
         self.go = asyncio.Event()  # "go", or a stop while waiting
+        self.last_word = time.monotonic()  # when the console last said anything (the spec)
 
     # -- what a mode provides ----------------------------------------------------------
 
@@ -599,20 +615,23 @@ class NodeLauncher:
             loop.add_signal_handler(sig, self.on_signal, sig)
         stdin_task = asyncio.ensure_future(self.watch_stdin())
         if "preflight" in self.spec and not await self.preflight():
-            stdin_task.cancel()
             code = 128 + self.stop_signal if self.stop_signal is not None else self.preflight_code
-            self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
-            await self.emitter.close()
-            return code
-        os.makedirs(self.log_dir, exist_ok=True)
-        self.start()
-        self.reap()
-        await self.follow_until_done()
-        stdin_task.cancel()
-        code = self.exit_code()
+        else:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self.start()
+            self.reap()
+            await self.follow_until_done()
+            code = self.exit_code()
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
-        await self.emitter.close()
+        await self.emitter.close(self.console_alive)  # still hearing pings meanwhile
+        stdin_task.cancel()
         return code
+
+    def console_alive(self) -> bool:
+        """False once the console has been silent for its timeout (a dropped network)."""
+        if not (self.stdin_watched and self.console_timeout):
+            return True
+        return time.monotonic() - self.last_word < self.console_timeout
 
     async def preflight(self) -> bool:
         """Check this node, report it, and hold until the console says "go" (every node
@@ -668,6 +687,7 @@ class NodeLauncher:
             if not line:
                 self.begin_stop("console gone (stdin closed)")
                 return
+            self.last_word = time.monotonic()
             try:
                 command = json.loads(line)
             except ValueError:

@@ -544,3 +544,31 @@ def test_a_stop_sends_each_process_exactly_one_sigterm(tmp_path, marker, first):
     for rank in range(2):  # the worker and its 3 children each finished their checkpoint
         assert launcher.output(rank).count("checkpoint written by") == 4
     assert_all_gone(marker, worker_pids(launcher))
+
+
+# -- every event reaches the channel before the launcher exits (issue 9 defect 1) ------------
+
+
+def test_the_launcher_waits_until_a_slow_reader_has_every_event(tmp_path, marker):
+    """The console (or its SSH session) may stall while the ranks finish: the launcher must
+    not exit with events still in its buffer. ~100 KB: more than a pipe holds (64 KiB), less
+    than makes the launcher wait for its reader while the ranks run (its buffer's 64 KiB)."""
+    code = "import sys\nsys.stdout.write(''.join('line %05d %s\\n' % (i, 'x' * 90) for i in range(500)))\n"
+    spec = node_spec(tmp_path / "logs", [[PY, "-c", code, marker]] * 2)
+    proc = subprocess.Popen([PY, "-m", "flextui.launch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    proc.stdin.write(spec_line({**spec, "grace": 10.0}))
+    proc.stdin.flush()
+    expected = "".join("line %05d %s\n" % (i, "x" * 90) for i in range(500))
+    wait_for(lambda: all(read_text(tmp_path / "logs" / f"rank-{r}.log") == expected for r in range(2)),
+             20, "both ranks wrote their 51 KB")
+    time.sleep(1.0)  # they exited; nobody has read a byte of the launcher's events
+    assert proc.poll() is None, "the launcher exited with its events unsent"
+    out, err = proc.communicate(timeout=20)
+    proc.stdin.close()
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["ev"] == "done"
+    for rank in range(2):
+        assert "".join(e["data"] for e in events if e["ev"] == "out" and e["rank"] == rank) == expected
+        assert [e["code"] for e in events if e["ev"] == "exited" and e["rank"] == rank] == [0]
