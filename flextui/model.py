@@ -165,6 +165,9 @@ class NodeState:
     lost: bool = False
     code: int | None = None
     error: str | None = None
+    #: why the node stopped its running ranks before the console asked it to (it heard
+    #: nothing from the console for --node_timeout, its launcher was signalled)
+    stopped_job: str | None = None
 
 
 class JobModel:
@@ -228,6 +231,8 @@ class JobModel:
             node.launcher_pid, node.hostname = event.get("pid"), event.get("host")
         elif kind == "stopping":
             self.grace = event.get("grace", self.grace)
+            if self.stop_started_at is None and not all(self.ranks[r].status.finished for r in node.ranks):
+                node.stopped_job = event.get("reason") or "stopped"
         elif kind == "error":
             node.error = event.get("message")
         elif kind == "done":
@@ -280,7 +285,12 @@ class JobModel:
         """A rank failed or a node was lost and the job is not stopping yet."""
         if self.stop_started_at is not None or self.state.finished:
             return False
-        return self.first_failure is not None or any(n.lost for n in self.nodes)
+        return self.first_failure is not None or any(n.lost or n.stopped_job for n in self.nodes)
+
+    def node_stop_reason(self) -> str | None:
+        """Why a node stopped the job on its own, if one did: "node H stopped the job: ..."."""
+        node = next((n for n in self.nodes if n.stopped_job), None)
+        return None if node is None else f"node {node.host} stopped the job: {node.stopped_job}"
 
     @property
     def all_done(self) -> bool:
@@ -298,7 +308,7 @@ class JobModel:
 
     def finish(self) -> None:
         self.ended_at = time.time()
-        if self.first_failure is not None or self.error or any(n.lost for n in self.nodes):
+        if self.first_failure is not None or self.error or any(n.lost or n.stopped_job for n in self.nodes):
             self.state = JobState.FAILED
         elif self.aborted_by_user or any(r.stopped for r in self.ranks):
             self.state = JobState.ABORTED

@@ -164,3 +164,30 @@ def test_a_full_run_directory_stops_the_job_saying_why(make_cluster, tmp_path, s
     for rank in range(4):  # what fitted is exact
         own = (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
         assert own.startswith((run_dir / f"rank-{rank}.log").read_bytes())
+
+
+def test_nodes_stopping_for_a_silent_console_say_so(make_cluster, tmp_path):
+    """Defect 6: the console suspended (SIGSTOP) longer than --node_timeout. The nodes rightly
+    stopped the job; the console, continued, reported "job aborted" with no stop reason."""
+    cluster = make_cluster(2)
+    console = subprocess.Popen(ssh_job_argv(cluster, tmp_path, options=("--headless", "--node_timeout", "2")),
+                               cwd=tmp_path, env=cluster.env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: all_ready(tmp_path), 60, "every rank ready")
+        console.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: job_processes(cluster) == 0, 2 + 5, "the nodes stopping by themselves")
+        finally:
+            console.send_signal(signal.SIGCONT)
+        stdout, stderr = console.communicate(timeout=30)
+    finally:
+        if console.poll() is None:
+            console.kill()
+    reasons = [f"node {n.name} stopped the job: no word from the console for 2s" for n in cluster.nodes[:2]]
+    assert console.returncode == 1, stdout[-2000:] + stderr
+    verdict = stdout.splitlines()[-1]
+    assert verdict in [f"job failed (exit code 1); {reason}" for reason in reasons], stdout[-2000:]
+    summary = json.loads((the_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["state"] == "failed" and summary["stop_reason"] in reasons, summary
+    assert all(r["status"] == "killed" and r["stopped"] for r in summary["ranks"]), summary["ranks"]

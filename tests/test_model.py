@@ -30,3 +30,33 @@ def test_exit_outcomes():
     assert (rank.status, rank.exit_status, rank.stopped) == (RankStatus.KILLED, 137, True)
     rank.record_exit({"code": 3, "signal": None, "t": 1.0})
     assert (rank.status, rank.exit_status) == (RankStatus.FAILED, 3)
+
+
+def _running_job() -> JobModel:
+    model = JobModel(World.from_slots({"a": [0], "b": [0]}), "run")
+    for node, rank in ((0, 0), (1, 1)):
+        model.apply(node, {"ev": "started", "rank": rank, "pid": 10 + rank, "t": 1.0})
+    return model
+
+
+def test_a_node_stopping_its_ranks_on_its_own_fails_the_job_with_its_reason():
+    model = _running_job()
+    model.apply(1, {"ev": "stopping", "reason": "no word from the console for 30s", "grace": 10, "t": 2.0})
+    assert model.must_stop
+    assert model.node_stop_reason() == "node b stopped the job: no word from the console for 30s"
+    model.begin_stop(model.node_stop_reason(), 10)
+    for node, rank in ((0, 0), (1, 1)):
+        model.apply(node, {"ev": "exited", "rank": rank, "code": None, "signal": 15, "t": 3.0, "stopped": True})
+    model.finish()
+    assert (model.state.value, model.exit_code) == ("failed", 1)
+
+
+def test_a_stop_the_console_asked_for_or_of_leftover_children_is_not_the_nodes_own():
+    model = _running_job()
+    model.begin_stop("aborted by user (SIGINT)", 10, by_user=True)
+    model.apply(0, {"ev": "stopping", "reason": "stopped by console", "grace": 10, "t": 2.0})
+    assert model.nodes[0].stopped_job is None
+    done = _running_job()
+    done.apply(0, {"ev": "exited", "rank": 0, "code": 0, "signal": None, "t": 2.0, "stopped": False})
+    done.apply(0, {"ev": "stopping", "reason": "workers exited, stopping their leftover children", "t": 2.1})
+    assert done.nodes[0].stopped_job is None and not done.must_stop

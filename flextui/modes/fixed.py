@@ -56,7 +56,7 @@ class FixedMode(RunMode):
             job.run_dir.flush_logs()
         if model.must_stop:
             first = model.first_failure
-            job.stop(f"rank {first.rank} failed" if first else "a node was lost")
+            job.stop(f"rank {first.rank} failed" if first else model.node_stop_reason() or "a node was lost")
         return True
 
     def on_channel_end(self, job: Job, node_rank: int, channel: NodeChannel) -> None:
