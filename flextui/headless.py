@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -17,15 +16,16 @@ from flextui.modes.elastic import ElasticJobModel
 
 
 def summary_table(model: JobModel) -> str:
+    now = model.ended_at or model.clock()
     header = ("RANK", "HOST", "GPU", "PID", "OUTCOME", "DURATION")
     rows = [
         (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), outcome_text(r),
-         f"{r.runtime(model.ended_at):.1f}s")
+         f"{r.runtime(now):.1f}s")
         for r in model.current_ranks
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    return "\n".join([*lines, verdict_line(model, model.ended_at or time.time())])
+    return "\n".join([*lines, verdict_line(model, now)])
 
 
 class ConsoleOutput:

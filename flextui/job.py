@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from flextui.errors import LaunchError  # the job layer's error: `from flextui.job import LaunchError`
-from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState
+from flextui.model import DEFAULT_TAIL_LINES, Clock, JobModel, JobState
 from flextui.modes import RunMode
 from flextui.modes.fixed import FixedMode
 from flextui.rundir import RunDir
@@ -50,17 +50,19 @@ class JobConfig:
     mode: RunMode = field(default_factory=FixedMode)  # how ranks run: fixed, elastic (modes/)
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+def new_run_id(now: float) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(3)
 
 
 class Job:
-    def __init__(self, config: JobConfig, backend: Backend, run_id: str | None = None) -> None:
+    def __init__(self, config: JobConfig, backend: Backend, run_id: str | None = None,
+                 clock: Clock = time.time) -> None:
+        self.clock = clock  # the job's only source of time (its model's too)
         self.config = config
         self.world = config.world
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or new_run_id(clock())
         self.mode = config.mode
-        self.model: JobModel = self.mode.new_model(self.world, self.run_id, config.tail_lines)
+        self.model: JobModel = self.mode.new_model(self.world, self.run_id, config.tail_lines, clock)
         self.run_dir = RunDir(config.log_root, self.run_id, on_failure=self._run_dir_failed)
         self.backend = backend
         #: Whether the console keeps a node's rank logs from its events (the node writes
@@ -134,7 +136,7 @@ class Job:
             await self._close_channels()
             self.model.finish()
             self.run_dir.record({"ev": "finished", "state": self.model.state.value,
-                                 "exit_code": self.model.exit_code, "t": time.time()})
+                                 "exit_code": self.model.exit_code, "t": self.clock()})
             self.run_dir.write_summary(self.model.summary())
             self.run_dir.close()
             self._finished.set()
@@ -264,7 +266,7 @@ class Job:
         detail = node.error or channel.diagnostics() or "connection closed"
         reason = f"node {node.host} lost: {detail.splitlines()[-1]}"
         self.model.node_lost(node_rank, reason)
-        self.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": time.time()})
+        self.record({"ev": "node_lost", "node": node_rank, "reason": reason, "t": self.clock()})
         return reason
 
     def publish(self, rank: int, lines: list[str] | None) -> None:
@@ -335,7 +337,7 @@ class Job:
     def stop(self, reason: str, by_user: bool = False) -> None:
         """Graceful stop of every node at once: SIGTERM trees, SIGKILL after the grace."""
         if self.model.begin_stop(reason, self.config.grace, by_user):
-            self.record({"ev": "stop", "reason": reason, "by_user": by_user, "t": time.time()})
+            self.record({"ev": "stop", "reason": reason, "by_user": by_user, "t": self.clock()})
             for channel in self.channels.values():
                 channel.send({"cmd": "stop", "reason": reason})
             self.notify()

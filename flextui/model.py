@@ -1,7 +1,8 @@
 """The job model: every rank's state, built only from node-launcher events.
 
 Pure logic and Textual-free: the console's orchestration (job.py) feeds it events, the
-headless printer and the Textual UI read it. Log text is kept per rank in a bounded ring
+headless printer and the Textual UI read it. It reads the time only from its clock (time.time
+unless a test gives it another), so every decision can be tested from a table of events. Log text is kept per rank in a bounded ring
 (the full log lives in the run directory), so memory stays flat however long a job runs.
 """
 
@@ -11,6 +12,7 @@ import enum
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -19,6 +21,9 @@ from flextui.world import RankInfo, World
 DEFAULT_TAIL_LINES = 5000
 MAX_LIVE_CHARS = 1 << 16  # of an unfinished line kept for display
 DEFAULT_COMBINED_LINES = 50000  # the "all ranks" ring: (rank, line) across every rank
+
+#: Seconds since the epoch, like time.time (which it is, but in tests).
+Clock = Callable[[], float]
 
 
 class RankStatus(enum.Enum):
@@ -88,10 +93,11 @@ class RankState:
             return self.live
         return self.tail[-1] if self.tail else ""
 
-    def runtime(self, now: float | None = None) -> float:
+    def runtime(self, now: float) -> float:
+        """Seconds it ran: until it ended, else until `now`."""
         if self.started_at is None:
             return 0.0
-        return (self.ended_at or now or time.time()) - self.started_at
+        return (self.ended_at or now) - self.started_at
 
     def add_output(self, data: str) -> list[str]:
         """Append raw log text; returns the complete lines it finished (for display).
@@ -179,7 +185,9 @@ class JobModel:
         run_id: str,
         tail_lines: int = DEFAULT_TAIL_LINES,
         combined_lines: int = DEFAULT_COMBINED_LINES,
+        clock: Clock = time.time,
     ) -> None:
+        self.clock = clock
         self.world = world
         self.run_id = run_id
         self.ranks = [RankState(info, tail_lines) for info in world.ranks]
@@ -189,7 +197,7 @@ class JobModel:
         self.combined_count = 0
         self.nodes = [NodeState(n.host, n.node_rank, n.ranks) for n in world.nodes]
         self.state = JobState.LAUNCHING
-        self.started_at = time.time()
+        self.started_at = clock()
         self.ended_at: float | None = None
         self.first_failure: RankState | None = None
         self.stop_reason: str | None = None
@@ -264,7 +272,7 @@ class JobModel:
             rank = self.ranks[rank_no]
             if not rank.status.finished:
                 self._finish_output(rank)
-                rank.status, rank.ended_at = RankStatus.LOST, time.time()
+                rank.status, rank.ended_at = RankStatus.LOST, self.clock()
 
     def interrupted(self, reason: str) -> None:
         """A node's launcher was ended from outside the job (scancel, a time limit): the job
@@ -292,22 +300,18 @@ class JobModel:
         node = next((n for n in self.nodes if n.stopped_job), None)
         return None if node is None else f"node {node.host} stopped the job: {node.stopped_job}"
 
-    @property
-    def all_done(self) -> bool:
-        return all(n.done for n in self.nodes)
-
     def begin_stop(self, reason: str, grace: float, by_user: bool = False) -> bool:
         """Record a stop; False if one is already under way."""
         if self.stop_started_at is not None or self.state.finished:
             return False
         self.stop_reason, self.grace = reason, grace
-        self.stop_started_at = time.time()
+        self.stop_started_at = self.clock()
         self.aborted_by_user = by_user
         self.state = JobState.STOPPING
         return True
 
     def finish(self) -> None:
-        self.ended_at = time.time()
+        self.ended_at = self.clock()
         if self.first_failure is not None or self.error or any(n.lost or n.stopped_job for n in self.nodes):
             self.state = JobState.FAILED
         elif self.aborted_by_user or any(r.stopped for r in self.ranks):
@@ -341,7 +345,7 @@ class JobModel:
         return counts
 
     def summary(self) -> dict:
-        now = self.ended_at or time.time()
+        now = self.ended_at or self.clock()
         return {
             "run_id": self.run_id,
             "state": self.state.value,

@@ -1,4 +1,10 @@
-from flextui.model import MAX_LIVE_CHARS, JobModel, RankStatus
+"""The job model: rank output, outcomes, and every decision the job takes from events."""
+
+from __future__ import annotations
+
+import pytest
+
+from flextui.model import MAX_LIVE_CHARS, JobModel, JobState, RankStatus
 from flextui.world import World
 
 
@@ -60,3 +66,154 @@ def test_a_stop_the_console_asked_for_or_of_leftover_children_is_not_the_nodes_o
     done.apply(0, {"ev": "exited", "rank": 0, "code": 0, "signal": None, "t": 2.0, "stopped": False})
     done.apply(0, {"ev": "stopping", "reason": "workers exited, stopping their leftover children", "t": 2.1})
     assert done.nodes[0].stopped_job is None and not done.must_stop
+
+
+# -- the model's decisions, one table row each -------------------------------------------------
+#
+# A scenario is what a job's launchers (and the console) did, in arrival order; the row says
+# what the model then decides: the first failure, whether the job must stop (before finish),
+# its final state and exit code. 2 nodes x 2 ranks: ranks 0-1 on node 0 (n1), 2-3 on node 1 (n2).
+# Times are the clock's: the model reads no other.
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def started() -> list[tuple]:
+    return [("started", r) for r in range(4)]
+
+
+def exited(rank: int, code: int | None = 0, signal: int | None = None, t: float = 1010.0,
+           stopped: bool = False) -> tuple:
+    return ("exited", rank, code, signal, t, stopped)
+
+
+def all_exit_0() -> list[tuple]:
+    return [exited(r) for r in range(4)] + [("done", 0, 0), ("done", 1, 0)]
+
+
+def play(steps: list[tuple], clock: FakeClock | None = None) -> JobModel:
+    clock = clock or FakeClock()
+    model = JobModel(World.from_slots({"n1": [0, 1], "n2": [0, 1]}), "run", clock=clock)
+    for step in steps:
+        kind, *args = step
+        if kind == "started":
+            (rank,) = args
+            model.apply(rank // 2, {"ev": "started", "rank": rank, "pid": 100 + rank, "t": clock()})
+        elif kind == "exited":
+            rank, code, sig, t, stopped = args
+            model.apply(rank // 2, {"ev": "exited", "rank": rank, "code": code, "signal": sig, "t": t,
+                                    "stopped": stopped})
+        elif kind == "done":
+            node, code = args
+            model.apply(node, {"ev": "done", "code": code})
+        elif kind == "lost":
+            (node,) = args
+            model.node_lost(node, f"node n{node + 1} lost: connection closed")
+        elif kind == "stop":
+            reason, by_user = args
+            model.begin_stop(reason, 10.0, by_user)
+        elif kind == "abort":
+            (signum,) = args
+            model.abort_signal = signum
+            model.begin_stop("aborted by user", 10.0, by_user=True)
+        elif kind == "error":
+            (message,) = args
+            model.error = message
+        elif kind == "node_stops":  # its launcher stopped its ranks on its own
+            node, reason = args
+            model.apply(node, {"ev": "stopping", "reason": reason, "grace": 10.0, "t": clock()})
+        elif kind == "interrupted":
+            (reason,) = args
+            model.interrupted(reason)
+        elif kind == "tick":
+            (seconds,) = args
+            clock.now += seconds
+        else:
+            raise ValueError(kind)
+    return model
+
+
+DECISIONS = [
+    # name, steps, first failure, must stop, final state, exit code
+    ("all exit 0", started() + all_exit_0(), None, False, JobState.SUCCEEDED, 0),
+    ("one rank fails", started() + [exited(2, code=3)], 2, True, JobState.FAILED, 3),
+    ("first failure by time, not by arrival",
+     started() + [exited(3, code=4, t=1012.0), exited(0, code=5, t=1011.0)], 0, True, JobState.FAILED, 5),
+    ("a later failure on another node does not replace it",
+     started() + [exited(1, code=5, t=1011.0), exited(3, code=4, t=1012.0)], 1, True, JobState.FAILED, 5),
+    ("killed by a signal is a failure: 128 + N",
+     started() + [exited(1, code=None, signal=9)], 1, True, JobState.FAILED, 137),
+    ("a rank the job stopped is not a failure",
+     started() + [("stop", "quit by user", True), exited(1, code=None, signal=15, stopped=True)],
+     None, False, JobState.ABORTED, 130),
+    ("stopped with a non-zero code is not a failure either",
+     started() + [exited(1, code=143, stopped=True)], None, False, JobState.ABORTED, 130),
+    ("the failures after the first are the stop's: exit code stays the first's",
+     started() + [exited(2, code=3, t=1010.0), ("stop", "rank 2 failed", False),
+                  exited(0, code=None, signal=15, t=1011.0, stopped=True),
+                  exited(3, code=1, t=1011.5)], 2, False, JobState.FAILED, 3),
+    ("a lost node stops the job; its exit is 255",
+     started() + [("lost", 1)], None, True, JobState.FAILED, 255),
+    ("a node that said done is never lost",
+     started() + all_exit_0() + [("lost", 1)], None, False, JobState.SUCCEEDED, 0),
+    ("Ctrl+C: 130", started() + [("abort", 2)], None, False, JobState.ABORTED, 130),
+    ("SIGTERM to the console: 143", started() + [("abort", 15)], None, False, JobState.ABORTED, 143),
+    ("a node that stops its ranks on its own fails the job with 1",
+     started() + [("node_stops", 1, "no word from the console for 30s")], None, True, JobState.FAILED, 1),
+    ("an error (could not start) fails the job with 1", [("error", "n2: unreachable")],
+     None, False, JobState.FAILED, 1),
+    ("ranks that never ended: failed", started() + [exited(0), exited(1)], None, False, JobState.FAILED, 1),
+    ("a stop that is under way is not started again",
+     started() + [("stop", "rank 1 failed", False), exited(1, code=2)], 1, False, JobState.FAILED, 2),
+    ("interrupted from outside: SIGTERM/SIGKILL deaths were stops, a real failure stays",
+     started() + [exited(0, code=None, signal=15, t=1011.0), exited(1, code=2, t=1012.0),
+                  ("interrupted", "Slurm job 7 was cancelled")], 1, True, JobState.FAILED, 2),
+    ("interrupted from outside with nothing failed: the job failed, exit 1",
+     started() + [exited(0, code=None, signal=9), ("interrupted", "Slurm job 7 was cancelled")],
+     None, False, JobState.FAILED, 1),
+]
+
+
+@pytest.mark.parametrize("steps, first, must_stop, state, exit_code",
+                         [row[1:] for row in DECISIONS], ids=[row[0] for row in DECISIONS])
+def test_decisions(steps, first, must_stop, state, exit_code):
+    model = play(steps)
+    assert (model.first_failure.rank if model.first_failure else None) == first
+    assert model.must_stop is must_stop
+    model.finish()
+    assert (model.state, model.exit_code) == (state, exit_code)
+    assert model.must_stop is False  # a finished job never needs stopping
+    assert model.summary()["exit_code"] == exit_code
+
+
+def test_every_time_comes_from_the_clock():
+    clock = FakeClock(500.0)
+    model = play(started(), clock)
+    assert model.started_at == 500.0
+    clock.now = 503.0
+    model.begin_stop("rank 1 failed", 10.0)
+    assert (model.stop_started_at, model.stop_deadline()) == (503.0, 513.0)
+    clock.now = 504.5
+    model.node_lost(1, "node n2 lost: connection closed")
+    assert [(r.status, r.ended_at) for r in model.ranks[2:]] == [(RankStatus.LOST, 504.5)] * 2
+    assert model.ranks[0].ended_at is None
+    clock.now = 507.0
+    model.finish()
+    assert model.ended_at == 507.0
+    summary = model.summary()
+    assert [r["duration"] for r in summary["ranks"]] == [7.0, 7.0, 4.5, 4.5]
+    assert (summary["started_at"], summary["ended_at"]) == (500.0, 507.0)
+
+
+def test_a_lost_node_finishes_its_unfinished_ranks_only():
+    model = play(started() + [exited(2, code=0), ("lost", 1)])
+    assert [r.status for r in model.ranks] == [RankStatus.RUNNING, RankStatus.RUNNING,
+                                               RankStatus.EXITED, RankStatus.LOST]
+    assert (model.nodes[1].lost, model.nodes[1].done, model.nodes[0].lost) == (True, True, False)
+    assert model.ranks[3].exit_status is None  # no exit code for a rank nobody saw end

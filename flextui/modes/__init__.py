@@ -22,7 +22,7 @@ side in flextui/launch.py.
 What a mode may use of the Job (flextui.job.Job) in on_event / on_channel_end: `model`,
 `run_dir`, `copy_logs[node_rank]` (the console keeps that node's logs from events),
 `publish(rank, lines)`, `record(event)`, `stop(reason)`, `send(node_ranks, command)`,
-`node_ended(node_rank, channel)` and `notify()`.
+`node_ended(node_rank, channel)`, `notify()` and `clock()` (the time, for records).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from flextui.world import Command, Node, World
 
 if TYPE_CHECKING:
     from flextui.job import Job
-    from flextui.model import JobModel
+    from flextui.model import Clock, JobModel
     from flextui.transport import NodeChannel
 
 #: Mode name -> "module:Class" of its RunMode. The default is chosen when no other mode's
@@ -97,8 +97,8 @@ class RunMode(abc.ABC):
     # -- starting -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def new_model(self, world: World, run_id: str, tail_lines: int) -> JobModel:
-        """The job model that applies this mode's launcher events."""
+    def new_model(self, world: World, run_id: str, tail_lines: int, clock: Clock) -> JobModel:
+        """The job model that applies this mode's launcher events, on the job's clock."""
 
     @abc.abstractmethod
     def node_spec(self, world: World, node: Node, run_id: str, command: Command) -> dict:

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flextui.errors import UsageError
-from flextui.model import JobModel, JobState, RankState, RankStatus
+from flextui.model import Clock, JobModel, JobState, RankState, RankStatus
 from flextui.modes import RunMode
 from flextui.world import Command, Node, RankInfo, World
 
@@ -312,7 +311,7 @@ class ElasticJobModel(JobModel):
         world_size = event["world_size"]
         attempt = Attempt(
             number=len(self.attempts), world_size=world_size, master=event.get("master", ""),
-            group_world_size=event.get("group_world_size", 0), started_at=event.get("t") or time.time(),
+            group_world_size=event.get("group_world_size", 0), started_at=event.get("t") or self.clock(),
             ranks=[RankState(RankInfo(i, "", -1, -1, -1), self._tail_lines) for i in range(world_size)],
         )
         self.attempts.append(attempt)
@@ -332,7 +331,7 @@ class ElasticJobModel(JobModel):
             return
         node.lost, node.done, node.error = True, True, reason
         self.lost_nodes.append(node_rank)
-        now = time.time()
+        now = self.clock()
         for attempt in self.attempts:
             group = attempt.groups.get(node_rank)
             for rank_no in group.ranks if group else ():
@@ -391,7 +390,7 @@ class ElasticJobModel(JobModel):
         return doomed
 
     def finish(self) -> None:
-        self.ended_at = time.time()
+        self.ended_at = self.clock()
         for attempt in self.attempts:
             for rank in attempt.ranks:
                 if not rank.status.finished:  # never reported, or its node ended silently
@@ -423,7 +422,7 @@ class ElasticJobModel(JobModel):
 
     def summary(self) -> dict:
         summary = super().summary()
-        now = self.ended_at or time.time()
+        now = self.ended_at or self.clock()
         summary["world_size"] = self.world_size
         summary["ranks"] = [_rank_summary(r, now) for r in self.current_ranks]
         summary["elastic"] = {
@@ -494,8 +493,8 @@ class ElasticMode(RunMode):
 
     # -- starting -----------------------------------------------------------------------
 
-    def new_model(self, world: World, run_id: str, tail_lines: int) -> ElasticJobModel:
-        return ElasticJobModel(world, run_id, self.config, tail_lines)
+    def new_model(self, world: World, run_id: str, tail_lines: int, clock: Clock) -> ElasticJobModel:
+        return ElasticJobModel(world, run_id, self.config, tail_lines, clock=clock)
 
     def node_spec(self, world: World, node: Node, run_id: str, command: Command) -> dict:
         return {
@@ -557,7 +556,7 @@ class ElasticMode(RunMode):
             return
         for attempt in model.take_doomed_attempts():
             job.record({"ev": "stop_attempt", "attempt": attempt.number, "reason": attempt.doomed,
-                        "t": time.time()})
+                        "t": job.clock()})
             job.send(model.active_nodes(), {"cmd": "stop_attempt", "master": attempt.master,
                                             "world_size": attempt.world_size, "reason": attempt.doomed})
 

@@ -8,10 +8,9 @@ Slurm job) stops the whole job; its exit code is the first failure's (model.py).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-from flextui.model import JobModel
+from flextui.model import Clock, JobModel
 from flextui.modes import RunMode
 from flextui.world import Command, Node, World
 
@@ -27,8 +26,8 @@ class FixedMode(RunMode):
     def from_args(cls, args, world: World) -> FixedMode:
         return cls()
 
-    def new_model(self, world: World, run_id: str, tail_lines: int) -> JobModel:
-        return JobModel(world, run_id, tail_lines)
+    def new_model(self, world: World, run_id: str, tail_lines: int, clock: Clock) -> JobModel:
+        return JobModel(world, run_id, tail_lines, clock=clock)
 
     def node_spec(self, world: World, node: Node, run_id: str, command: Command) -> dict:
         return {
@@ -63,7 +62,7 @@ class FixedMode(RunMode):
         interrupted = channel.interruption()
         if interrupted:  # e.g. the Slurm job was cancelled: the job fails with that reason
             job.model.interrupted(interrupted)
-            job.record({"ev": "interrupted", "node": node_rank, "reason": interrupted, "t": time.time()})
+            job.record({"ev": "interrupted", "node": node_rank, "reason": interrupted, "t": job.clock()})
             job.stop(interrupted)
             job.notify()
         reason = job.node_ended(node_rank, channel)
