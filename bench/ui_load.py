@@ -18,7 +18,7 @@ import asyncio
 import gc
 import json
 import os
-import statistics
+import signal
 import sys
 import time
 from time import perf_counter
@@ -34,7 +34,8 @@ from flextui.world import World  # noqa: E402
 
 
 class SyntheticJob:
-    """What FlexApp needs from a Job, fed by a timer instead of node launchers."""
+    """What FlexApp needs from a Job (flextui.job.JobProtocol), fed by a timer instead of
+    node launchers."""
 
     def __init__(self, ranks: int, per_node: int, rate: float, tail: int) -> None:
         hosts = {f"node{i:02d}": list(range(per_node)) for i in range(max(1, ranks // per_node))}
@@ -45,10 +46,8 @@ class SyntheticJob:
         self.lines = 0
         self._stop = asyncio.Event()
 
-        class Config:
-            grace = 1.0
-
-        self.config = Config()
+        self.grace = 1.0
+        self.run_path = "flextui-runs/bench"
 
     async def run(self) -> int:
         model = self.model
@@ -82,7 +81,7 @@ class SyntheticJob:
     def stop(self, reason: str, by_user: bool = False) -> None:
         self._stop.set()
 
-    def abort(self) -> None:
+    def abort(self, signum: int = signal.SIGINT) -> None:
         self._stop.set()
 
     def kill(self) -> None:

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from flextui.errors import LaunchError  # the job layer's error: `from flextui.job import LaunchError`
 from flextui.model import DEFAULT_TAIL_LINES, Clock, JobModel, JobState
@@ -28,6 +29,43 @@ from flextui.world import Command, Node, World
 
 #: Called with (rank, completed display lines) for every chunk of output.
 OutputListener = Callable[[int, list[str]], None]
+
+
+@runtime_checkable
+class JobProtocol(Protocol):
+    """What a console (the Textual UI) needs of a job: the state it draws and the controls
+    it calls. Job is the real one; flextui.ui.testing.FakeJob, the UI's test double, is the
+    other (tests/test_job_protocol.py holds both to these signatures)."""
+
+    world: World
+    run_id: str
+    model: JobModel
+
+    @property
+    def grace(self) -> float:
+        """Seconds from SIGTERM to SIGKILL when the job stops."""
+
+    @property
+    def run_path(self) -> str:
+        """The run directory: rank logs, events.jsonl, summary.json."""
+
+    async def run(self) -> int:
+        """Run the job to its end; its exit code. Raises LaunchError if it cannot start."""
+
+    def stop(self, reason: str, by_user: bool = False) -> None:
+        """Stop every rank: SIGTERM, SIGKILL after the grace."""
+
+    def abort(self, signum: int = signal.SIGINT) -> None:
+        """The user's Ctrl+C (or this signal to the console): stop; again: kill."""
+
+    def kill(self) -> None:
+        """SIGKILL every rank now."""
+
+    def stop_rank(self, rank: int) -> None:
+        """Stop one rank."""
+
+    def stop_node(self, node_rank: int) -> None:
+        """Stop a node's ranks."""
 
 #: How long a started launcher may take to report its preflight (its checks include a
 #: module lookup bounded at 120 s on the node).
@@ -142,6 +180,14 @@ class Job:
             self._finished.set()
             self.notify()
         return self.model.exit_code
+
+    @property
+    def grace(self) -> float:
+        return self.config.grace
+
+    @property
+    def run_path(self) -> str:
+        return self.run_dir.path
 
     async def wait(self) -> int:
         await self._finished.wait()

@@ -271,7 +271,7 @@ async def test_ctrl_c_aborts_then_kills_then_quits():
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("ctrl+c")
-        assert job.calls[:2] == [("abort",), ("stop", "aborted by user")]
+        assert job.calls[:2] == [("abort", 2), ("stop", "aborted by user (SIGINT)")]
         assert "stopping — SIGKILL in" in bar_text(app)
         await pilot.press("ctrl+c")
         assert ("kill",) in job.calls

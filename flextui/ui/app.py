@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.widgets import Footer, Input, Tab, Tabs
 
-from flextui.job import LaunchError
+from flextui.job import JobProtocol, LaunchError
 from flextui.ui.driver import ConsoleDriver
 from flextui.diagnosis import ERROR_RE, RateMeter, status_text
 from flextui.ui.format import fmt_duration
@@ -115,7 +115,7 @@ class FlexApp(App[int]):
         Binding("T", "cycle_theme", "Theme"),
     ]
 
-    def __init__(self, job, theme: str | None = None, *, clock: Callable[[], float] = time.time,
+    def __init__(self, job: JobProtocol, theme: str | None = None, *, clock: Callable[[], float] = time.time,
                  run_job: bool = True, theme_dirs=None) -> None:
         self.themes, theme_errors = load_themes(theme_dirs)
         theme_name = resolve_theme(theme, self.themes)  # ThemeError before the screen is taken
@@ -280,7 +280,7 @@ class FlexApp(App[int]):
         if table_sig != self._table_signature:
             self._table_signature = table_sig
             self.table.refresh()
-        run_dir = getattr(getattr(self.job, "run_dir", None), "path", None)
+        run_dir = self.job.run_path
         self.job_bar.set(job_bar_lines(model, self.palette, now, run_dir, self.rates.total,
                                        self.quitting, self.launch_error))
         self.log_view.sync()
@@ -501,9 +501,8 @@ class FlexApp(App[int]):
         first_press = self.model.stop_started_at is None
         self.job.abort()
         if first_press:
-            grace = getattr(getattr(self.job, "config", None), "grace", None)
-            self.notify(f"SIGTERM to every rank; SIGKILL in {grace:g}s. Ctrl+C again: kill now."
-                        if grace is not None else "Stopping every rank.", title="aborting", timeout=5)
+            self.notify(f"SIGTERM to every rank; SIGKILL in {self.job.grace:g}s. Ctrl+C again: kill now.",
+                        title="aborting", timeout=5)
         else:
             self.notify("SIGKILL to every rank.", title="killing", severity="warning", timeout=5)
         self._tick()
@@ -589,7 +588,7 @@ class FlexApp(App[int]):
             self.pop_screen()
             return
         self._close_overlays()
-        run_dir = getattr(getattr(self.job, "run_dir", None), "path", None)
+        run_dir = self.job.run_path
         self.push_screen(SummaryScreen(self.model, self.palette, self.clock(),
                                        self.launch_error, run_dir))
 
@@ -642,7 +641,7 @@ def _key_display(key: str) -> str:
     return _KEY_NAMES.get(key, key)
 
 
-async def run_app(job, theme: str | None = None) -> int:
+async def run_app(job: JobProtocol, theme: str | None = None) -> int:
     """Run the job in the Textual console; the job's exit code once the user quits.
 
     A LaunchError from the job (after the screen is up) is shown in the app and raised
@@ -669,9 +668,8 @@ async def stop_job_of(app: FlexApp, timeout: float | None = None) -> None:
         return
     if not task.done():
         app.job.kill()
-        grace = getattr(getattr(app.job, "config", None), "grace", 10.0)
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout or grace + 15)
+            await asyncio.wait_for(asyncio.shield(task), timeout or app.job.grace + 15)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - reported by the task
             pass
     elif not task.cancelled():

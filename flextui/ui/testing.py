@@ -1,28 +1,18 @@
 """A stand-in Job for UI tests, snapshots and benchmarks: same surface, no processes.
 
-FlexApp needs from a job: `model`, `world`, `run_id`, `config.grace`, `run_dir.path`,
-`async run()`, and the controls `stop/abort/kill/stop_rank/stop_node`. FakeJob records
-every control call in `calls` and ends its run() when stopped or killed.
+FakeJob satisfies flextui.job.JobProtocol, what FlexApp needs from a job (the model,
+world, run id, grace, run directory, `async run()` and the controls). It records every
+control call in `calls` and ends its run() when stopped or killed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import signal as signals
 
-from flextui.model import JobModel
 from flextui.job import LaunchError
+from flextui.model import JobModel
 from flextui.world import World
-
-
-@dataclass
-class _Config:
-    grace: float = 10.0
-
-
-@dataclass
-class _RunDir:
-    path: str = "flextui-runs/RUN"
 
 
 class FakeJob:
@@ -35,8 +25,8 @@ class FakeJob:
         self.model = JobModel(self.world, run_id, tail_lines)
         self.model.started_at = t0
         self.t0 = t0
-        self.config = _Config()
-        self.run_dir = _RunDir(f"flextui-runs/{run_id}")
+        self.grace = 10.0
+        self.run_path = f"flextui-runs/{run_id}"
         self.calls: list = []
         self.finish_on_stop = finish_on_stop
         self.launch_error = launch_error
@@ -58,13 +48,14 @@ class FakeJob:
 
     def stop(self, reason: str, by_user: bool = False) -> None:
         self.calls.append(("stop", reason))
-        if self.model.begin_stop(reason, self.config.grace, by_user) and self.finish_on_stop:
+        if self.model.begin_stop(reason, self.grace, by_user) and self.finish_on_stop:
             self.end_all(signal=15, stopped=True)
 
-    def abort(self) -> None:
-        self.calls.append(("abort",))
+    def abort(self, signum: int = signals.SIGINT) -> None:
+        self.calls.append(("abort", signum))
         if self.model.stop_started_at is None:
-            self.stop("aborted by user", by_user=True)
+            self.model.abort_signal = signum
+            self.stop(f"aborted by user ({signals.Signals(signum).name})", by_user=True)
         else:
             self.kill()
 
