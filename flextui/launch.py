@@ -74,12 +74,18 @@ node N only (a shared stdin), the others ignore it:
                                      "reply": true the launcher answers {"ev": "pong", "t": float},
                                      for channels with no keepalive of their own (MPI)
 stdin EOF (the console or its SSH channel is gone), SIGINT, SIGTERM and SIGHUP all act
-as "stop"; so does hearing nothing on stdin for the spec's console_timeout seconds, because a
-silently dropped network closes no channel. A stdin that is a regular file (its first line
-the spec) or /dev/null (with --spec-file) is not watched (no console: the launcher runs
-until its workers end, and does not wait for "go" after a preflight). The first worker to
-exit non-zero stops the others; the launcher then exits with that worker's code (128 +
-signal for a signal); workers not started yet by then are never started.
+as "stop"; so does hearing nothing on stdin for the spec's console_timeout seconds,
+because a silently dropped network closes no channel. A stdin that is a regular file (its
+first line the spec) or /dev/null (with --spec-file) is not watched (no console: the
+launcher runs until its workers end, and does not wait for "go" after a preflight). The
+first worker to exit non-zero stops the others; the launcher then exits with that
+worker's code (128 + signal for a signal); workers not started yet by then are never
+started.
+The launcher exits only once every event it emitted ("done" last) is written to stdout,
+or stdout is closed, or the console has been silent for console_timeout: a dropped
+network blocks stdout without closing it, so from then on it does not wait for stdout
+(log text beyond MAX_UNSENT unsent is dropped: the log files have it) and gives what is
+left LAST_WORDS seconds before it exits.
 
 Elastic mode (the spec has "elastic" and no "workers"; "command" is each worker's):
     "elastic": {"agent": [python, "-m", "torch.distributed.run", ..options..],
@@ -142,6 +148,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_GRACE = 10.0
 SPEC_TIMEOUT = 60.0  # seconds of silence on stdin before its first line (the spec) is given up
 LAST_WORDS = 2.0  # seconds still given to unsent events once the console is known dead
+MAX_UNSENT = 1 << 20  # log text beyond this much unsent is dropped once the console is known dead
 POLL_INTERVAL = 0.05
 ACTIVE_POLL_INTERVAL = 0.01  # while logs flow: less lag; when quiet: less idle CPU
 READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
@@ -223,9 +230,13 @@ def exit_status(code: int | None, sig: int | None) -> int:
 
 
 class Emitter:
-    """JSON lines to stdout without ever blocking the event loop."""
+    """JSON lines to stdout without ever blocking the event loop.
 
-    def __init__(self) -> None:
+    It waits for a full channel only while the console is alive (console_alive): a
+    dropped network blocks the channel without closing it, and then nobody will read."""
+
+    def __init__(self, console_alive: Callable[[], bool] = lambda: True) -> None:
+        self.console_alive = console_alive
         self.transport: asyncio.WriteTransport | None = None
         self.emitted = 0  # events so far: the follow loop polls faster while they flow
         self.protocol: _DrainableProtocol | None = None
@@ -246,13 +257,19 @@ class Emitter:
             sys.stdout.buffer.write(payload)
             sys.stdout.buffer.flush()
         elif not self.transport.is_closing():
+            if (event["ev"] in ("out", "agent_out") and self.transport.get_write_buffer_size() > MAX_UNSENT
+                    and not self.console_alive()):
+                return  # nobody will read it (the rank's log file has it all)
             self.transport.write(payload)
 
     async def drain(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            await self.protocol.drain()
+        """Until the channel takes more, or the console is known dead."""
+        while self.transport is not None and not self.transport.is_closing() and self.protocol.paused:
+            if not self.console_alive():
+                return
+            await self.protocol.resumed(timeout=0.25)
 
-    async def close(self, console_alive: Callable[[], bool] = lambda: True) -> None:
+    async def close(self) -> None:
         """Return once every event is written to the channel (a launcher that exits sooner
         loses the rest: the console would see a node end without "done"), or the channel
         is dead, or the console is known dead (then after LAST_WORDS more seconds)."""
@@ -261,7 +278,7 @@ class Emitter:
         self.transport.close()  # writes out what is buffered, then connection_lost
         dead_since = None
         while not self.protocol.lost.done():
-            if not console_alive():
+            if not self.console_alive():
                 dead_since = dead_since or time.monotonic()
                 if time.monotonic() - dead_since > LAST_WORDS:
                     self.transport.abort()
@@ -271,27 +288,28 @@ class Emitter:
 
 class _DrainableProtocol(asyncio.Protocol):
     def __init__(self) -> None:
-        self._paused = False
-        self._waiter: asyncio.Future | None = None
+        self.paused = False
+        self._resumed = asyncio.get_running_loop().create_future()
         self.lost = asyncio.get_running_loop().create_future()  # done: nothing more to write
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
+        if self._resumed.done():
+            self._resumed = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self._waiter and not self._waiter.done():
-            self._waiter.set_result(None)
+        self.paused = False
+        if not self._resumed.done():
+            self._resumed.set_result(None)
 
     def connection_lost(self, exc) -> None:
         self.resume_writing()
         if not self.lost.done():
             self.lost.set_result(exc)
 
-    async def drain(self) -> None:
-        if self._paused:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+    async def resumed(self, timeout: float) -> None:
+        if self.paused:
+            await asyncio.wait([self._resumed], timeout=timeout)
 
 
 class SpecError(Exception):
@@ -546,7 +564,7 @@ class NodeLauncher:
         self.stdin_watched = watch_stdin
         self.log_dir = spec["log_dir"]
         self.group = ProcessGroup(self.on_exit)
-        self.emitter = Emitter()
+        self.emitter = Emitter(self.console_alive)
         self.stopping = False
         self.stop_signal: int | None = None
         self.escalation: asyncio.TimerHandle | None = None
@@ -623,7 +641,7 @@ class NodeLauncher:
             await self.follow_until_done()
             code = self.exit_code()
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
-        await self.emitter.close(self.console_alive)  # still hearing pings meanwhile
+        await self.emitter.close()  # still hearing pings meanwhile
         stdin_task.cancel()
         return code
 

@@ -572,3 +572,28 @@ def test_the_launcher_waits_until_a_slow_reader_has_every_event(tmp_path, marker
     for rank in range(2):
         assert "".join(e["data"] for e in events if e["ev"] == "out" and e["rank"] == rank) == expected
         assert [e["code"] for e in events if e["ev"] == "exited" and e["rank"] == rank] == [0]
+
+
+def test_a_blocked_channel_and_a_silent_console_do_not_keep_the_launcher(tmp_path, marker):
+    """Issue 9 defect 10: a dropped network blocks the launcher's stdout without closing it.
+    Once the console has been silent for its timeout, the launcher stops its ranks and then
+    exits too, after a bounded last try to send its events, instead of waiting forever."""
+    flood = "import sys, time\nwhile True:\n    sys.stdout.write('y' * 200 + '\\n')\n    sys.stdout.flush()\n"
+    spec = {**node_spec(tmp_path / "logs", [[PY, "-c", flood, marker]] * 2), "grace": 1.0, "console_timeout": 1.0}
+    proc = subprocess.Popen([PY, "-m", "flextui.launch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.stdin.write(spec_line(spec))
+        proc.stdin.flush()  # and then not a word more, nor is a byte of its output read
+        began = time.monotonic()
+        try:
+            proc.wait(timeout=1.0 + 1.0 + flextui.launch.LAST_WORDS + 5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the launcher is still there, blocked on its channel") from None
+        assert time.monotonic() - began >= 1.0
+        assert_all_gone(marker)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stdin.close()

@@ -405,3 +405,44 @@ def test_a_stalled_session_at_exit_loses_no_event(cluster, tmp_path):
         assert (path / f"rank-{rank}.log").read_text() == _burst_log(rank), f"rank {rank}"
     summary = json.loads((path / "summary.json").read_text())
     assert summary["state"] == "succeeded" and summary["exit_code"] == 0
+
+
+LOGGING_WORKER = r'''
+import os, sys, time
+rank = os.environ["RANK"]
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ready-" + rank), "w").close()
+line = "rank %s %s\n" % (rank, "y" * 200)
+while True:  # ~1 MB/s: a cut-off node's channel is full within seconds
+    sys.stdout.write(line * 50)
+    sys.stdout.flush()
+    time.sleep(0.01)
+'''
+
+
+def test_a_partitioned_node_whose_ranks_keep_logging_ends_its_launcher(cluster, tmp_path):
+    """Issue 9 defect 10: cut off while its ranks flood their logs, a node stops its ranks
+    after --node_timeout, and its launcher (whose channel is blocked, not closed) must then
+    exit too: nothing of the job is left on the node within timeout + grace + a little."""
+    (tmp_path / "flood.py").write_text(LOGGING_WORKER)
+    timeout, grace = 6, 1
+    proc = start_flextui(cluster, tmp_path, "--node_timeout", str(timeout), "--grace", str(grace),
+                         hostfile(cluster, tmp_path, slots=2, nodes=2), "flood.py")
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < 4:
+        assert time.monotonic() < deadline and proc.poll() is None, "ranks not running"
+        time.sleep(0.05)
+    cut_off = cluster.nodes[1]
+    cluster.disconnect_node(cut_off)
+    try:
+        start = time.monotonic()
+        while cluster.job_process_count(cut_off) and time.monotonic() - start < timeout + grace + 8:
+            time.sleep(0.05)
+        left = [(pid, args[:100]) for pid, _, args in cluster.job_processes(cut_off)]
+        took = time.monotonic() - start
+        assert left == [], f"still on the cut-off node after {took:.1f}s: {left}"
+        assert took < timeout + grace + 4, f"{took:.1f}s"
+        print(f"cut-off node clean {took:.1f}s after the cut (--node_timeout {timeout} --grace {grace})")
+        assert proc.wait(20) == 255  # the console marked the node lost and stopped the rest
+        wait_no_job_processes(cluster, timeout=grace + 2)
+    finally:
+        cluster.reconnect_node(cut_off)
