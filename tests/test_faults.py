@@ -1,5 +1,6 @@
-"""Faults on real multi-node clusters: the console's own faults of issue 9 (its terminal,
-its stdout, its run directory, its own suspension).
+"""Faults on real multi-node clusters: the fault matrix (tests/faultkit.py) for every
+backend, and the console's own faults of issue 9 (its terminal, its stdout, its run
+directory, its own suspension).
 
 Every case: real sshd (or slurmd) nodes in namespaces, real workers with children, real
 signals. The cluster fixtures fail a test that leaves any job process on any node.
@@ -20,7 +21,31 @@ from pathlib import Path
 import psutil
 import pytest
 
-FAULT_WORKER = str(Path(__file__).resolve().parent / "workers" / "fault_worker.py")
+import faultkit
+from faultkit import BACKENDS, CASES, FAULT_WORKER
+
+MATRIX = [pytest.param(backend, case, id=f"{backend.name}-{case.name}",
+                       marks=[pytest.mark.xfail(strict=True, reason=case.pending)] if case.pending else [])
+          for backend in BACKENDS for case in CASES if backend.applies(case)]
+
+
+def cluster_of(request, backend: faultkit.Backend):
+    cluster = request.getfixturevalue(backend.fixture)
+    return cluster(2) if backend.fixture == "make_cluster" else cluster
+
+
+@pytest.mark.parametrize("backend, case", MATRIX)
+def test_fault_matrix(request, tmp_path, backend, case):
+    cluster = cluster_of(request, backend)
+    outcome = faultkit.run_case(backend, cluster, case, tmp_path)
+    assert outcome.exit_code == case.expected_exit, outcome.stderr[-2000:]
+    assert outcome.clean_after is not None, f"{outcome.left} job processes left on the nodes"
+    assert outcome.logs_ok, outcome.log_problems
+    assert "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    if case.name != "sigkill":
+        summary = json.loads((outcome.run_dir / "summary.json").read_text())
+        assert summary["exit_code"] == case.expected_exit
+
 
 # -- the console's own faults (issue 9, defects 2, 3, 5, 6) ---------------------------------
 

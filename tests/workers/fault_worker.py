@@ -1,6 +1,6 @@
 """A rank for the fault tests: one child process, and its own copy of every byte it prints.
 
-    fault_worker.py --copy-dir DIR [--run-for S] [--interval S]
+    fault_worker.py --copy-dir DIR [--run-for S] [--interval S] [--pad N]
                     [--trigger FILE --on-trigger fail|burst|finish [--fail-rank R] [--code C]
                      [--burst-bytes N]]
 
@@ -8,7 +8,8 @@ Each line goes to DIR/rank-<RANK>.log, then to stdout (the launcher's log file),
 SIGTERM, SIGINT and SIGHUP blocked in between: a rank stopped by a signal leaves both copies
 equal (a SIGKILL in between leaves the own copy one line ahead), so a test can check the
 console's run directory byte for byte against this copy. After "ready rank R" it logs a
-numbered line every --interval seconds (with wide characters, so decoding is checked too)
+numbered line (padded with N more bytes) every --interval seconds (with wide characters,
+so decoding is checked too)
 until --run-for ends it, or until FILE exists; then --on-trigger
     fail    rank --fail-rank exits with --code (the others go on)
     burst   every rank writes --burst-bytes at once and exits 0 (a large last output)
@@ -28,6 +29,7 @@ parser.add_argument("--local_rank", type=int)
 parser.add_argument("--copy-dir", required=True)
 parser.add_argument("--run-for", type=float, default=600.0)
 parser.add_argument("--interval", type=float, default=0.02)
+parser.add_argument("--pad", type=int, default=0)
 parser.add_argument("--trigger")
 parser.add_argument("--on-trigger", choices=("fail", "burst", "finish"))
 parser.add_argument("--fail-rank", type=int)
@@ -72,7 +74,7 @@ while True:
     if time.monotonic() - start >= args.run_for:
         say(f"rank {rank} done after {line} lines\n")
         break
-    say(f"rank {rank} line {line} \u00e9t\u00e9 {'.' * (line % 50)}\n")
+    say(f"rank {rank} line {line} \u00e9t\u00e9 {'.' * (line % 50)}{'p' * args.pad}\n")
     line += 1
     time.sleep(args.interval)
 child.kill()  # a clean end leaves nothing behind; a failing rank (above) leaves its child
