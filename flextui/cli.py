@@ -13,7 +13,7 @@ import sys
 from flextui.environment import EnvFileError, worker_exports
 from flextui.errors import UsageError
 from flextui.hostfile import HostfileError, select_slots
-from flextui.job import Job, JobConfig, LaunchError
+from flextui.job import DEFAULT_GRACE, DEFAULT_NODE_TIMEOUT, Job, JobConfig, LaunchError
 from flextui.modes import RunMode, mode_classes, mode_from_args
 from flextui.transport import DEFAULT_BACKEND, Backend, backend_class, backend_names
 from flextui.transport.local import is_local_host
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not pass --local_rank=N to the script")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                      help="export to every worker (repeatable)")
-    run.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL (default 10)")
+    run.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                     help=f"seconds from SIGTERM to SIGKILL (default {DEFAULT_GRACE:g})")
     run.add_argument("--log-dir", "--log_dir", default="flextui-runs", help="run directories go here")
     nodes = parser.add_argument_group("nodes")
     backends = {name: backend_class(name) for name in backend_names()}
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--remote_python", "--remote-python", help="python on the nodes (default: this one)")
     nodes.add_argument("--remote_cwd", "--remote-cwd", help="working directory on the nodes (default: this one)")
     nodes.add_argument("--connect_timeout", "--connect-timeout", type=float, default=15.0)
-    nodes.add_argument("--node_timeout", "--node-timeout", type=float, default=30.0,
-                       help="a node cut off from the console this long stops its job (default 30)")
+    nodes.add_argument("--node_timeout", "--node-timeout", type=float, default=DEFAULT_NODE_TIMEOUT,
+                       help=f"a node cut off from the console this long stops its job "
+                            f"(default {DEFAULT_NODE_TIMEOUT:g})")
     for cls in dict.fromkeys(backends.values()):
         cls.add_arguments(parser)
     for mode in mode_classes():

@@ -67,6 +67,11 @@ class JobProtocol(Protocol):
     def stop_node(self, node_rank: int) -> None:
         """Stop a node's ranks."""
 
+#: Seconds from SIGTERM to SIGKILL when the job stops (--grace). Launchers get it in their spec.
+DEFAULT_GRACE = 10.0
+#: A node that hears nothing from the console for this long stops its job (--node_timeout).
+DEFAULT_NODE_TIMEOUT = 30.0
+
 #: How long a started launcher may take to report its preflight (its checks include a
 #: module lookup bounded at 120 s on the node).
 PREFLIGHT_TIMEOUT = 150.0
@@ -77,14 +82,14 @@ class JobConfig:
     world: World
     command: Command
     log_root: str = "flextui-runs"
-    grace: float = 10.0
+    grace: float = DEFAULT_GRACE
     cwd: str | None = None  # working directory on the nodes; default: the console's
     env: dict[str, str] = field(default_factory=dict)  # exported to every worker
     tail_lines: int = DEFAULT_TAIL_LINES
     remote_log_root: str = "/tmp/flextui-runs"
     # A node that hears nothing from the console for this long stops its job: a silently
     # dropped network closes no channel. The console pings three times per period.
-    node_timeout: float = 30.0
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
     mode: RunMode = field(default_factory=FixedMode)  # how ranks run: fixed, elastic (modes/)
 
 
@@ -269,6 +274,7 @@ class Job:
         mode_spec = self.mode.node_spec(self.world, node, self.run_id, cmd)
         return {
             "run_id": self.run_id,
+            "mode": self.mode.name,  # the same mode runs the node side (flextui.launch.MODES)
             "node_rank": node.node_rank,
             "log_dir": log_dir,
             "cwd": self.config.cwd or os.getcwd(),

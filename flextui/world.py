@@ -110,12 +110,6 @@ class World:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def rank_env(self, rank: RankInfo) -> dict[str, str]:
-        env = self.node_env(self.nodes[rank.node_rank])
-        env["RANK"] = str(rank.rank)
-        env["LOCAL_RANK"] = str(rank.local_rank)
-        return env
-
     def plan(self) -> dict:
         """The stable `--dry-run --json` contract."""
         return {

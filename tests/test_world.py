@@ -8,6 +8,7 @@ import pytest
 
 from flextui.hostfile import parse_hostfile, select_slots
 from flextui.launch import command_argv
+from flextui.modes.fixed import FixedMode
 from flextui.world import DEFAULT_MASTER_PORT, Command, RankInfo, World
 
 
@@ -33,7 +34,17 @@ def test_local_rank_does_not_rotate_when_nodes_differ():
         (0, "n3", 0), (1, "n3", 1), (2, "n3", 2), (3, "n1", 0), (4, "n1", 1),
     ]
     # What RANK % LOCAL_SIZE would have said for n1: 3 % 2 = 1 and 4 % 2 = 0 (rotated).
-    assert [world.rank_env(r)["LOCAL_RANK"] for r in world.ranks[3:]] == ["0", "1"]
+    assert [env["LOCAL_RANK"] for env in worker_envs(world)[3:]] == ["0", "1"]
+
+
+def worker_envs(world: World) -> list[dict[str, str]]:
+    """What each rank's worker gets from flextui (the job's own exports aside), in rank order:
+    its node's part of the fixed mode's launcher spec, then its own."""
+    envs = []
+    for node in world.nodes:
+        spec = FixedMode().node_spec(world, node, "run", Command("train.py"))
+        envs += [{**spec["env"], **worker["env"]} for worker in spec["workers"]]
+    return envs
 
 
 def test_rank_env_for_every_rank_is_exactly_the_documented_set():
@@ -43,8 +54,8 @@ def test_rank_env_for_every_rank_is_exactly_the_documented_set():
         {"RANK": "1", "LOCAL_RANK": "1", "CROSS_RANK": "0", "LOCAL_SIZE": "2", "CUDA_VISIBLE_DEVICES": "0,2"},
         {"RANK": "2", "LOCAL_RANK": "0", "CROSS_RANK": "1", "LOCAL_SIZE": "1", "CUDA_VISIBLE_DEVICES": "1"},
     ]
-    for rank, want in zip(world.ranks, expected):
-        assert world.rank_env(rank) == {
+    for env, want in zip(worker_envs(world), expected, strict=True):
+        assert env == {
             **want,
             "WORLD_SIZE": "3",
             "LOCAL_WORLD_SIZE": want["LOCAL_SIZE"],
@@ -60,8 +71,8 @@ def test_node_env_is_shared_by_its_workers():
     env = world.node_env(world.nodes[0])
     assert "RANK" not in env and "LOCAL_RANK" not in env
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
-    for rank in world.ranks:
-        assert world.rank_env(rank).items() >= env.items()
+    for worker_env in worker_envs(world):
+        assert worker_env.items() >= env.items()
 
 
 def test_master_defaults_to_first_selected_host_and_29500():

@@ -143,8 +143,6 @@ class FlexApp(App[int]):
         self.tab_ids = list(self.sources)
         self.current_tab = "all"
         self.columns = Columns(self.model)
-        self.ticks = 0
-        self.tick_times: list[float] = []  # for benchmarks
         self._digits = ""
         self._digit_at = 0.0
         self._tab_signature: tuple = ()
@@ -265,10 +263,6 @@ class FlexApp(App[int]):
 
     def _tick(self) -> None:
         now = self.clock()
-        self.ticks += 1
-        self.tick_times.append(time.perf_counter())
-        if len(self.tick_times) > 10000:
-            del self.tick_times[:5000]
         model = self.model
         self.rates.sample(now)
         self.table.rates = self.rates.rates

@@ -385,10 +385,6 @@ class LogView(ScrollView, can_focus=True):
         self.set_reactive(Widget.virtual_size, size)
         scroll_update(size)
 
-    def set_palette(self, palette: Palette) -> None:
-        self.palette = palette
-        self.refresh()
-
     def set_wrap(self, wrap: bool) -> None:
         anchor = None if self.follow else self._top_anchor()
         self.wrap = wrap

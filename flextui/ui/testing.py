@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal as signals
 
-from flextui.job import LaunchError
+from flextui.job import DEFAULT_GRACE, LaunchError
 from flextui.model import JobModel
 from flextui.world import World
 
@@ -25,7 +25,7 @@ class FakeJob:
         self.model = JobModel(self.world, run_id, tail_lines)
         self.model.started_at = t0
         self.t0 = t0
-        self.grace = 10.0
+        self.grace = DEFAULT_GRACE
         self.run_path = f"flextui-runs/{run_id}"
         self.calls: list = []
         self.finish_on_stop = finish_on_stop
@@ -125,7 +125,7 @@ def demo_job(run_forever: bool = True) -> FakeJob:
                "RuntimeError: CUDA error: an illegal memory access was encountered\n")
     job.exit(5, code=1, t=job.t0 + 8)
     job.exit(7, code=None, signal=15, t=job.t0 + 9, stopped=True)
-    job.model.begin_stop("rank 5 failed", 10.0)
+    job.model.begin_stop("rank 5 failed", DEFAULT_GRACE)
     job.model.stop_started_at = job.t0 + 8.5
     return job
 
