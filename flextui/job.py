@@ -237,7 +237,11 @@ class Job:
 
     def _launch_spec(self, node: Node) -> dict:
         """What the node's launcher gets (flextui.launch documents it)."""
-        return {**self._node_spec(node), "preflight": self._preflight_request(node)}
+        spec = self._node_spec(node)
+        request = self._preflight_request(node)
+        if self.copy_logs[node.node_rank]:  # not our run directory, which we check ourselves
+            request["log_dir"] = spec["log_dir"]
+        return {**spec, "preflight": request}
 
     async def _preflight_report(self, node: Node, channel: NodeChannel) -> None:
         """Read the node's events up to its preflight report; raise LaunchError unless it passed."""

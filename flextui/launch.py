@@ -31,9 +31,11 @@ CUDA_VISIBLE_DEVICES, say by Slurm): slot i becomes the i-th of them.
 
 Preflight (all or nothing across nodes): with "preflight" in the spec, the launcher first
 checks its node (check(): the working directory, the script/module/program, psutil, torch
-for --elastic, the master port; the request is
+for --elastic, the master port, that it can create and write the log directory; the
+request is
     {"cwd": str, "script": str, "module": bool, "no_python": bool, "need_psutil": bool,
-     "need_torch": bool, "master_port": int|null}),
+     "need_torch": bool, "master_port": int|null,
+     "log_dir": str|null}),                    the spec's, unless it is the console's own
 reports {"ev": "preflight", ..} right after hello and starts nothing until the console
 sends {"cmd": "go"}, which it does once every node passed. With a problem it exits at
 once (done, code 1); a stop, kill, stdin EOF, signal or console timeout while it waits
@@ -136,6 +138,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -201,7 +204,32 @@ def check(request: dict) -> list[str]:
     port = request.get("master_port")
     if port and not _port_free(int(port)):
         problems.append(f"master port {port} is already in use")
+    log_problem = request.get("log_dir") and _log_dir_problem(request["log_dir"])
+    if log_problem:
+        problems.append(log_problem)
     return problems
+
+
+def _log_dir_problem(path: str) -> str | None:
+    """Why this user could not create (if missing) and write the log directory, if so.
+
+    It writes a probe file into the directory, or into its deepest existing ancestor where
+    the directory would be made, and removes it: nothing is left behind, and nodes that
+    share the file system never see each other's probes."""
+    path = os.path.abspath(path)
+    where = path
+    while not os.path.isdir(where):
+        if os.path.lexists(where):
+            return f"cannot create the log directory {path}: {where} is not a directory"
+        where = os.path.dirname(where)
+    verb = "write" if where == path else "create"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flextui-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot {verb} the log directory {path}: {exc.strerror or exc}"
+    return None
 
 
 def _port_free(port: int) -> bool:

@@ -7,8 +7,10 @@ lives there, and every child or orphan a worker makes gets it as an argument), s
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import queue
 import random
 import socket
@@ -329,10 +331,13 @@ class Launcher:
 
     def __init__(self, spec: dict, *extra: str, grace: float = 10.0, console_timeout: float = 0.0,
                  stdin: str = "pipe", cwd: Path | None = None, env: dict | None = None,
-                 first_line: bytes | None = None) -> None:
+                 first_line: bytes | None = None, user: str | None = None) -> None:
         self.started_at = time.time()
         spec = {**spec, "grace": grace, "console_timeout": console_timeout}
         argv = [PY, "-m", "flextui.launch", *extra]
+        if user is not None:  # as that user (the tests run as root)
+            argv = ["setpriv", f"--reuid={user}", f"--regid={grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name}",
+                    "--clear-groups", *argv]
         self._spec_file = None
         if stdin != "pipe":
             import tempfile

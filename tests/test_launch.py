@@ -597,3 +597,47 @@ def test_a_blocked_channel_and_a_silent_console_do_not_keep_the_launcher(tmp_pat
         proc.wait()
         proc.stdout.close()
         proc.stdin.close()
+
+
+# -- the log directory in the preflight (issue 9 defect 4) ---------------------------------
+
+
+def test_a_log_directory_the_user_cannot_create_is_a_preflight_problem(tmp_path, marker, worker):
+    """A real other user's directory: the launcher runs as `nobody` under a root-owned one.
+    The problem names the directory; nothing is created or left behind."""
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="flextui-test-", dir="/tmp"))  # tmp_path is root's 0700
+    try:
+        base.chmod(0o755)
+        mine = base / "nobodys"
+        mine.mkdir()
+        os.chown(mine, nobody.pw_uid, nobody.pw_gid)
+        for log_dir, problem in [
+            (base / "roots" / "run", f"cannot create the log directory {base}/roots/run: Permission denied"),
+            (mine / "deeper" / "run", None),
+        ]:
+            (base / "roots").mkdir(exist_ok=True)
+            request = {"cwd": str(base), "log_dir": str(log_dir)}
+            launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 1)), request), user="nobody")
+            report = launcher.wait_event(lambda e: e["ev"] == "preflight")
+            assert report["problems"] == ([problem] if problem else []), launcher.stderr
+            launcher.close_stdin()
+            assert launcher.finish(timeout=10) == (1 if problem else 0), launcher.stderr
+            assert not log_dir.exists()
+        assert sorted(p.name for p in base.rglob("*")) == ["nobodys", "roots"], "a probe was left"
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_log_directory_below_a_file_is_a_preflight_problem(tmp_path, marker, worker):
+    (tmp_path / "a-file").write_text("")
+    log_dir = tmp_path / "a-file" / "run"
+    request = {"cwd": str(tmp_path), "log_dir": str(log_dir)}
+    launcher = Launcher(with_preflight(node_spec(log_dir, argvs(worker, 1)), request))
+    assert launcher.finish(timeout=10) == 1, launcher.stderr
+    assert launcher.of("preflight")[0]["problems"] == [
+        f"cannot create the log directory {log_dir}: {tmp_path / 'a-file'} is not a directory"]

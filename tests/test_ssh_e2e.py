@@ -446,3 +446,26 @@ def test_a_partitioned_node_whose_ranks_keep_logging_ends_its_launcher(cluster, 
         wait_no_job_processes(cluster, timeout=grace + 2)
     finally:
         cluster.reconnect_node(cut_off)
+
+
+def test_a_read_only_log_root_on_one_node_starts_nothing_anywhere(cluster, tmp_path):
+    """Issue 9 defect 4: the preflight checks that each node can write its log directory.
+    With /tmp/flextui-runs read-only on node 2 only (a read-only bind mount in its mount
+    namespace), nothing may start on node 1 either: one line naming the node and directory."""
+    node = cluster.nodes[1]
+    root = "/tmp/flextui-runs"
+    os.makedirs(root, exist_ok=True)
+    mount = f"mount --bind {root} {root} && mount -o remount,bind,ro {root}"
+    cluster.run(node, mount, check=True)
+    try:
+        assert cluster.run(node, f"touch {root}/probe").returncode != 0, "the mount is not read-only"
+        result = run_flextui(cluster, tmp_path, hostfile(cluster, tmp_path, slots=2, nodes=2), WORKER)
+    finally:
+        cluster.run(node, f"umount {root}", check=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    prefix = f"flextui: error: {node.name}: cannot create the log directory {root}/"
+    assert line.startswith(prefix) and line.endswith(": Read-only file system"), line
+    log_dir = line[len(f"flextui: error: {node.name}: cannot create the log directory "):].split(":")[0]
+    assert not os.path.exists(log_dir)  # node 1 (same file system) did not start either
+    _assert_nothing_started(cluster, tmp_path)
