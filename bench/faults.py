@@ -57,17 +57,18 @@ def prepare(backend: faultkit.Backend, cluster) -> None:
         cluster.wait_idle()
 
 
-def row(backend: str, case: faultkit.Case, outcomes: list[faultkit.Outcome]) -> tuple[list[str], bool]:
+def row(backend: faultkit.Backend, case: faultkit.Case, outcomes: list[faultkit.Outcome]) -> tuple[list[str], bool]:
     codes = sorted({o.exit_code for o in outcomes})
     cleans = [o.clean_after for o in outcomes if o.clean_after is not None]
     ok = all(o.exit_code == case.expected_exit and o.clean_after is not None and o.logs_ok for o in outcomes)
     clean = f"{statistics.median(cleans):.2f} / {max(cleans):.2f}" if cleans else "-"
     if len(cleans) < len(outcomes):
-        clean += f" ({len(outcomes) - len(cleans)} left processes)"
+        clean += f" ({len(outcomes) - len(cleans)} run(s) left processes)"
     problems = [p for o in outcomes for p in o.log_problems]
     logs = ("prefix" if case.partial_ranks else "exact") if not problems else problems[0]
-    verdict = "" if ok else f"FAIL (open: {case.pending})" if case.pending else "FAIL"
-    return [backend, case.name, "/".join(map(str, codes)), str(case.expected_exit), clean, logs, verdict], ok
+    pending = backend.pending.get(case.name)
+    verdict = "" if ok else f"FAIL (open: {pending})" if pending else "FAIL"
+    return [backend.name, case.name, "/".join(map(str, codes)), str(case.expected_exit), clean, logs, verdict], ok
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -102,9 +103,10 @@ def main() -> int:
                     outcomes.append(outcome)
                     print(f"# {backend.name} {case.name} run {run + 1}: exit {outcome.exit_code}, clean after "
                           f"{outcome.clean_after if outcome.clean_after is None else round(outcome.clean_after, 2)}"
-                          f" s, logs {'ok' if outcome.logs_ok else outcome.log_problems}, "
+                          f" s{f' LEFT {outcome.left}' if outcome.left else ''}, "
+                          f"logs {'ok' if outcome.logs_ok else outcome.log_problems}, "
                           f"{time.monotonic() - started:.1f} s in all", file=sys.stderr, flush=True)
-                cells, ok = row(backend.name, case, outcomes)
+                cells, ok = row(backend, case, outcomes)
                 rows.append(cells)
                 all_ok &= ok
     print(f"fault matrix: 2 nodes x 2 slots, every rank with a child, {args.runs} run(s) per case, "

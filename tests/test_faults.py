@@ -25,7 +25,8 @@ import faultkit
 from faultkit import BACKENDS, CASES, FAULT_WORKER
 
 MATRIX = [pytest.param(backend, case, id=f"{backend.name}-{case.name}",
-                       marks=[pytest.mark.xfail(strict=True, reason=case.pending)] if case.pending else [])
+                       marks=[pytest.mark.xfail(strict=True, reason=why)] if (why := backend.pending.get(case.name))
+                       else [])
           for backend in BACKENDS for case in CASES if backend.applies(case)]
 
 
@@ -39,7 +40,7 @@ def test_fault_matrix(request, tmp_path, backend, case):
     cluster = cluster_of(request, backend)
     outcome = faultkit.run_case(backend, cluster, case, tmp_path)
     assert outcome.exit_code == case.expected_exit, outcome.stderr[-2000:]
-    assert outcome.clean_after is not None, f"{outcome.left} job processes left on the nodes"
+    assert outcome.clean_after is not None, f"job processes left on the nodes: {outcome.left}"
     assert outcome.logs_ok, outcome.log_problems
     assert "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
     if case.name != "sigkill":
