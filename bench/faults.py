@@ -8,12 +8,12 @@ namespaces; tests/slurmcluster.py: slurmctld + a slurmd per node), then runs eac
 (tests/workers/fault_worker.py) with a child process, one fault once every rank is
 ready. Per case it prints
 
-    exit      the console's exit code, as a shell shows it (each run, if they differ)
+    exit      the console's exit code, as a shell shows it (each run's, if they differ)
     clean     seconds from the fault until no job process was left on any node, counted
               inside each node's PID namespace: median and max over the runs
     logs      every rank's log in the console's run directory against the worker's own
-              copy: "exact" (byte for byte), "prefix" where the console or the node died
-              (a byte-exact prefix); otherwise what differed
+              copy: "exact" (byte for byte); "exact prefix" for cases where the console or
+              a node died (each log a byte-exact prefix of the copy); otherwise what differed
 
 A case that fails (wrong exit code, processes left, logs differ) is marked "FAIL" and the
 script exits 1. Needs root (namespaces, sshd, slurmd), like the test suite.
@@ -65,7 +65,7 @@ def row(backend: faultkit.Backend, case: faultkit.Case, outcomes: list[faultkit.
     if len(cleans) < len(outcomes):
         clean += f" ({len(outcomes) - len(cleans)} run(s) left processes)"
     problems = [p for o in outcomes for p in o.log_problems]
-    logs = ("prefix" if case.partial_ranks else "exact") if not problems else problems[0]
+    logs = ("exact prefix" if case.partial_ranks else "exact") if not problems else problems[0]
     pending = backend.pending.get(case.name)
     verdict = "" if ok else f"FAIL (open: {pending})" if pending else "FAIL"
     return [backend.name, case.name, "/".join(map(str, codes)), str(case.expected_exit), clean, logs, verdict], ok

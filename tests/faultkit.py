@@ -201,9 +201,11 @@ CASES = [
          255, _cut_second_node, flextui_args=("--node_timeout", str(NODE_TIMEOUT)),
          worker_args=("--interval", "0.001", "--pad", "1000"), partial_ranks=SECOND_NODE,
          undo=_reconnect_second_node),
-    Case("stall-at-exit", f"second node's SSH session stopped {STALL:g}s while ranks write 50 KB and exit 0",
+    Case("stall-at-exit", f"second node's SSH session stopped {STALL:g}s while ranks write 50 KB and exit 0 "
+         f"(clean time includes the stall)",
          0, _stall_session_at_exit, worker_args=("--on-trigger", "burst"), undo=_resume_stalled),
-    Case("stdout-closed", "console's stdout closed after 30 lines (| head -n 30)", 0, _close_stdout,
+    Case("stdout-closed", "console's stdout closed after 30 lines (| head -n 30); the ranks finish 1 s later",
+         0, _close_stdout,
          worker_args=("--on-trigger", "finish"), pipe_stdout=True),
 ]
 CASE_NAMES = [case.name for case in CASES]
