@@ -10,12 +10,13 @@ import os
 import socket
 import sys
 
+from flextui import deepspeed
 from flextui.environment import EnvFileError, worker_exports
 from flextui.errors import UsageError
 from flextui.hostfile import HostfileError, select_slots
 from flextui.job import DEFAULT_GRACE, DEFAULT_NODE_TIMEOUT, Job, JobConfig, LaunchError
 from flextui.modes import RunMode, mode_classes, mode_from_args
-from flextui.transport import DEFAULT_BACKEND, Backend, backend_class, backend_names
+from flextui.transport import ALIASES, DEFAULT_BACKEND, Backend, backend_class, backend_names
 from flextui.transport.local import is_local_host
 from flextui.world import DEFAULT_MASTER_PORT, Command, World
 
@@ -35,15 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Launch a multi-node PyTorch/DeepSpeed job from a hostfile and watch every rank.",
     )
     add = parser.add_argument
-    add("hostfile", nargs="?", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line (none with a "
-                                    "--launcher that finds its hosts, e.g. slurm)")
+    add("hostfile", nargs="?", help="DeepSpeed-style hostfile: one 'HOST slots=N' per line; without one, "
+                                    f"{deepspeed.DLTS_HOSTFILE} if it exists, else this machine (as deepspeed)")
     add("script", nargs="?", help="training script (or module with --module, program with --no_python)")
     add("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script").required = False
     sel = parser.add_argument_group("rank selection (DeepSpeed grammar)")
     sel.add_argument("-i", "--include", help="e.g. 'node1@node2:0,2': all of node1, slots 0,2 of node2")
     sel.add_argument("-e", "--exclude", help="e.g. 'node1:1': drop slot 1 of node1")
     sel.add_argument("--num_nodes", "--num-nodes", type=int, help="use the first N hosts")
-    sel.add_argument("--num_gpus", "--num-gpus", type=int, help="use the first N slots of each host")
+    sel.add_argument("--num_gpus", "--num-gpus", "--num_accelerators", "--num-accelerators", type=int,
+                     help="use the first N slots of each host")
     sel.add_argument("--master_addr", "--master-addr", help="default: the first selected host")
     sel.add_argument("--master_port", "--master-port", type=int, default=DEFAULT_MASTER_PORT)
     run = parser.add_argument_group("how workers run")
@@ -58,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-dir", "--log_dir", default="flextui-runs", help="run directories go here")
     nodes = parser.add_argument_group("nodes")
     backends = {name: backend_class(name) for name in backend_names()}
-    nodes.add_argument("--launcher", choices=list(backends), default=DEFAULT_BACKEND,
+    nodes.add_argument("--launcher", choices=list(backends), default=DEFAULT_BACKEND, type=str.lower,
                        help="how node launchers start: " + "; ".join(
                            f"{name}: {cls.summary}" for name, cls in backends.items() if cls.name == name)
-                       + f" (default {DEFAULT_BACKEND})")
+                       + f" (default {DEFAULT_BACKEND}); DeepSpeed's names: " + ", ".join(
+                           f"{alias} = {name}" for alias, name in ALIASES.items()))
     nodes.add_argument("-H", "--hostfile", dest="hostfile_option", metavar="HOSTFILE",
                        help="hostfile as an option (then no HOSTFILE argument); with a --launcher that "
                             "finds its hosts it names slots for (some of) them")
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         cls.add_arguments(parser)
     for mode in mode_classes():
         mode.add_arguments(parser)
+    deepspeed.add_arguments(parser)
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
     out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
@@ -88,14 +92,6 @@ def check_durations(args: argparse.Namespace) -> None:
         raise UsageError(f"--grace {args.grace:g}: expected seconds >= 0")
     if not (math.isfinite(args.node_timeout) and args.node_timeout > 0):
         raise UsageError(f"--node_timeout {args.node_timeout:g}: expected seconds > 0")
-
-
-def shift_positionals(args: argparse.Namespace) -> None:
-    """No HOSTFILE argument (a --launcher that finds its hosts, or --hostfile given): the
-    first word is SCRIPT."""
-    words = [w for w in (args.hostfile, args.script) if w is not None] + list(args.script_args)
-    args.hostfile = args.hostfile_option
-    args.script, args.script_args = (words[0], words[1:]) if words else (None, [])
 
 
 def resolve_world(args: argparse.Namespace, hosts: dict[str, int]) -> World:
@@ -147,6 +143,7 @@ def attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list
     for every backend option whose value may start with "-"; only among flextui's own
     options, before the first positional word."""
     attach = {option for name in backend_names() for option in backend_class(name).dash_value_options}
+    attach |= {"--launcher_args", "--launcher-args"}  # DeepSpeed's, for any launcher
     argv, i = list(argv), 0
     while i < len(argv) - 1 and argv[i].startswith("-") and argv[i] != "--":
         word = argv[i]
@@ -161,22 +158,34 @@ def attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list
 
 
 def parse_command_line(argv: list[str]) -> argparse.Namespace:
-    """The parsed command line, HOSTFILE and SCRIPT in place (exits 2 on a usage error)."""
+    """The parsed command line, HOSTFILE (None: not named) and SCRIPT in place (exits 2 on a
+    usage error). A first word is the HOSTFILE only when it is one (deepspeed.split_positionals),
+    never with -H/--hostfile or a --launcher that finds its hosts."""
     parser = build_parser()
     args = parser.parse_args(attach_dash_values(parser, argv))
+    words = [w for w in (args.hostfile, args.script) if w is not None] + list(args.script_args)
     if not backend_class(args.launcher).hostfile_argument or args.hostfile_option is not None:
-        shift_positionals(args)
-    elif args.hostfile is None:
-        parser.error("the following arguments are required: hostfile, script")
-    if args.script is None:
+        args.hostfile, rest = args.hostfile_option, words
+    else:
+        args.hostfile, rest = deepspeed.split_positionals(words)
+    if not rest:
         parser.error("the following arguments are required: script")
+    args.script, args.script_args = rest[0], rest[1:]
     return args
+
+
+def note(args: argparse.Namespace, text: str | None) -> None:
+    """One line about something flextui decided for the user (hidden by -q / --log_level warning)."""
+    if text and (args.log_level or "info") in ("debug", "info"):
+        print(f"flextui: note: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
         check_durations(args)
+        deepspeed.check_options(args)
+        deepspeed.apply_launcher_args(args, backend_class(args.launcher).name)
         env = parse_env(args.env)
     except UsageError as exc:  # before asking a backend for anything (an allocation)
         print(f"flextui: error: {exc}", file=sys.stderr)
@@ -194,12 +203,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> int:
     try:
-        world = resolve_world(args, backend.hosts(args.hostfile))
+        if args.hostfile is None and backend.hostfile_argument:
+            hosts, found = deepspeed.default_hosts(args, os.environ)
+            note(args, found)
+        else:
+            hosts = backend.hosts(args.hostfile)
+        world = resolve_world(args, hosts)
         mode = mode_from_args(args, world)
         exports = worker_exports(os.environ, os.getcwd(), env)
     except (HostfileError, UsageError, EnvFileError) as exc:
-        print(f"flextui: error: {exc}", file=sys.stderr)
+        print(f"flextui: error: {exc}{deepspeed.error_hint(exc)}", file=sys.stderr)
         return USAGE_ERROR
+    if mode.name == "fixed":
+        note(args, deepspeed.local_rank_note(world))
     command = Command(
         script=args.script, args=tuple(args.script_args),
         python=args.remote_python or sys.executable, module=args.module,

@@ -51,8 +51,15 @@ BACKENDS: dict[str, str] = {
     "slurm": "flextui.transport.slurm:SlurmBackend",
     "mpirun": "flextui.transport.mpi:MPIBackend",
 }
-#: Other names users know a backend by (say DeepSpeed's `--launcher pdsh`): alias -> name.
-ALIASES: dict[str, str] = {}
+#: Other names users know a backend by (DeepSpeed's `--launcher` values): alias -> name. A
+#: backend sees the name it was chosen by in args.launcher (mpirun: which MPI runtime).
+ALIASES: dict[str, str] = {
+    "pdsh": "ssh",
+    "openmpi": "mpirun",
+    "mpich": "mpirun",
+    "impi": "mpirun",
+    "mvapich": "mpirun",
+}
 DEFAULT_BACKEND = "ssh"
 
 

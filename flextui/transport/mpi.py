@@ -85,7 +85,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import psutil
 
@@ -159,6 +159,16 @@ def detect_runtime(program: str | None) -> tuple[str, str]:
             raise LaunchError(f"--launcher mpirun: {program} not found")
         raise LaunchError("--launcher mpirun: no mpirun or mpiexec on PATH "
                           "(install Open MPI or MPICH, e.g. apt-get install openmpi-bin)")
+    flavour, text = identify_runtime(path)
+    if flavour is None:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "nothing")
+        raise LaunchError(f"--launcher mpirun: {path} is neither Open MPI nor MPICH/Hydra "
+                          f"(--version says: {first})")
+    return path, flavour
+
+
+def identify_runtime(path: str) -> tuple[str | None, str]:
+    """(flavour or None, what its --version said)."""
     try:
         said = subprocess.run(
             [path, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
@@ -168,12 +178,42 @@ def detect_runtime(program: str | None) -> tuple[str, str]:
         raise LaunchError(f"--launcher mpirun: {path} --version failed ({exc})") from None
     text = said.stdout + said.stderr
     if match := re.search(r"\((?:Open MPI|OpenRTE)\) (\d+)", text):
-        return path, OPENMPI5 if int(match.group(1)) >= 5 else OPENMPI
+        return OPENMPI5 if int(match.group(1)) >= 5 else OPENMPI, text
     if "HYDRA" in text or "Intel(R) MPI" in text:
-        return path, HYDRA
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "nothing")
-    raise LaunchError(f"--launcher mpirun: {path} is neither Open MPI nor MPICH/Hydra "
-                      f"(--version says: {first})")
+        return HYDRA, text
+    return None, text
+
+
+#: DeepSpeed's --launcher names for MPI runtimes (ALIASES of "mpirun"): the runtime each
+#: wants, the programs tried for it in order, and how its --version tells it.
+DEEPSPEED_RUNTIMES: dict[str, tuple[str, tuple[str, ...], Callable[[str, str], bool]]] = {
+    "openmpi": ("Open MPI", ("mpirun.openmpi", "mpirun", "mpiexec", "orterun"),
+                lambda flavour, text: flavour in (OPENMPI, OPENMPI5)),
+    "mpich": ("MPICH", ("mpiexec.hydra", "mpirun.mpich", "mpiexec.mpich", "mpirun", "mpiexec"),
+              lambda flavour, text: flavour == HYDRA and "Intel(R) MPI" not in text),
+    "impi": ("Intel MPI", ("mpiexec.hydra", "mpirun", "mpiexec"),
+             lambda flavour, text: "Intel(R) MPI" in text),
+    "mvapich": ("MVAPICH", ("mpiexec.hydra", "mpiexec", "mpirun"),
+                lambda flavour, text: flavour == HYDRA and "MVAPICH" in text.upper()),
+}
+
+
+def runtime_for(launcher: str) -> tuple[str, str]:
+    """(path, flavour) of the runtime DeepSpeed's `--launcher openmpi|mpich|impi|mvapich`
+    names, found on PATH; LaunchError (one line, saying what there is) when it is not."""
+    what, programs, fits = DEEPSPEED_RUNTIMES[launcher]
+    seen: dict[str, str] = {}
+    for name in programs:
+        path = shutil.which(name)
+        if path is None or os.path.realpath(path) in seen:
+            continue
+        flavour, text = identify_runtime(path)
+        seen[os.path.realpath(path)] = f"{path} is {flavour or 'neither Open MPI nor MPICH'}"
+        if flavour is not None and fits(flavour, text):
+            return path, flavour
+    found = "; ".join(seen.values()) or f"none of {', '.join(programs)} is on PATH"
+    raise LaunchError(f"--launcher {launcher}: no {what} runtime found ({found}); "
+                      "flextui starts nodes with Open MPI or MPICH: --launcher openmpi|mpich, or --mpirun PROGRAM")
 
 
 def runtime_argv(path: str, flavour: str, host: str, mpi_args: list[str],
@@ -393,13 +433,16 @@ class MPIBackend(Backend):
                "MPICH's mpiexec, found on PATH) starts its node launcher")
     dash_value_options = ("--mpi_args", "--mpi-args")
 
-    def __init__(self, *, mpirun: str | None = None, mpi_args: str | None = None,
+    def __init__(self, *, mpirun: str | None = None, mpi_args: str | None = None, launcher: str = "mpirun",
                  python: str | None = None, connect_timeout: float = 15.0, node_timeout: float = 30.0) -> None:
         try:
             self.mpi_args = shlex.split(mpi_args or "")
         except ValueError as exc:
             raise UsageError(f"--mpi_args: {exc}") from None
-        self.runtime, self.flavour = detect_runtime(mpirun)
+        if launcher in DEEPSPEED_RUNTIMES and mpirun is None:
+            self.runtime, self.flavour = runtime_for(launcher)
+        else:
+            self.runtime, self.flavour = detect_runtime(mpirun)
         self.python = python or sys.executable
         self.connect_timeout = connect_timeout
         self.node_timeout = node_timeout
@@ -418,7 +461,7 @@ class MPIBackend(Backend):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MPIBackend:
-        return cls(mpirun=args.mpirun, mpi_args=args.mpi_args, python=args.remote_python,
+        return cls(mpirun=args.mpirun, mpi_args=args.mpi_args, launcher=args.launcher, python=args.remote_python,
                    connect_timeout=args.connect_timeout, node_timeout=args.node_timeout)
 
     async def open(self, node: Node, spec: dict) -> NodeChannel:
