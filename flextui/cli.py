@@ -9,9 +9,10 @@ import math
 import os
 import socket
 import sys
+import time
 
 from flextui import deepspeed
-from flextui.environment import EnvFileError, worker_exports
+from flextui.environment import EnvFileError, worker_environment
 from flextui.errors import UsageError
 from flextui.hostfile import HostfileError, select_slots
 from flextui.job import DEFAULT_GRACE, DEFAULT_NODE_TIMEOUT, Job, JobConfig, LaunchError
@@ -210,12 +211,16 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
             hosts = backend.hosts(args.hostfile)
         world = resolve_world(args, hosts)
         mode = mode_from_args(args, world)
-        exports = worker_exports(os.environ, os.getcwd(), env)
+        environment = worker_environment(os.environ, os.getcwd(), env, workdir=args.remote_cwd or os.getcwd(),
+                                         multi_node=deepspeed.multi_node_launch(args, world))
     except (HostfileError, UsageError, EnvFileError) as exc:
         print(f"flextui: error: {exc}{deepspeed.error_hint(exc)}", file=sys.stderr)
         return USAGE_ERROR
     if mode.name == "fixed":
         note(args, deepspeed.local_rank_note(world))
+    for path in environment.skipped:
+        note(args, f"{path} not applied: as with DeepSpeed, it is for multi-node launches only "
+                   "(--force_multi applies it here; .flextui_env applies to every job)")
     command = Command(
         script=args.script, args=tuple(args.script_args),
         python=args.remote_python or sys.executable, module=args.module,
@@ -230,8 +235,8 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
     cwd = args.remote_cwd or os.getcwd()
     config = JobConfig(
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
-        cwd=cwd, env=exports, node_timeout=args.node_timeout,
-        mode=mode,
+        cwd=cwd, env=environment.env, node_timeout=args.node_timeout,
+        mode=mode, node_options={**environment.spec(), **deepspeed.node_options(args, time.time())},
     )
     job = Job(config, backend)
     if args.headless or not sys.stdout.isatty():

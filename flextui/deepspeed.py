@@ -21,6 +21,7 @@ import argparse
 import glob
 import os
 import re
+import time
 from collections.abc import Mapping
 
 from flextui.errors import UsageError
@@ -106,6 +107,11 @@ def check_options(args: argparse.Namespace) -> None:
         if not args.bind_cores_to_rank:
             raise UsageError("--bind_core_list needs --bind_cores_to_rank")
         parse_core_list(args.bind_core_list)
+    if args.elastic:
+        for flag, given in (("--bind_cores_to_rank", args.bind_cores_to_rank),
+                            ("--enable_each_rank_log", args.enable_each_rank_log not in (None, "", "None"))):
+            if given:
+                raise UsageError(f"{flag} is not available with --elastic: torch's elastic agent starts the workers")
     if args.no_ssh:
         if args.node_rank is None:
             raise UsageError("--no_ssh needs --node_rank N (which node of the hostfile this machine is)")
@@ -137,6 +143,31 @@ def apply_launcher_args(args: argparse.Namespace, backend: str) -> None:
         reason = LAUNCHER_ARGS_REFUSED.get(backend, "this launcher takes none")
         raise UsageError(f"--launcher_args {given!r} with --launcher {args.launcher}: {reason}")
     setattr(args, dest, " ".join(filter(None, [getattr(args, dest, None), given])))
+
+
+def node_options(args: argparse.Namespace, now: float) -> dict:
+    """What DeepSpeed's options add to every node's launcher spec (flextui.launch)."""
+    options: dict = {}
+    if args.bind_cores_to_rank:
+        cores = parse_core_list(args.bind_core_list) if args.bind_core_list else None
+        options["bind_cores"] = {"cores": cores}
+    if args.enable_each_rank_log:
+        # DeepSpeed names the files after the launch time: <YYYYmmddHHMMSS>_rank<N>.log
+        options["rank_log"] = {"dir": args.enable_each_rank_log,
+                               "prefix": time.strftime("%Y%m%d%H%M%S", time.localtime(now))}
+    return options
+
+
+def multi_node_launch(args: argparse.Namespace, world: World) -> bool:
+    """Whether DeepSpeed would launch this job as multi-node (through pdsh & co.), where
+    .deepspeed_env and PYTHONPATH apply: more than one node, a node that is not this
+    machine (deepspeed needs --force_multi to run on one remote node at all), --force_multi;
+    never with --no_ssh."""
+    from flextui.transport.local import is_local_host
+
+    if args.no_ssh:
+        return False
+    return args.force_multi or len(world.nodes) > 1 or not all(is_local_host(n.host) for n in world.nodes)
 
 
 def parse_core_list(text: str) -> list[int]:
@@ -281,7 +312,7 @@ def error_hint(error: Exception) -> str:
 
 
 __all__ = [
-    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "add_arguments", "apply_launcher_args", "check_options",
+    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "add_arguments", "apply_launcher_args", "check_options", "multi_node_launch", "node_options",
     "cpu_accelerators", "default_hosts", "error_hint", "gpu_count", "local_rank_note", "looks_like_hostfile",
     "parse_core_list", "split_positionals",
 ]

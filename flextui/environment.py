@@ -1,9 +1,16 @@
-"""Which of the console's environment reaches remote workers (DeepSpeed-compatible).
+"""Which of the console's environment reaches the workers (DeepSpeed-compatible).
 
-Remote workers start from their login environment, so like DeepSpeed we export the
-variables whose names start with one of EXPORT_PREFIXES, then the KEY=VALUE lines of
-`.deepspeed_env` / `.flextui_env` found in the home and the working directory (later
-files win), then `--env KEY=VALUE` from the command line.
+Remote workers start from their login environment, so like DeepSpeed's multi-node launch
+we export the variables whose names start with one of EXPORT_PREFIXES, PYTHONPATH with the
+working directory first, then the KEY=VALUE lines of the env files, then `--env KEY=VALUE`
+from the command line (each later one wins).
+
+Env files, in the home directory, then the working directory (later wins):
+* `.deepspeed_env` (or the name in $DS_ENV_FILE, as DeepSpeed reads it): applied as
+  DeepSpeed applies it, to a multi-node launch only (more than one node, a node that is
+  not this machine, or --force_multi), on every node; a job on this machine alone runs
+  with the user's shell as it is (a one-line note says the file was skipped);
+* `.flextui_env`: flextui's own, applied to every job.
 
 An env file is UTF-8 text, one variable a line:
 
@@ -11,12 +18,18 @@ An env file is UTF-8 text, one variable a line:
     NCCL_DEBUG=INFO
     export NCCL_SOCKET_IFNAME=eth0     (the shell form DeepSpeed's files are often
                                         written in: "export " is dropped)
+    PATH=/opt/x/bin:$PATH              ($VAR and ${VAR}: the NODE's value, as the remote
+    DATA="$HOME/my data"                shell expands DeepSpeed's exports; one level of
+                                        quotes is stripped; $(...) and `...` are kept as
+                                        written: nothing is ever run)
 
-Blank lines and lines starting with # are skipped; whitespace around the name and the
-value is dropped. Anything else is refused with a one-line EnvFileError naming the file
-and line, before any node is touched: a line that is not KEY=VALUE, a name that is not
-a shell variable name ([A-Za-z_][A-Za-z0-9_]*), a value holding a NUL byte (no process
-environment can carry one), bytes that are not UTF-8.
+Values are expanded by each node's launcher against its own environment
+(flextui.launch.expand_env_value). Blank lines and lines starting with # are skipped;
+whitespace around the name and the value is dropped. Anything else is refused with a
+one-line EnvFileError naming the file and line, before any node is touched: a line that is
+not KEY=VALUE, a name that is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*), a quote
+that is never closed, a value holding a NUL byte (no process environment can carry one),
+bytes that are not UTF-8.
 """
 
 from __future__ import annotations
@@ -24,9 +37,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flextui.launch import expand_env_value
 
 EXPORT_PREFIXES = ("NCCL", "PYTHON", "UCX", "MV2", "MLFLOW")
-ENV_FILE_NAMES = (".deepspeed_env", ".flextui_env")
+DEEPSPEED_ENV_FILE = ".deepspeed_env"  # $DS_ENV_FILE names another, as for DeepSpeed
+FLEXTUI_ENV_FILE = ".flextui_env"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT = re.compile(r"export\s+")
@@ -43,6 +60,7 @@ def exported_from(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_env_file(text: str, source: str = "<env file>") -> dict[str, str]:
+    """KEY -> VALUE as written (expanded later, on each node)."""
     env = {}
     for number, line in enumerate(_LINE_BREAK.split(text), start=1):
         line = line.strip()
@@ -63,6 +81,10 @@ def _parse_line(line: str, where: str) -> tuple[str, str]:
         raise EnvFileError(f"{where}: {key!r} is not a variable name (letters, digits, _)")
     if "\0" in value:
         raise EnvFileError(f"{where}: the value of {key} holds a NUL byte, which no environment can carry")
+    try:
+        expand_env_value(value, {})
+    except ValueError as exc:
+        raise EnvFileError(f"{where}: in the value of {key}, {exc}") from None
     return key, value
 
 
@@ -80,15 +102,45 @@ def read_env_file(path: str) -> dict[str, str]:
     return parse_env_file(text, path)
 
 
-def env_file_paths(cwd: str, home: str) -> list[str]:
-    return [os.path.join(d, name) for d in (home, cwd) for name in ENV_FILE_NAMES]
+def env_files(cwd: str, home: str, deepspeed_name: str) -> list[tuple[str, bool]]:
+    """(path, applies to every job) of each env file, in the order they are read: the home
+    directory's, then the working directory's; an absolute $DS_ENV_FILE is read once."""
+    found: dict[str, bool] = {}
+    for directory in (home, cwd):
+        found.setdefault(os.path.join(directory, deepspeed_name), False)
+        found.setdefault(os.path.join(directory, FLEXTUI_ENV_FILE), True)
+    return list(found.items())
 
 
-def worker_exports(environ: Mapping[str, str], cwd: str, cli_env: Mapping[str, str]) -> dict[str, str]:
-    """Raises EnvFileError for an env file that cannot be read or parsed."""
-    env = exported_from(environ)
-    for path in env_file_paths(cwd, os.path.expanduser("~")):
-        if os.path.isfile(path):
-            env.update(read_env_file(path))
-    env.update(cli_env)
-    return env
+@dataclass
+class WorkerEnvironment:
+    """What the console adds to every worker's environment (the launcher applies it)."""
+
+    exports: dict[str, str] = field(default_factory=dict)  # as they are in the console
+    env_file: dict[str, str] = field(default_factory=dict)  # VALUEs expanded on each node
+    env: dict[str, str] = field(default_factory=dict)  # --env: as given, last word
+    skipped: list[str] = field(default_factory=list)  # env files found but not applied
+
+    def spec(self) -> dict:
+        """The node spec's part (flextui.launch: "exports", "env_file"; "env" is merged
+        with the mode's own by the job)."""
+        return {"exports": self.exports, "env_file": [[k, v] for k, v in self.env_file.items()]}
+
+
+def worker_environment(environ: Mapping[str, str], cwd: str, cli_env: Mapping[str, str], *,
+                       multi_node: bool, workdir: str | None = None) -> WorkerEnvironment:
+    """The console's part of every worker's environment (see the module docs). `workdir`:
+    the working directory on the nodes, put first on PYTHONPATH for a multi-node launch.
+    Raises EnvFileError for an env file that cannot be read or parsed."""
+    result = WorkerEnvironment(exports=exported_from(environ), env=dict(cli_env))
+    if multi_node:
+        result.exports["PYTHONPATH"] = os.pathsep.join(filter(None, [workdir or cwd, environ.get("PYTHONPATH")]))
+    home = environ.get("HOME") or os.path.expanduser("~")
+    for path, always in env_files(cwd, home, environ.get("DS_ENV_FILE") or DEEPSPEED_ENV_FILE):
+        if not os.path.isfile(path):
+            continue
+        if always or multi_node:
+            result.env_file.update(read_env_file(path))
+        else:
+            result.skipped.append(path)
+    return result

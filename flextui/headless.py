@@ -23,6 +23,9 @@ def summary_table(model: JobModel) -> str:
          f"{r.runtime(now):.1f}s")
         for r in model.current_ranks
     ]
+    if any(r.cpus for r in model.current_ranks):  # --bind_cores_to_rank
+        header = (*header[:3], "CPUS", *header[3:])
+        rows = [(*row[:3], r.cpus or "-", *row[3:]) for row, r in zip(rows, model.current_ranks)]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
     return "\n".join([*lines, verdict_line(model, now)])

@@ -91,6 +91,9 @@ class JobConfig:
     # dropped network closes no channel. The console pings three times per period.
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     mode: RunMode = field(default_factory=FixedMode)  # how ranks run: fixed, elastic (modes/)
+    # More of every node's spec, as flextui.launch documents it: the env files' "exports"
+    # and "env_file", DeepSpeed's "bind_cores" and "rank_log".
+    node_options: dict = field(default_factory=dict)
 
 
 def new_run_id(now: float) -> str:
@@ -285,6 +288,7 @@ class Job:
             "grace": self.config.grace,
             "console_timeout": self.config.node_timeout,
             "command": cmd.node_command(),  # the script's arguments once, not once per rank
+            **self.config.node_options,
             **mode_spec,
             "env": {**self.config.env, **mode_spec["env"]},
         }

@@ -22,12 +22,24 @@ A node spec (built by the console) is
      "workers": [{"rank": int, "local_rank": int, "env": {..}}, ..],
      "mode": "fixed"|"elastic",                optional: "elastic" if the spec has that key
      "map_gpus": bool,                         optional, see below
+     "exports": {..}, "env_file": [[KEY, VALUE], ..],   optional, see below
+     "bind_cores": {"cores": [int, ..]|null},  optional: pin each worker to its share of cores
+     "rank_log": {"dir": str, "prefix": str},  optional: copy rank r's output to
+                                               <dir>/<prefix>_rank<r>.log (dir relative to cwd)
      "preflight": {..}}                        optional, see below
 Worker i runs `head + ["--local_rank=<local rank>"] + tail` (the flag only with
 local_rank_arg), so the script's arguments are in the spec once, however many slots the
 node has; a worker with its own "argv" runs that instead. With "map_gpus", the slot ids in
 env's CUDA_VISIBLE_DEVICES are indexes into the GPUs this launcher was given (its own
 CUDA_VISIBLE_DEVICES, say by Slurm): slot i becomes the i-th of them.
+
+A worker's environment is the launcher's, then "exports" (as given), then each "env_file"
+entry in order with its VALUE expanded against the environment so far (expand_env_value:
+$VAR and ${VAR}, one level of quotes; nothing is ever run), then "env", then the worker's
+own "env". With "bind_cores", worker i of n is pinned (CPU affinity, inherited by all its
+children) to the i-th of n equal shares of "cores" (null: one CPU per physical core the
+launcher may use) and gets OMP_NUM_THREADS = the share's size; its "started" event names
+them ("cpus": "0-3").
 
 Preflight (all or nothing across nodes): with "preflight" in the spec, the launcher first
 checks its node (check(): the working directory, the script/module/program, psutil, torch
@@ -36,6 +48,8 @@ request is
     {"cwd": str, "script": str, "module": bool, "no_python": bool, "need_psutil": bool,
      "need_torch": bool, "master_port": int|null,
      "log_dir": str|null}),                    the spec's, unless it is the console's own
+plus what the mode's own setup needs (setup_problems(): fixed mode's core shares and
+rank_log directory),
 reports {"ev": "preflight", ..} right after hello and starts nothing until the console
 sends {"cmd": "go"}, which it does once every node passed. With a problem it exits at
 once (done, code 1); a stop, kill, stdin EOF, signal or console timeout while it waits
@@ -52,7 +66,7 @@ Events, stdout, one JSON object per line, in this order per rank:
     {"ev": "hello", "v": 1, "host": str, "pid": int, "node_rank": int, "t": float}
     {"ev": "preflight", "problems": [str, ..], "t": float}   only with "preflight" in the
                                                spec; empty: waiting for "go"
-    {"ev": "started", "rank": r, "pid": int, "t": float}
+    {"ev": "started", "rank": r, "pid": int, "t": float, "cpus": str}   cpus: with bind_cores
     {"ev": "out", "rank": r, "data": str}      log text, whole lines ("\\n"-terminated)
                                                except a final partial line at exit, a
                                                line with a carriage return (a progress
@@ -132,6 +146,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -140,7 +155,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping
 
 try:  # a node without psutil is reported by the preflight, not by a traceback
     import psutil
@@ -395,13 +411,91 @@ def map_gpus(slots: str, given: str) -> str:
     return ",".join(gpus[int(k)] if k.isdigit() and int(k) < len(gpus) else k for k in slots.split(","))
 
 
-def node_env(spec: dict) -> dict[str, str]:
+def node_env(spec: dict, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """What every process the launcher starts gets on top of the launcher's environment."""
-    env = dict(spec.get("env", {}))
-    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    env = dict(spec.get("exports") or {})
+    for key, template in spec.get("env_file") or ():
+        env[key] = expand_env_value(template, ChainMap(env, environ))
+    env.update(spec.get("env", {}))
+    given = environ.get("CUDA_VISIBLE_DEVICES")
     if spec.get("map_gpus") and given and env.get("CUDA_VISIBLE_DEVICES"):
         env["CUDA_VISIBLE_DEVICES"] = map_gpus(env["CUDA_VISIBLE_DEVICES"], given)
     return env
+
+
+_SHELL_VARIABLE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+
+
+def expand_env_value(template: str, environ: Mapping[str, str]) -> str:
+    """An env file's VALUE as `export KEY=VALUE` in a POSIX shell would set it, without
+    running anything: $NAME and ${NAME} become the variable's value (empty if unset);
+    'single quotes' keep their text as it is; "double quotes" are dropped and expand
+    inside; a backslash keeps the next character (in double quotes only before $ ` " and
+    a backslash).
+    $(...), backquotes and every other $ form stay as written: a value never runs a
+    command. Raises ValueError for a quote that is never closed."""
+    out: list[str] = []
+    quote = None
+    i, end = 0, len(template)
+    while i < end:
+        char = template[i]
+        if quote == "'":
+            if char == "'":
+                quote = None
+            else:
+                out.append(char)
+            i += 1
+        elif char == "'" and quote is None or char == '"':
+            quote = None if quote == char else char
+            i += 1
+        elif char == "\\" and i + 1 < end and (quote is None or template[i + 1] in '$`"\\'):
+            out.append(template[i + 1])
+            i += 2
+        elif char == "$" and (match := _SHELL_VARIABLE.match(template, i)):
+            out.append(environ.get(match.group(1) or match.group(2), ""))
+            i = match.end()
+        else:
+            out.append(char)
+            i += 1
+    if quote:
+        raise ValueError(f"the {'single' if quote == chr(39) else 'double'} quote is never closed")
+    return "".join(out)
+
+
+def usable_cores() -> list[int]:
+    """One CPU per physical core among those this launcher may run on (DeepSpeed binds to
+    cores 0..physical-1): the first physical/logical share of them."""
+    allowed = sorted(os.sched_getaffinity(0))
+    logical = (psutil.cpu_count() if psutil else None) or len(allowed)
+    physical = (psutil.cpu_count(logical=False) if psutil else None) or logical
+    return allowed[: max(1, len(allowed) * physical // logical)]
+
+
+def core_shares(cores: list[int] | None, ranks: int) -> list[list[int]]:
+    """Each of `ranks` workers' equal share of `cores` (None: usable_cores()), in order, as
+    DeepSpeed's --bind_cores_to_rank splits them; ValueError when a share would be empty or
+    a core is not one this launcher may use."""
+    allowed = os.sched_getaffinity(0)
+    if cores is None:
+        cores = usable_cores()
+    missing = [c for c in cores if c not in allowed]
+    if missing:
+        raise ValueError(f"core {missing[0]} is not usable on this node (usable: {cpu_list_text(sorted(allowed))})")
+    per = len(cores) // max(ranks, 1)
+    if per < 1:
+        raise ValueError(f"{ranks} ranks but only {len(cores)} core(s) to share ({cpu_list_text(cores)})")
+    return [cores[per * i: per * (i + 1)] for i in range(ranks)]
+
+
+def cpu_list_text(cores: list[int]) -> str:
+    """[0, 1, 2, 3, 8] -> '0-3,8' (the kernel's cpulist form)."""
+    runs: list[list[int]] = []
+    for core in cores:
+        if runs and core == runs[-1][-1] + 1:
+            runs[-1].append(core)
+        else:
+            runs.append([core])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def command_argv(command: dict, local_rank: int) -> list[str]:
@@ -422,8 +516,13 @@ class LogTail:
         self.path = path
         self.tag = tag
         self.fd: int | None = None
+        self.copy: int | None = None  # a second file that gets every byte read (rank_log)
         self.partial = b""
         self.more = False
+
+    def copy_to(self, path: str) -> None:
+        """Also write everything read from now on to `path` (truncated first)."""
+        self.copy = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
     def open(self) -> None:
         if self.fd is None:
@@ -436,6 +535,17 @@ class LogTail:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.copy is not None:
+            os.close(self.copy)
+            self.copy = None
+
+    def _write_copy(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.copy, data):]
+        except OSError:  # its disk is full, say: the rank's own log still has everything
+            os.close(self.copy)
+            self.copy = None
 
     def read_new(self) -> bytes:
         """Up to READ_CHUNK more bytes of the log, cut after the last newline; a line
@@ -445,6 +555,8 @@ class LogTail:
             return b""
         chunk = os.read(self.fd, READ_CHUNK)
         self.more = len(chunk) == READ_CHUNK
+        if self.copy is not None and chunk:
+            self._write_copy(chunk)
         data = self.partial + chunk
         cut = data.rfind(b"\n") + 1
         if (cut == 0 and len(data) >= READ_CHUNK) or b"\r" in data[cut:]:
@@ -468,6 +580,7 @@ class Child:
         self.argv = argv
         self.log = log
         self.env = env or {}
+        self.cpus: list[int] | None = None  # the CPUs it is pinned to (None: not pinned)
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.code: int | None = None
@@ -489,7 +602,7 @@ class ProcessGroup:
 
     def start(self, child: Child, env: dict[str, str], cwd: str | None) -> None:
         """Start it (OSError if it cannot be) and follow its log."""
-        child.proc = start_logged(child.argv, child.log.path, env, cwd)
+        child.proc = start_logged(child.argv, child.log.path, env, cwd, child.cpus)
         child.pid = child.proc.pid
         child.log.open()
         self.by_pid[child.pid] = child
@@ -630,6 +743,10 @@ class NodeLauncher:
         """Of every process left, those a stop SIGTERMs (the others stop by themselves)."""
         return processes
 
+    def setup_problems(self) -> list[str]:
+        """What in the spec this mode cannot do on this node (the preflight reports it)."""
+        return []
+
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
         if kind == "go":
@@ -682,7 +799,7 @@ class NodeLauncher:
     async def preflight(self) -> bool:
         """Check this node, report it, and hold until the console says "go" (every node
         passed); False when nothing may start here (a problem, or stopped while holding)."""
-        problems = check({**self.spec["preflight"], "need_psutil": True})  # we need it too
+        problems = check({**self.spec["preflight"], "need_psutil": True}) + self.setup_problems()
         self.emitter.emit({"ev": "preflight", "problems": problems, "t": time.time()})
         if problems:
             self.preflight_code = 1
@@ -849,19 +966,56 @@ class FixedLauncher(NodeLauncher):
         super().__init__(spec, stdin_rest, watch_stdin)
         self.workers = [Worker(w, self.log_dir, spec.get("command")) for w in spec["workers"]]
         self.first_failure: Worker | None = None
+        self.setup_error: str | None = None  # why no worker can start (checked by the preflight)
+        if spec.get("bind_cores"):
+            try:
+                shares = core_shares(spec["bind_cores"].get("cores"), len(self.workers))
+            except ValueError as exc:
+                self.setup_error = f"--bind_cores_to_rank: {exc}"
+            else:
+                for worker, share in zip(self.workers, shares):
+                    worker.cpus = share
+                    worker.env = {**worker.env, "OMP_NUM_THREADS": str(len(share))}
+
+    def setup_problems(self) -> list[str]:
+        problems = [self.setup_error] if self.setup_error else []
+        rank_log = self.spec.get("rank_log")
+        if rank_log:
+            where = _log_dir_problem(os.path.join(self.spec.get("cwd") or os.getcwd(), rank_log["dir"]))
+            if where:
+                problems.append("--enable_each_rank_log: " + where.replace("the log directory", "the directory"))
+        return problems
+
+    def copy_rank_logs(self) -> None:
+        """--enable_each_rank_log: every rank's output also in DIR/<prefix>_rank<r>.log."""
+        rank_log = self.spec.get("rank_log")
+        if not rank_log or self.setup_error:
+            return
+        directory = os.path.join(self.spec.get("cwd") or os.getcwd(), rank_log["dir"])
+        try:
+            os.makedirs(directory, exist_ok=True)
+            for worker in self.workers:
+                worker.log.copy_to(os.path.join(directory, f"{rank_log['prefix']}_rank{worker.rank}.log"))
+        except OSError as exc:
+            self.setup_error = f"--enable_each_rank_log: {exc.filename}: {exc.strerror}"
 
     def start(self) -> None:
+        self.copy_rank_logs()
         for worker in self.workers:
             if self.stopping:
                 # A worker that could not start stopped the job: the rest never run (their
                 # ranks stay without a "started" event) and must not be waited for.
                 worker.exited = True
                 continue
-            error = self.start_child(worker)
+            error = self.setup_error or self.start_child(worker)
             if error is None:
-                self.emitter.emit({"ev": "started", "rank": worker.rank, "pid": worker.pid, "t": time.time()})
+                started = {"ev": "started", "rank": worker.rank, "pid": worker.pid, "t": time.time()}
+                if worker.cpus:
+                    started["cpus"] = cpu_list_text(worker.cpus)
+                self.emitter.emit(started)
                 continue
-            message = f"cannot start rank {worker.rank}: {worker.argv[0]}: {error.strerror}\n"
+            reason = error if isinstance(error, str) else f"{worker.argv[0]}: {error.strerror}"
+            message = f"cannot start rank {worker.rank}: {reason}\n"
             with open(worker.log.path, "ab") as log:
                 log.write(message.encode())
             self.emitter.emit({"ev": "error", "rank": worker.rank, "message": message.strip()})
@@ -1250,14 +1404,24 @@ def _utf8_boundary(data: bytes) -> int:
     return end
 
 
-def start_logged(argv: list[str], log_path: str, env: dict, cwd: str | None) -> subprocess.Popen:
+def start_logged(argv: list[str], log_path: str, env: dict, cwd: str | None,
+                 cpus: list[int] | None = None) -> subprocess.Popen:
     """A child in its own session (signalled as a group, deaf to the terminal) whose
-    stdout+stderr go straight to its log file: it never waits on us."""
+    stdout+stderr go straight to its log file: it never waits on us. With `cpus`, it is
+    pinned to them from its first instruction: the launcher pins itself while it forks
+    (the child inherits it, and so do all the child's threads and children)."""
     with open(log_path, "ab", buffering=0) as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=cwd or None, env=env, start_new_session=True,
-        )
+        own = os.sched_getaffinity(0) if cpus else None
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        try:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=cwd or None, env=env, start_new_session=True,
+            )
+        finally:
+            if own is not None:
+                os.sched_setaffinity(0, own)
 
 
 def _become_subreaper() -> None:

@@ -72,6 +72,7 @@ class RankState:
     byte_count: int = 0
     tail: deque[str] = field(init=False)
     live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar; bounded
+    cpus: str | None = None  # the CPUs it is pinned to ("0-3"), with --bind_cores_to_rank
 
     def __post_init__(self) -> None:
         self.tail = deque(maxlen=self.tail_lines)
@@ -229,6 +230,7 @@ class JobModel:
         if kind == "started":
             rank = self.ranks[event["rank"]]
             rank.status, rank.pid, rank.started_at = RankStatus.RUNNING, event["pid"], event["t"]
+            rank.cpus = event.get("cpus")
             if self.state is JobState.LAUNCHING and all(
                 r.status is not RankStatus.PENDING for r in self.ranks
             ):
@@ -362,7 +364,7 @@ class JobModel:
                     "local_rank": r.info.local_rank, "gpu": r.info.gpu, "pid": r.pid,
                     "status": r.status.value, "code": r.code, "signal": r.signal,
                     "stopped": r.stopped, "duration": round(r.runtime(now), 3),
-                    "lines": r.line_count,
+                    "lines": r.line_count, **({"cpus": r.cpus} if r.cpus else {}),
                 }
                 for r in self.ranks
             ],

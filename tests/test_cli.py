@@ -170,7 +170,9 @@ def test_bad_env_file(tmp_path, name, content, fragment):
     (tmp_path / "ok.py").write_text("print('never runs')\n")
     (tmp_path / "local").write_text("localhost slots=1\n")
     (tmp_path / name).write_bytes(content)
-    result = run_flextui("--headless", "--log-dir", str(tmp_path / "runs"), "local", "ok.py", cwd=tmp_path)
+    # --force_multi: .deepspeed_env applies to multi-node launches only, as with DeepSpeed
+    result = run_flextui("--headless", "--force_multi", "--log-dir", str(tmp_path / "runs"), "local", "ok.py",
+                         cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"flextui: error: {tmp_path / name}{fragment}"], result.stderr
     assert result.stdout == ""

@@ -24,7 +24,7 @@ from flextui.deepspeed import (
 )
 from flextui.errors import UsageError
 from flextui.world import World
-from tests.helpers import free_port, run_flextui, start_flextui
+from tests.helpers import flextui_argv, free_port, run_flextui, start_flextui
 
 #: A value for each DeepSpeed option that takes one (the rest are flags).
 VALUES = {
@@ -246,3 +246,169 @@ def test_launcher_args_refused_where_they_mean_nothing(name, fragment):
     args = parse_command_line(["--launcher", name, "--launcher_args", "-f 64", "hosts", "train.py"])
     with pytest.raises(UsageError, match=fragment):
         deepspeed.apply_launcher_args(args, {"pdsh": "ssh"}.get(name, name))
+
+
+# -- .deepspeed_env values, expanded on each node (flextui.launch.expand_env_value) ----------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/opt/x/bin:$PATH", "/opt/x/bin:/usr/bin"),
+    ("$HOME/data", "/home/me/data"),
+    ("${HOME}data", "/home/medata"),
+    ('"$HOME/my data"', "/home/me/my data"),  # one level of quotes stripped, expanded inside
+    ("'$HOME'", "$HOME"),  # single quotes: as written
+    ("$UNSET:x", ":x"),  # unset: empty, as a shell says
+    ("$(touch /tmp/pwned)", "$(touch /tmp/pwned)"),  # never run
+    ("`touch /tmp/pwned`", "`touch /tmp/pwned`"),
+    ('"$(id) `id` $HOME"', "$(id) `id` /home/me"),
+    ("${HOME:-x} $1 $$", "${HOME:-x} $1 $$"),  # other $ forms stay as written
+    ("a\\$HOME", "a$HOME"),
+    ("", ""),
+])
+def test_env_file_values_expand_like_a_shell_that_runs_nothing(value, expected):
+    from flextui.launch import expand_env_value
+
+    assert expand_env_value(value, {"HOME": "/home/me", "PATH": "/usr/bin"}) == expected
+
+
+def test_env_file_entries_see_the_ones_before_them():
+    from flextui.launch import node_env
+
+    spec = {"exports": {"PYTHONPATH": "/work"}, "env_file": [["A", "/a"], ["B", "$A/b:$PYTHONPATH:$HOME"]],
+            "env": {"RANK": "0"}}
+    assert node_env(spec, {"HOME": "/h"}) == {"PYTHONPATH": "/work", "A": "/a", "B": "/a/b:/work:/h", "RANK": "0"}
+
+
+def test_env_file_with_an_open_quote_is_refused(tmp_path):
+    from flextui.environment import EnvFileError, read_env_file
+
+    (tmp_path / ".deepspeed_env").write_text('A=1\nB="unclosed\n')
+    with pytest.raises(EnvFileError, match=r":2: in the value of B, the double quote is never closed"):
+        read_env_file(str(tmp_path / ".deepspeed_env"))
+
+
+ENV_SCRIPT = "import os\nfor k in ('A', 'B', 'PYTHONPATH'): print(k, os.environ.get(k), flush=True)\n"
+
+
+@pytest.mark.parametrize("force_multi", [False, True])
+def test_deepspeed_env_applies_to_multi_node_launches_only(tmp_path, force_multi):
+    """As DeepSpeed: a job on this machine alone keeps the user's shell (a note says the
+    file was skipped); a multi-node launch (here forced) applies it, expanded, with
+    PYTHONPATH led by the working directory. DS_ENV_FILE names the file; .flextui_env
+    applies to every job."""
+    (tmp_path / "show.py").write_text(ENV_SCRIPT)
+    (tmp_path / "my_env").write_text("A=$HOME/data\n")
+    (tmp_path / ".flextui_env").write_text("B='$HOME'\n")
+    argv = [*(["--force_multi"] if force_multi else []), "--headless", "--log-dir", "runs",
+            "--master_port", str(free_port()), "show.py"]
+    result = subprocess.run(flextui_argv(*argv),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DS_ENV_FILE": "my_env", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "B $HOME" in out
+    if force_multi:
+        assert f"A {tmp_path}/data" in out
+        assert f"PYTHONPATH {tmp_path}" in out
+        assert "not applied" not in result.stderr
+    else:
+        assert "A None" in out
+        assert f"flextui: note: {tmp_path}/my_env not applied" in result.stderr
+
+
+# -- --bind_cores_to_rank, --enable_each_rank_log (node launcher) ---------------------------
+
+
+BIND_SCRIPT = ("import os\nprint('cpus', sorted(os.sched_getaffinity(0)), 'omp', os.environ['OMP_NUM_THREADS'],"
+               " 'rank', os.environ['RANK'], flush=True)\n")
+
+
+def test_bind_cores_and_each_rank_log(tmp_path):
+    (tmp_path / "bind.py").write_text(BIND_SCRIPT)
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        pytest.skip("needs 2 usable CPUs")
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()), "--num_gpus", "2",
+                         "--bind_cores_to_rank", "--bind_core_list", f"{usable[0]},{usable[1]}",
+                         "--enable_each_rank_log", "rank-logs", "bind.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        assert f"cpus [{usable[rank]}] omp 1 rank {rank}" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.startswith("RANK"))
+    assert header.split()[:4] == ["RANK", "HOST", "GPU", "CPUS"]
+    logs = sorted((tmp_path / "rank-logs").iterdir())
+    assert [p.name.split("_", 1)[1] for p in logs] == ["rank0.log", "rank1.log"]
+    assert all(len(p.name.split("_")[0]) == 14 for p in logs)  # DeepSpeed's %Y%m%d%H%M%S prefix
+    assert logs[1].read_text() == f"cpus [{usable[1]}] omp 1 rank 1\n"
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert [r["cpus"] for r in summary["ranks"]] == [str(usable[0]), str(usable[1])]
+
+
+def test_bind_cores_too_few_is_a_preflight_error(tmp_path):
+    (tmp_path / "bind.py").write_text(BIND_SCRIPT)
+    usable = sorted(os.sched_getaffinity(0))
+    result = run_flextui("--headless", "--log-dir", "runs", "--num_gpus", str(len(usable) + 1),
+                         "--bind_cores_to_rank", "bind.py", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"flextui: error: localhost: --bind_cores_to_rank: {len(usable) + 1} ranks but only ")
+
+
+def test_each_rank_log_that_cannot_be_made_is_a_preflight_error(tmp_path):
+    (tmp_path / "bind.py").write_text(BIND_SCRIPT)
+    (tmp_path / "a-file").write_text("")
+    result = run_flextui("--headless", "--log-dir", "runs", "--enable_each_rank_log", "a-file/logs", "bind.py",
+                         cwd=tmp_path)
+    assert result.returncode == 1
+    assert "flextui: error: localhost: --enable_each_rank_log: cannot create the directory" in result.stderr
+
+
+@pytest.mark.parametrize("flag", [["--bind_cores_to_rank"], ["--enable_each_rank_log", "x"]])
+def test_elastic_refuses_what_torchs_agent_does(flag, hostfile):
+    args = parse_command_line(["--elastic", *flag, str(hostfile), "train.py"])
+    with pytest.raises(UsageError, match="not available with --elastic"):
+        deepspeed.check_options(args)
+
+
+# -- multi-node: the sshd cluster ---------------------------------------------------------------
+
+
+def cluster_hostfile(cluster, tmp_path, slots=1) -> str:
+    path = tmp_path / "hostfile"
+    path.write_text("".join(f"{n.name} slots={slots}\n" for n in cluster.nodes))
+    return str(path)
+
+
+def run_on_cluster(cluster, tmp_path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(flextui_argv("--headless", "--log-dir", str(tmp_path / "runs"), *args),
+                          cwd=tmp_path, env={**cluster.env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_multi_node_env_file_and_pythonpath(cluster, tmp_path):
+    """.deepspeed_env values are expanded by each NODE against its own environment (sshd
+    sets SSH_CONNECTION there, with the node's own address; the console has none), quotes
+    stripped, commands never run; PYTHONPATH starts with the working directory, so a
+    script in a subdirectory imports a package that sits beside it in the working directory."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("WHERE = 'the working directory'\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "train.py").write_text(
+        "import os, pkg\n"
+        "print('rank', os.environ['RANK'], 'pkg from', pkg.WHERE, flush=True)\n"
+        "for k in ('NODE_SSH', 'RAN', 'QUOTED'): print(k, repr(os.environ.get(k)), flush=True)\n")
+    (tmp_path / ".deepspeed_env").write_text(
+        "export NODE_SSH=${SSH_CONNECTION}\nRAN=$(touch ran-a-command)`touch ran-too`\nQUOTED=\"two words\"\n")
+    home_env = Path(cluster.env()["HOME"]) / ".deepspeed_env"
+    assert not home_env.exists()
+    result = run_on_cluster(cluster, tmp_path, cluster_hostfile(cluster, tmp_path), "sub/train.py",
+                            env={"SSH_CONNECTION": ""})
+    assert result.returncode == 0, result.stderr + result.stdout
+    for node_rank, node in enumerate(cluster.nodes):
+        out = (next((tmp_path / "runs").glob(f"*/rank-{node_rank}.log"))).read_text()
+        assert "pkg from the working directory" in out
+        ssh_connection = next(line for line in out.splitlines() if line.startswith("NODE_SSH")).split(" ", 1)[1]
+        assert f" {node.ip} " in ssh_connection, ssh_connection  # client ip, port, server (node) ip, port
+        assert "RAN '$(touch ran-a-command)`touch ran-too`'" in out
+        assert "QUOTED 'two words'" in out
+    assert not (tmp_path / "ran-a-command").exists() and not (tmp_path / "ran-too").exists()

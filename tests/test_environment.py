@@ -1,6 +1,6 @@
 import pytest
 
-from flextui.environment import EnvFileError, exported_from, parse_env_file, worker_exports
+from flextui.environment import EnvFileError, exported_from, parse_env_file, worker_environment
 
 
 def test_prefixed_variables_are_exported_like_deepspeed():
@@ -42,5 +42,6 @@ def test_cwd_file_overrides_home_file_and_cli_overrides_both(tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(home))
     (home / ".deepspeed_env").write_text("A=home\nB=home\nC=home\n")
     (cwd / ".flextui_env").write_text("B=cwd\nC=cwd\n")
-    env = worker_exports({"NCCL_X": "1"}, str(cwd), {"C": "cli"})
-    assert env == {"NCCL_X": "1", "A": "home", "B": "cwd", "C": "cli"}
+    found = worker_environment({"NCCL_X": "1", "HOME": str(home)}, str(cwd), {"C": "cli"}, multi_node=True)
+    assert {**found.exports, **found.env_file, **found.env} == {
+        "NCCL_X": "1", "PYTHONPATH": str(cwd), "A": "home", "B": "cwd", "C": "cli"}

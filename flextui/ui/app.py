@@ -312,6 +312,8 @@ class FlexApp(App[int]):
             rank = source.state
             text.append(f"rank {rank.rank}", palette.bold)
             text.append(f" {rank.info.host} gpu {rank.info.gpu} ")
+            if rank.cpus:  # --bind_cores_to_rank
+                text.append(f"cpus {rank.cpus} ")
             text.append(status_text(rank), palette.status[rank.status.value])
             text.append(f"  {rank.line_count:,} lines")
             kept = len(rank.tail)
