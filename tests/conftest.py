@@ -209,10 +209,11 @@ def mpi_cluster(request, cluster):
 
 # --------------------------------------------------------------------------- #
 # Test tiers.  `cluster`: the test uses a real sshd/Slurm/MPI test cluster (applied
-# automatically from its fixtures).  `slow`: a local test that runs real torch jobs or
-# waits out real timeouts (marked by hand).  The quick loop is
-#     ./dev test -m "not cluster and not slow"      (well under a minute)
-# and `./dev test` (CI) runs everything.
+# automatically from its fixtures; by hand where a test looks its cluster up itself).
+# `slow`: a local test that runs real torch jobs or waits out real timeouts (marked by
+# hand).  The quick loop is
+#     ./dev quick        = pytest -q -n 2 -m "not cluster and not slow" (pytest-xdist)
+# and `./dev test` (CI) runs everything, one test at a time.
 # --------------------------------------------------------------------------- #
 _CLUSTER_FIXTURES = {"cluster", "make_cluster", "ssh_cluster", "slurm", "slurm_cluster", "mpi_cluster"}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from flextui.cli import main
 from flextui.modes.elastic import ElasticConfig, ElasticJobModel
 from flextui.model import JobState, RankStatus
 from flextui.world import World
@@ -287,13 +288,14 @@ def test_rendezvous_host_gone_stops_the_job_and_success_needs_the_last_attempt()
     assert m.summary()["elastic"]["lost_nodes"][0]["host"] == "n1"
 
 
-def test_cli_plan_and_usage_errors(tmp_path):
+def test_cli_plan_and_usage_errors(tmp_path, capsys):
     hosts = tmp_path / "hostfile"
     hosts.write_text("a slots=2\nb slots=2\nc slots=4\n")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "flextui", *args], capture_output=True, text=True,
-                              cwd=tmp_path, timeout=60)
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
 
     plan = cli("--dry-run", "--json", "--elastic", "--num_gpus", "2", "--min_nodes", "2", str(hosts), "t.py")
     assert plan.returncode == 0, plan.stderr

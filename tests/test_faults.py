@@ -35,6 +35,7 @@ def cluster_of(request, backend: faultkit.Backend):
     return cluster(2) if backend.fixture == "make_cluster" else cluster
 
 
+@pytest.mark.cluster  # its cluster fixture is looked up per backend, which the tier hook cannot see
 @pytest.mark.parametrize("backend, case", MATRIX)
 def test_fault_matrix(request, tmp_path, backend, case):
     cluster = cluster_of(request, backend)

@@ -275,6 +275,7 @@ def test_partial_last_line_and_undecodable_bytes_reach_the_console(tmp_path, mar
     assert launcher.events.index(outs[-1]) < launcher.events.index(launcher.of("exited", 0)[0])
 
 
+@pytest.mark.slow  # a flood
 def test_every_line_of_a_flood_is_streamed_and_logged(tmp_path, marker, worker):
     log_dir = tmp_path / "logs"
     lines = 200_000
@@ -335,6 +336,7 @@ def test_launcher_is_self_contained():
     assert out.stdout.strip() == "['flextui.launch']"
 
 
+@pytest.mark.slow  # a flood
 def test_a_flood_and_a_huge_line_come_in_bounded_events(tmp_path, marker):
     """However fast a rank writes, one event carries at most ~2 MiB (the console reads
     events as lines); a line longer than that comes in pieces cut on UTF-8 boundaries."""

@@ -215,6 +215,7 @@ def test_failed_start_leaves_nothing_behind(tmp_path):
     assert not c.state_file.exists()
 
 
+@pytest.mark.cluster  # brings a cluster up through tests/sshcluster.py's command line
 def test_cli_up_sigterm_and_down_after_sigkill(tmp_path):
     def up(d):
         p = subprocess.Popen([sys.executable, str(SCRIPT), "up", "--nodes", "2", "--dir", str(d),

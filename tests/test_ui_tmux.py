@@ -16,6 +16,8 @@ import uuid
 import psutil
 import pytest
 
+# A real terminal, a real console and real jobs: end to end, so in the slow tier.
+pytestmark = pytest.mark.slow
 
 WORKER = r'''
 import os, sys, time
