@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     try:
         with backend_class(args.launcher).from_args(args) as backend:  # released on exit
+            if args.venv_script:  # the same path on every node, like the script's
+                backend.venv_script = os.path.join(args.remote_cwd or os.getcwd(), args.venv_script)
             return _main(args, backend, env)
     except UsageError as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
@@ -239,8 +242,9 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
         mode=mode, node_options={**environment.spec(), **deepspeed.node_options(args, time.time())},
     )
     job = Job(config, backend)
-    if args.headless or not sys.stdout.isatty():
-        from flextui.headless import HeadlessConsole
+    with deepspeed.PidFile(os.getpid()) if args.save_pid else contextlib.nullcontext():
+        if args.headless or not sys.stdout.isatty():
+            from flextui.headless import HeadlessConsole
 
-        return asyncio.run(HeadlessConsole(job).run())
-    return asyncio.run(_run_tui(job, args.theme))
+            return asyncio.run(HeadlessConsole(job).run())
+        return asyncio.run(_run_tui(job, args.theme))

@@ -170,6 +170,32 @@ def multi_node_launch(args: argparse.Namespace, world: World) -> bool:
     return args.force_multi or len(world.nodes) > 1 or not all(is_local_host(n.host) for n in world.nodes)
 
 
+class PidFile:
+    """DeepSpeed's --save_pid: /tmp/<pid of this command>.deepspeed holds the pid that, sent
+    SIGTERM, stops the whole job (attached: this console's own, which stops every rank
+    gracefully); removed when the job ends."""
+
+    def __init__(self, pid: int, directory: str | None = None) -> None:
+        self.path = os.path.join(directory or PID_FILE_DIR, f"{os.getpid()}.deepspeed")
+        self.pid = pid
+
+    def __enter__(self) -> PidFile:
+        try:
+            # O_EXCL: as DeepSpeed asserts, a file left by another run is never overwritten
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise UsageError(f"--save_pid: cannot create {self.path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(self.pid))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 def parse_core_list(text: str) -> list[int]:
     """'1,3-5,7' -> [1, 3, 4, 5, 7] (DeepSpeed's parse_range_list: ascending, no overlap)."""
     cores: list[int] = []
@@ -312,7 +338,7 @@ def error_hint(error: Exception) -> str:
 
 
 __all__ = [
-    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "add_arguments", "apply_launcher_args", "check_options", "multi_node_launch", "node_options",
+    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "PidFile", "add_arguments", "apply_launcher_args", "check_options", "multi_node_launch", "node_options",
     "cpu_accelerators", "default_hosts", "error_hint", "gpu_count", "local_rank_note", "looks_like_hostfile",
     "parse_core_list", "split_positionals",
 ]

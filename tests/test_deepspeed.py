@@ -412,3 +412,69 @@ def test_multi_node_env_file_and_pythonpath(cluster, tmp_path):
         assert "RAN '$(touch ran-a-command)`touch ran-too`'" in out
         assert "QUOTED 'two words'" in out
     assert not (tmp_path / "ran-a-command").exists() and not (tmp_path / "ran-too").exists()
+
+
+# -- --save_pid, --venv_script ------------------------------------------------------------------
+
+
+def test_save_pid_names_the_pid_that_stops_the_job(tmp_path):
+    """/tmp/<pid of the flextui command>.deepspeed holds the pid whose SIGTERM stops every
+    rank (attached: the console itself); the file is gone once the job has ended."""
+    import psutil
+
+    (tmp_path / "sleep.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    proc = start_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()), "--num_gpus", "2",
+                         "--save_pid", "sleep.py", cwd=tmp_path)
+    pid_file = Path(f"/tmp/{proc.pid}.deepspeed")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("*/rank-*.log"))) < 2:
+            time.sleep(0.05)
+        while time.monotonic() < deadline and not all(
+                "up" in p.read_text() for p in (tmp_path / "runs").glob("*/rank-*.log")):
+            time.sleep(0.05)
+        saved = int(pid_file.read_text())
+        workers = [p for p in psutil.process_iter(["cmdline"]) if "sleep.py" in " ".join(p.info["cmdline"] or [])
+                   and p.pid != proc.pid]
+        assert len(workers) == 2
+        os.kill(saved, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not pid_file.exists()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == []
+
+
+def test_save_pid_never_overwrites_another_runs_file(tmp_path):
+    from flextui.deepspeed import PidFile
+
+    with PidFile(123, str(tmp_path)) as first:
+        assert Path(first.path).read_text() == "123"
+        with pytest.raises(UsageError, match="cannot create"):
+            PidFile(456, str(tmp_path)).__enter__()
+    assert not Path(first.path).exists()
+
+
+def test_venv_script_is_sourced_before_the_launcher(tmp_path):
+    (tmp_path / "venv.sh").write_text("export FROM_VENV=sourced\n")
+    (tmp_path / "show.py").write_text("import os\nprint('FROM_VENV', os.environ.get('FROM_VENV'), flush=True)\n")
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()), "--venv_script",
+                         "venv.sh", "show.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "FROM_VENV sourced" in result.stdout
+    missing = run_flextui("--headless", "--log-dir", "runs2", "--venv_script", "nowhere.sh", "show.py", cwd=tmp_path)
+    assert missing.returncode == 1
+    [line] = missing.stderr.splitlines()[-1:]
+    assert line.startswith("flextui: error: localhost: ") and "nowhere.sh" in line, missing.stderr
+
+
+def test_venv_script_on_remote_nodes(cluster, tmp_path):
+    (tmp_path / "venv.sh").write_text('export FROM_VENV="sourced on $(hostname)"\n')
+    (tmp_path / "show.py").write_text("import os\nprint('FROM_VENV', os.environ.get('FROM_VENV'), flush=True)\n")
+    result = run_on_cluster(cluster, tmp_path, "--venv_script", "venv.sh", cluster_hostfile(cluster, tmp_path),
+                            "show.py")
+    assert result.returncode == 0, result.stderr
+    for node in cluster.nodes:
+        assert f"FROM_VENV sourced on {node.name}" in result.stdout

@@ -132,6 +132,17 @@ class Backend(abc.ABC):
         """Build it from the parsed command line; may raise LaunchError (say, no allocation
         could be made) or UsageError. Nothing else in a backend reads `args`."""
 
+    #: A shell script sourced before each node's launcher starts (DeepSpeed's
+    #: --venv_script): the launcher and its workers inherit what it sets. Set by the CLI.
+    venv_script: str | None = None
+
+    def launcher_argv(self, argv: list[str]) -> list[str]:
+        """The node launcher's command line, behind `. venv_script` when there is one (a
+        script that cannot be sourced ends the shell: the node fails with its message)."""
+        if not self.venv_script:
+            return argv
+        return ["/bin/sh", "-c", '. "$0" && exec "$@"', self.venv_script, *argv]
+
     # -- discovery ------------------------------------------------------------------
 
     def hosts(self, hostfile: str | None) -> dict[str, int]:

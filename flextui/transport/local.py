@@ -73,7 +73,7 @@ class LocalBackend(Backend):
 
     async def open(self, node: Node, spec: dict) -> NodeChannel:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flextui.launch",
+            *self.launcher_argv([sys.executable, "-m", "flextui.launch"]),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=STREAM_LIMIT,
             # Its own session: a terminal's Ctrl+C reaches the console, which then stops

@@ -468,7 +468,7 @@ class MPIBackend(Backend):
         if self._fanout is None:
             self._fanout = asyncio.Semaphore(FANOUT)
         argv = runtime_argv(self.runtime, self.flavour, node.host, self.mpi_args,
-                            [self.python, "-c", LAUNCHER_PROGRAM], os.geteuid() == 0)
+                            self.launcher_argv([self.python, "-c", LAUNCHER_PROGRAM]), os.geteuid() == 0)
         async with self._fanout:
             try:
                 process = await asyncio.create_subprocess_exec(

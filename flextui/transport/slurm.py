@@ -430,7 +430,7 @@ class SlurmBackend(Backend):
     async def open(self, node: Node, spec: dict) -> NodeChannel:
         # The workers' CUDA_VISIBLE_DEVICES (slot ids) become the GPUs Slurm gave the step.
         spec = {**with_slurm_task_env(spec), "map_gpus": True}
-        argv = self.srun_argv(node, str(node.node_rank), [self.python, "-c", LAUNCHER_PROGRAM])
+        argv = self.srun_argv(node, str(node.node_rank), self.launcher_argv([self.python, "-c", LAUNCHER_PROGRAM]))
         if self._fanout is None:
             self._fanout = asyncio.Semaphore(self._fanout_limit)
         async with self._fanout:

@@ -196,9 +196,10 @@ class SSHBackend(Backend):
 
     async def open(self, node: Node, spec: dict) -> NodeChannel:
         if is_local_host(node.host):
+            self.local.venv_script = self.venv_script
             return await self.local.open(node, spec)
         conn = await self._connection(node.host)
-        command = remote_command(None, [self.python, "-c", LAUNCHER_PROGRAM])
+        command = remote_command(None, self.launcher_argv([self.python, "-c", LAUNCHER_PROGRAM]))
         try:
             process = await conn.create_process(command, encoding=None)
             process.stdin.write(spec_message(spec))  # any size: the channel carries it
