@@ -19,7 +19,7 @@ from flextui.hostfile import HostfileError, select_slots
 from flextui.job import DEFAULT_GRACE, DEFAULT_NODE_TIMEOUT, Job, JobConfig, LaunchError
 from flextui.modes import RunMode, mode_classes, mode_from_args
 from flextui.transport import ALIASES, DEFAULT_BACKEND, Backend, backend_class, backend_names
-from flextui.transport.local import is_local_host
+from flextui.transport.local import LocalBackend, is_local_host
 from flextui.world import DEFAULT_MASTER_PORT, Command, World
 
 USAGE_ERROR = 2
@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        with backend_class(args.launcher).from_args(args) as backend:  # released on exit
+        # --no_ssh: this node's share runs here, whatever the --launcher (as deepspeed does)
+        backend_type = LocalBackend if args.no_ssh else backend_class(args.launcher)
+        with backend_type.from_args(args) as backend:  # released on exit
             if args.venv_script:  # the same path on every node, like the script's
                 backend.venv_script = os.path.join(args.remote_cwd or os.getcwd(), args.venv_script)
             return _main(args, backend, env)
@@ -213,6 +215,13 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
         else:
             hosts = backend.hosts(args.hostfile)
         world = resolve_world(args, hosts)
+        if args.no_ssh:
+            world = deepspeed.node_share(world, args.node_rank)
+            share = world.share
+            last = share.first_rank + world.world_size - 1
+            note(args, f"--no_ssh --node_rank {share.node_rank}: this machine runs ranks {share.first_rank}-{last} "
+                       f"of {share.world_size} (RANK, WORLD_SIZE as in the whole job; the console numbers them "
+                       f"from 0)")
         mode = mode_from_args(args, world)
         environment = worker_environment(os.environ, os.getcwd(), env, workdir=args.remote_cwd or os.getcwd(),
                                          multi_node=deepspeed.multi_node_launch(args, world))

@@ -158,6 +158,14 @@ def node_options(args: argparse.Namespace, now: float) -> dict:
     return options
 
 
+def node_share(world: World, node_rank: int) -> World:
+    """--no_ssh --node_rank N: node N's part of the job, to run on this machine."""
+    if not 0 <= node_rank < len(world.nodes):
+        raise UsageError(f"--node_rank {node_rank}: the job has {len(world.nodes)} node(s), "
+                         f"0..{len(world.nodes) - 1}")
+    return world.share_of(node_rank)
+
+
 def multi_node_launch(args: argparse.Namespace, world: World) -> bool:
     """Whether DeepSpeed would launch this job as multi-node (through pdsh & co.), where
     .deepspeed_env and PYTHONPATH apply: more than one node, a node that is not this
@@ -338,7 +346,7 @@ def error_hint(error: Exception) -> str:
 
 
 __all__ = [
-    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "PidFile", "add_arguments", "apply_launcher_args", "check_options", "multi_node_launch", "node_options",
+    "DLTS_HOSTFILE", "LAUNCHERS", "OPTIONS", "PID_FILE_DIR", "PidFile", "add_arguments", "apply_launcher_args", "check_options", "multi_node_launch", "node_options", "node_share",
     "cpu_accelerators", "default_hosts", "error_hint", "gpu_count", "local_rank_note", "looks_like_hostfile",
     "parse_core_list", "split_positionals",
 ]

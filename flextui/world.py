@@ -62,10 +62,24 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Share:
+    """Where a world that is one node's share of a bigger job sits in it (DeepSpeed's
+    --no_ssh --node_rank N: a scheduler starts one console per node)."""
+
+    node_rank: int
+    nodes: int
+    first_rank: int
+    world_size: int
+
+
+@dataclass(frozen=True)
 class World:
     nodes: tuple[Node, ...]
     master_addr: str
     master_port: int = DEFAULT_MASTER_PORT
+    #: This world is one node of a bigger job: its ranks are numbered from 0 here, and
+    #: their workers get the job's identity (RANK, WORLD_SIZE, CROSS_RANK, CROSS_SIZE).
+    share: Share | None = None
     ranks: tuple[RankInfo, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,14 +110,25 @@ class World:
     def world_size(self) -> int:
         return len(self.ranks)
 
+    def share_of(self, node_rank: int) -> World:
+        """Node `node_rank` alone, as a world of its own that knows its place in this one."""
+        node = self.nodes[node_rank]
+        return World((Node(node.host, 0, node.slots, 0),), self.master_addr, self.master_port,
+                     Share(node_rank, len(self.nodes), node.first_rank, self.world_size))
+
+    def global_rank(self, rank: int) -> int:
+        """RANK of this world's rank in the whole job (the same unless it is a share)."""
+        return rank + (self.share.first_rank if self.share else 0)
+
     def node_env(self, node: Node) -> dict[str, str]:
         """Variables shared by every worker of a node (DeepSpeed's convention)."""
+        share = self.share
         return {
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
-            "WORLD_SIZE": str(self.world_size),
-            "CROSS_RANK": str(node.node_rank),
-            "CROSS_SIZE": str(len(self.nodes)),
+            "WORLD_SIZE": str(share.world_size if share else self.world_size),
+            "CROSS_RANK": str(share.node_rank if share else node.node_rank),
+            "CROSS_SIZE": str(share.nodes if share else len(self.nodes)),
             "LOCAL_SIZE": str(len(node.slots)),
             "LOCAL_WORLD_SIZE": str(len(node.slots)),
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, node.slots)),
@@ -121,5 +146,6 @@ class World:
                 for n in self.nodes
             ],
             "ranks": [asdict(r) for r in self.ranks],
+            **({"share": asdict(self.share)} if self.share else {}),
         }
 

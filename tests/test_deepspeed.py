@@ -478,3 +478,59 @@ def test_venv_script_on_remote_nodes(cluster, tmp_path):
     assert result.returncode == 0, result.stderr
     for node in cluster.nodes:
         assert f"FROM_VENV sourced on {node.name}" in result.stdout
+
+
+# -- --no_ssh --node_rank N: one console per node, started by a scheduler ----------------------
+
+
+def test_no_ssh_runs_one_nodes_share_with_the_jobs_identity(tmp_path):
+    (tmp_path / "hosts").write_text("localhost slots=2\n127.0.0.1 slots=3\n")
+    (tmp_path / "env.py").write_text(
+        "import os\nprint(' '.join(f'{k}={os.environ[k]}' for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', "
+        "'CROSS_RANK', 'CROSS_SIZE', 'LOCAL_SIZE')), flush=True)\n")
+    result = run_flextui("--headless", "--log-dir", "runs", "--no_ssh", "--node_rank", "1", "hosts", "env.py",
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if "RANK=" in line)
+    assert lines == [f"RANK={2 + i} LOCAL_RANK={i} WORLD_SIZE=5 CROSS_RANK=1 CROSS_SIZE=2 LOCAL_SIZE=3"
+                     for i in range(3)]
+    assert "this machine runs ranks 2-4 of 5" in result.stderr
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--no_ssh"], "--no_ssh needs --node_rank N"),
+    (["--node_rank", "1"], "--node_rank needs --no_ssh"),
+    (["--no_ssh", "--node_rank", "2"], "--node_rank 2: the job has 2 node(s), 0..1"),
+    (["--no_ssh", "--node_rank", "0", "--elastic"], "cannot be --elastic"),
+])
+def test_no_ssh_bad_input(tmp_path, argv, fragment):
+    (tmp_path / "hosts").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    (tmp_path / "env.py").write_text("print('never runs')\n")
+    result = run_flextui("--headless", "--log-dir", "runs", *argv, "hosts", "env.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("flextui: error: ") and fragment in result.stderr
+
+
+def test_no_ssh_consoles_on_each_node_form_one_job(cluster, tmp_path):
+    """As a scheduler that starts one process per node would: `flextui --no_ssh --node_rank N`
+    on each node of the sshd cluster; the ranks of both consoles all-reduce together."""
+    from tests.helpers import PY, REPO, TRAIN
+
+    hosts = cluster_hostfile(cluster, tmp_path, slots=2)
+    port = free_port()
+    consoles = [
+        subprocess.Popen(cluster.ssh_argv(node, "cd", str(tmp_path), "&&", "PYTHONPATH=" + str(REPO), PY, "-m",
+                                          "flextui", "--headless", "--log-dir", f"runs-{i}", "--master_port",
+                                          str(port), "--no_ssh", "--node_rank", str(i), hosts, str(TRAIN),
+                                          "--steps", "3", "--step-time", "0.05"),
+                         env=cluster.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i, node in enumerate(cluster.nodes)
+    ]
+    outputs = [console.communicate(timeout=180) for console in consoles]
+    for console, (out, err) in zip(consoles, outputs):
+        assert console.returncode == 0, err + out
+    size = 2 * len(cluster.nodes)
+    for i, (out, _) in enumerate(outputs):
+        assert f"rank {2 * i}/{size}" in out and f"rank {2 * i + 1}/{size}" in out
+        assert "step 3/3" in out  # every all-reduce completed across all the consoles

@@ -108,7 +108,8 @@ class RunMode(abc.ABC):
     def preflight_request(self, world: World, node: Node) -> dict:
         """This mode's part of a node's preflight request: by default, the first node
         checks that MASTER_PORT is free."""
-        return {"master_port": world.master_port if node.node_rank == 0 else None}
+        first = node.node_rank == 0 and not (world.share and world.share.node_rank)  # --no_ssh: node 0's console
+        return {"master_port": world.master_port if first else None}
 
     # -- following ----------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ class FixedMode(RunMode):
                 {
                     "rank": info.rank,
                     "local_rank": info.local_rank,
-                    "env": {"RANK": str(info.rank), "LOCAL_RANK": str(info.local_rank)},
+                    "env": {"RANK": str(world.global_rank(info.rank)), "LOCAL_RANK": str(info.local_rank)},
                 }
                 for info in world.ranks[node.first_rank : node.first_rank + len(node.slots)]
             ],
