@@ -230,6 +230,9 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
         return USAGE_ERROR
     if mode.name == "fixed":
         note(args, deepspeed.local_rank_note(world))
+    elif not (args.pass_local_rank or args.no_local_rank):
+        note(args, "--elastic: the script gets LOCAL_RANK in its environment only, as with torchrun "
+                   "(--pass_local_rank adds --local_rank=N)")
     for path in environment.skipped:
         note(args, f"{path} not applied: as with DeepSpeed, it is for multi-node launches only "
                    "(--force_multi applies it here; .flextui_env applies to every job)")

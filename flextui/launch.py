@@ -1220,6 +1220,7 @@ class ElasticLauncher(NodeLauncher):
         self.emitter.emit({"ev": "agent", "pid": agent.pid, "argv": agent.argv, "t": time.time()})
 
     def on_exit(self, agent: Child) -> None:
+        self.poll()  # its workers ended before it did: their exits come first
         self.flush(agent.log, final=True)
         self.emitter.emit({"ev": "agent_exited", "code": agent.code, "signal": agent.signal,
                            "stopped": self.stopping, "t": time.time()})

@@ -300,9 +300,76 @@ def test_cli_plan_and_usage_errors(tmp_path, capsys):
     plan = cli("--dry-run", "--json", "--elastic", "--num_gpus", "2", "--min_nodes", "2", str(hosts), "t.py")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["elastic"] == {"min_nodes": 2, "max_nodes": 3, "max_restarts": 3,
-                                                  "rdzv_conf": "", "monitor_interval": None}
+                                                  "rdzv_conf": "", "monitor_interval": None,
+                                                  "local_rank_arg": False}
     uneven = cli("--dry-run", "--elastic", str(hosts), "t.py")
     assert uneven.returncode == 2 and "same number of workers on every node" in uneven.stderr
     assert "--min_nodes needs --elastic" in cli("--dry-run", "--min_nodes", "2", str(hosts), "t.py").stderr
     too_many = cli("--dry-run", "--elastic", "--num_gpus", "1", "--min_nodes", "4", str(hosts), "t.py")
     assert "--min_nodes 4 but the hostfile selects 3 node(s)" in too_many.stderr
+
+
+# -- DeepSpeed drop-in (issue 14): torchrun's conventions, and why a job that keeps failing ends
+
+
+STRICT = ("import argparse, os, sys\n"
+          "argparse.ArgumentParser().parse_args()  # no --local_rank: an unknown one exits 2\n"
+          "print('argv', sys.argv[1:], 'LOCAL_RANK', os.environ['LOCAL_RANK'], flush=True)\n")
+
+
+def test_elastic_passes_local_rank_in_the_environment_only(cluster, tmp_path, launch):
+    """A torchrun-style script (argparse, no --local_rank option) runs unmodified."""
+    (tmp_path / "strict.py").write_text(STRICT)
+    proc = launch("--max_restarts", "0", hostfile(cluster, tmp_path, 2, nodes=2), str(tmp_path / "strict.py"))
+    code, out = finish(proc, 90)
+    assert code == 0, out[-4000:]
+    assert out.count("argv [] LOCAL_RANK 0") == 2 and out.count("argv [] LOCAL_RANK 1") == 2
+    assert "note: --elastic: the script gets LOCAL_RANK in its environment only" in out
+
+
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_restarts_run_out_names_the_failing_rank(cluster, tmp_path, launch, restarts):
+    """Ranks that exit 2 on every attempt: the job fails saying which rank failed with what
+    code (not that the rendezvous host is gone), and the summary's first failure is set."""
+    (tmp_path / "fail.py").write_text("import os, sys, time\ntime.sleep(0.2 * int(os.environ['RANK']))\nsys.exit(2)\n")
+    proc = launch("--min_nodes", "1", "--max_nodes", "2", "--max_restarts", str(restarts),
+                  hostfile(cluster, tmp_path, 1, nodes=2), str(tmp_path / "fail.py"))
+    code, out = finish(proc, 120)
+    result = summary(tmp_path)
+    assert code == 1, out[-4000:]
+    assert result["state"] == "failed"
+    assert "hosts the rendezvous" not in (result["stop_reason"] or "")
+    assert re.fullmatch(rf"rank \d on \S+ exited with code 2; torch's agent on \S+ gave up after "
+                        rf"{restarts} restart\(s\) \(--max_restarts {restarts}\)", result["stop_reason"]), result
+    assert result["first_failure"] is not None
+    first = next(r for r in result["ranks"] if r["rank"] == result["first_failure"])
+    assert (first["status"], first["code"]) == ("failed", 2)
+    assert "first failure: rank" in out
+
+
+def test_an_agent_that_gives_up_fails_the_job_with_its_rank():
+    m = model(nodes=2, min_nodes=1)
+    for node in range(2):
+        m.apply(node, group(0, "a", 4, node, [2 * node, 2 * node + 1], nodes=2))
+    m.apply(1, {"ev": "exited", "seq": 0, "rank": 3, "code": 2, "signal": None, "t": 1.5, "stopped": False})
+    m.apply(0, {"ev": "exited", "seq": 0, "rank": 0, "code": 2, "signal": None, "t": 2.0, "stopped": False})
+    assert m.first_failure is None and m.stop_cause() is None  # the agents' business: they restart
+    m.apply(0, {"ev": "agent_exited", "code": 1, "signal": None, "stopped": False, "t": 2.5})
+    m.apply(0, {"ev": "done", "code": 1, "t": 2.6})  # the rendezvous host's launcher ends too
+    assert m.first_failure.rank == 3  # first by time in that attempt, on whichever node
+    assert m.stop_cause() == ("rank 3 on n1 exited with code 2; torch's agent on n0 gave up after 0 restart(s) "
+                              "(--max_restarts 3)")
+
+
+def test_agents_that_all_gave_up_at_once_still_leave_a_reason():
+    """--max_restarts 0: every agent ends at once, so the console never stopped anything."""
+    m = model(nodes=1, min_nodes=1)
+    m.apply(0, group(0, "a", 2, 0, [0, 1], nodes=1))
+    m.apply(0, {"ev": "agent_exited", "code": 1, "signal": None, "stopped": False, "t": 2.5})
+    m.apply(0, {"ev": "exited", "seq": 0, "rank": 1, "code": 2, "signal": None, "t": 2.0, "stopped": False})
+    m.apply(0, {"ev": "done", "code": 1, "t": 2.6})
+    m.finish()
+    assert m.state is JobState.FAILED and m.exit_code == 1
+    summary = m.summary()
+    assert summary["first_failure"] == 1
+    assert summary["stop_reason"].startswith("rank 1 on n0 exited with code 2; torch's agent on n0 gave up")

@@ -45,6 +45,7 @@ class ElasticConfig:
     max_restarts: int = DEFAULT_MAX_RESTARTS
     rdzv_conf: str = ""  # extra torchrun --rdzv-conf key=value,... (wins over ours)
     monitor_interval: float | None = None  # torchrun's --monitor-interval; None: its default
+    local_rank_arg: bool = False  # pass --local_rank=N too (torchrun: LOCAL_RANK in the env only)
 
     def plan(self) -> dict:
         return dataclasses.asdict(self)
@@ -198,6 +199,9 @@ class ElasticJobModel(JobModel):
             n.node_rank: RankState(RankInfo(-1, n.host, n.node_rank, -1, -1), AGENT_TAIL_LINES)
             for n in world.nodes
         }
+        #: (node rank, its agent_exited event, the rank that failed) of the first agent that
+        #: gave up on its own (its restarts ran out, say): that ends the job.
+        self.gave_up: tuple[int, dict, RankState | None] | None = None
         self._by_group: dict[tuple[int, int], Attempt] = {}
         self._last_attempt: dict[int, int] = {}  # node rank -> its latest attempt number
         self._tail_lines = self.ranks[0].tail_lines if self.ranks else kwargs.get("tail_lines", 5000)
@@ -267,6 +271,8 @@ class ElasticJobModel(JobModel):
         elif kind == "agent_exited":
             self.agent_exits[node_rank] = event
             self.agent_logs[node_rank].finish_output()
+            if event.get("code") and not event.get("stopped") and self.stop_started_at is None:
+                self._agent_gave_up(node_rank, event)
         elif kind in ("hello", "stopping", "error", "done"):
             return super().apply(node_rank, event)
         return None
@@ -319,6 +325,40 @@ class ElasticJobModel(JobModel):
         self.combined.clear()  # its (rank, line) pairs were about the previous attempt's ranks
         return attempt
 
+    def _agent_gave_up(self, node_rank: int, event: dict) -> None:
+        """torch's agent on the node ended with a failure while nobody stopped it: its
+        restarts ran out (or it could not go on). The job has failed, and its first failure
+        is the first rank to fail in that node's last attempt."""
+        if self.gave_up is not None:
+            return
+        failed = self._failed_rank(node_rank)
+        self.gave_up = (node_rank, event, failed)
+        if self.first_failure is None:
+            self.first_failure = failed
+
+    def _failed_rank(self, node_rank: int) -> RankState | None:
+        attempts = [a for a in self.attempts if node_rank in a.groups]
+        if not attempts:
+            return None
+        ranks = attempts[-1].ranks
+        failed = [r for r in ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
+        return min(failed, key=lambda r: r.ended_at or 0.0, default=None) or attempts[-1].first_failure
+
+    def gave_up_reason(self) -> str | None:
+        """Why the job failed when an agent gave up: the failing rank and its code."""
+        if self.gave_up is None:
+            return None
+        node_rank, event, failed = self.gave_up
+        host = self.nodes[node_rank].host
+        restarts = self.restart_count
+        agent = (f"torch's agent on {host} gave up after {restarts} restart(s) "
+                 f"(--max_restarts {self.elastic.max_restarts})")
+        if failed is None:
+            return f"{agent}: exit code {event.get('code')}"
+        how = (f"was killed by signal {failed.signal}" if failed.signal
+               else f"exited with code {failed.code}")
+        return f"rank {failed.rank} on {failed.info.host} {how}; {agent}"
+
     def _elastic_rank_exited(self, attempt: Attempt, rank: RankState, event: dict) -> list[str]:
         finished = self._finish_output(rank, shown=attempt is self.current_attempt)
         rank.record_exit(event)
@@ -359,6 +399,8 @@ class ElasticJobModel(JobModel):
         active = self.active_nodes()
         if not active:
             return None
+        if self.gave_up is not None:  # before "the host is gone": its agent gave up first
+            return self.gave_up_reason()
         host = self.nodes[self._host_node]
         if self._gone(self._host_node):
             return f"node {host.host} hosts the rendezvous and is gone"
@@ -391,6 +433,12 @@ class ElasticJobModel(JobModel):
 
     def finish(self) -> None:
         self.ended_at = self.clock()
+        if self.gave_up is not None:  # ranks reported after the agent's exit
+            node_rank, event, failed = self.gave_up
+            failed = failed or self._failed_rank(node_rank)
+            self.gave_up = (node_rank, event, failed)
+            self.first_failure = self.first_failure or failed
+            self.stop_reason = self.stop_reason or self.gave_up_reason()
         for attempt in self.attempts:
             for rank in attempt.ranks:
                 if not rank.status.finished:  # never reported, or its node ended silently
@@ -463,18 +511,23 @@ class ElasticMode(RunMode):
                            help="extra torchrun --rdzv-conf, e.g. last_call_timeout=5,keep_alive_interval=2")
         group.add_argument("--monitor_interval", "--monitor-interval", type=float,
                            help="torchrun --monitor-interval (seconds)")
+        group.add_argument("--pass_local_rank", "--pass-local-rank", action="store_true",
+                           help="also pass --local_rank=N to the script (torchrun, and so --elastic, "
+                                "sets LOCAL_RANK in the environment only)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, world: World) -> ElasticMode | None:
         given = [name for name in ("min_nodes", "max_nodes", "monitor_interval") if getattr(args, name) is not None]
         if not args.elastic:
-            if given or args.rdzv_conf:
-                raise UsageError(f"--{(given or ['rdzv_conf'])[0]} needs --elastic")
+            if given or args.rdzv_conf or args.pass_local_rank:
+                raise UsageError(f"--{(given or ['rdzv_conf' if args.rdzv_conf else 'pass_local_rank'])[0]} "
+                                 "needs --elastic")
             return None
         config = ElasticConfig(
             min_nodes=1 if args.min_nodes is None else args.min_nodes,
             max_nodes=len(world.nodes) if args.max_nodes is None else args.max_nodes,
             max_restarts=args.max_restarts, rdzv_conf=args.rdzv_conf, monitor_interval=args.monitor_interval,
+            local_rank_arg=args.pass_local_rank and not args.no_local_rank,
         )
         try:
             check_world(world, config)
@@ -499,6 +552,8 @@ class ElasticMode(RunMode):
     def node_spec(self, world: World, node: Node, run_id: str, command: Command) -> dict:
         return {
             "env": node_env(node),
+            # torchrun's convention: LOCAL_RANK in the environment, no --local_rank=N
+            "command": {**command.node_command(), "local_rank_arg": self.config.local_rank_arg},
             "workers": [],
             "elastic": {
                 "agent": agent_argv(command.python, world, node, run_id, self.config),
