@@ -46,7 +46,7 @@ checks its node (check(): the working directory, the script/module/program, psut
 for --elastic, the master port, that it can create and write the log directory; the
 request is
     {"cwd": str, "script": str, "module": bool, "no_python": bool, "need_psutil": bool,
-     "need_torch": bool, "master_port": int|null,
+     "need_torch": bool, "master_port": int|null, "master_addr": str|null,
      "log_dir": str|null}),                    the spec's, unless it is the console's own
 plus what the mode's own setup needs (setup_problems(): fixed mode's core shares and
 rank_log directory),
@@ -217,6 +217,10 @@ def check(request: dict) -> list[str]:
 
         if importlib.util.find_spec("torch") is None:  # finds it without importing it
             problems.append(f"torch is not installed for {sys.executable} (--elastic needs it)")
+    master = request.get("master_addr")
+    if master and not _resolves(master):
+        problems.append(f"MASTER_ADDR {master} does not resolve on this node (workers could not reach "
+                        "it): pass --master_addr with an address they can")
     port = request.get("master_port")
     if port and not _port_free(int(port)):
         problems.append(f"master port {port} is already in use")
@@ -246,6 +250,14 @@ def _log_dir_problem(path: str) -> str | None:
     except OSError as exc:
         return f"cannot {verb} the log directory {path}: {exc.strerror or exc}"
     return None
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def _port_free(port: int) -> bool:

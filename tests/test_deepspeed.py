@@ -534,3 +534,16 @@ def test_no_ssh_consoles_on_each_node_form_one_job(cluster, tmp_path):
     for i, (out, _) in enumerate(outputs):
         assert f"rank {2 * i}/{size}" in out and f"rank {2 * i + 1}/{size}" in out
         assert "step 3/3" in out  # every all-reduce completed across all the consoles
+
+
+def test_master_addr_that_does_not_resolve_on_a_node_is_one_line(tmp_path):
+    """DeepSpeed asks the first node for its IP (`hostname -I`); flextui passes the host name,
+    so every node checks that it resolves before anything starts."""
+    (tmp_path / "env.py").write_text("print('never runs')\n")
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_addr", "no-such-host.invalid", "env.py",
+                         cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "flextui: error: localhost: MASTER_ADDR no-such-host.invalid does not resolve on this node (workers "
+        "could not reach it): pass --master_addr with an address they can")
+    assert not (tmp_path / "runs").exists()

@@ -109,7 +109,7 @@ class RunMode(abc.ABC):
         """This mode's part of a node's preflight request: by default, the first node
         checks that MASTER_PORT is free."""
         first = node.node_rank == 0 and not (world.share and world.share.node_rank)  # --no_ssh: node 0's console
-        return {"master_port": world.master_port if first else None}
+        return {"master_port": world.master_port if first else None, "master_addr": world.master_addr}
 
     # -- following ----------------------------------------------------------------------
 

@@ -564,7 +564,7 @@ class ElasticMode(RunMode):
 
     def preflight_request(self, world: World, node: Node) -> dict:
         host = rendezvous_host(world)
-        return {"need_torch": True,
+        return {"need_torch": True, "master_addr": world.master_addr,
                 "master_port": world.master_port if node.node_rank == host.node_rank else None}
 
     # -- following: logs go to attempt-<k>/rank-<N>.log; a lost node or a failed rank does
