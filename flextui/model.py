@@ -70,6 +70,9 @@ class RankState:
     ended_at: float | None = None
     line_count: int = 0  # complete lines received so far, also those gone from `tail`
     byte_count: int = 0
+    #: Bytes of the rank's log file taken in so far: where, in rank-N.log, what the model
+    #: holds ends (a console in another process reads the file up to here, see mirror.py).
+    log_bytes: int = 0
     tail: deque[str] = field(init=False)
     live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar; bounded
     cpus: str | None = None  # the CPUs it is pinned to ("0-3"), with --bind_cores_to_rank
@@ -108,8 +111,12 @@ class RankState:
         once, when it ends) and shown through `live`, a bounded copy: a giant line sent
         in many pieces costs its size, not its size times the pieces.
         """
-        if not data.isascii():
-            data = data.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if data.isascii():
+            self.log_bytes += len(data)
+        else:  # the launcher's bytes, undecodable ones surrogate-escaped (launch.py)
+            raw = data.encode("utf-8", "surrogateescape")
+            self.log_bytes += len(raw)
+            data = raw.decode("utf-8", "replace")
         self.byte_count += len(data)
         pieces = data.split("\n")
         rest = pieces.pop()

@@ -10,7 +10,9 @@ mode it runs:
 - what an event means for the run directory and the job (on_event), what a node's
   channel ending means (on_channel_end), and so when the job must stop;
 - how "stop this node" is said to its launcher (stop_node_commands);
-- what --dry-run and the run's plan record say about it (plan, plan_lines).
+- what --dry-run and the run's plan record say about it (plan, plan_lines), and the mode
+  again from that record (from_plan: `flextui open` reads a finished run);
+- which log file of the run directory holds each RankState of its model (log_files).
 
 Fixed (modes/fixed.py, the default): one worker per slot, ranks fixed by the hostfile; a
 failed rank or a lost node stops the job. Elastic (modes/elastic.py, `--elastic`):
@@ -36,7 +38,7 @@ from flextui.world import Command, Node, World
 
 if TYPE_CHECKING:
     from flextui.job import Job
-    from flextui.model import Clock, JobModel
+    from flextui.model import Clock, JobModel, RankState
     from flextui.transport import NodeChannel
 
 #: Mode name -> "module:Class" of its RunMode. The default is chosen when no other mode's
@@ -68,6 +70,16 @@ def mode_from_args(args: argparse.Namespace, world: World) -> RunMode:
     return chosen or mode_class(DEFAULT_MODE)()
 
 
+def mode_from_plan(plan: dict) -> RunMode:
+    """The mode a run's plan record (events.jsonl's first line) names."""
+    for name in MODES:
+        if name != DEFAULT_MODE:
+            mode = mode_class(name).from_plan(plan)
+            if mode is not None:
+                return mode
+    return mode_class(DEFAULT_MODE)()
+
+
 class RunMode(abc.ABC):
     """One way to run a job's ranks (see the module docstring)."""
 
@@ -89,6 +101,11 @@ class RunMode(abc.ABC):
     def plan(self) -> dict:
         """What --dry-run --json and the run's plan record add about this mode."""
         return {}
+
+    @classmethod
+    def from_plan(cls, plan: dict) -> RunMode | None:
+        """This mode, if a run's plan record (what plan() added to it) names it, else None."""
+        return None
 
     def plan_lines(self, world: World) -> list[str]:
         """What the --dry-run text adds about this mode."""
@@ -121,6 +138,11 @@ class RunMode(abc.ABC):
     @abc.abstractmethod
     def on_channel_end(self, job: Job, node_rank: int, channel: NodeChannel) -> None:
         """The node's channel ended (its launcher is gone): what that means for the job."""
+
+    def log_files(self, model: JobModel) -> list[tuple[RankState, str]]:
+        """Each RankState of the model that has a log, with its file's path relative to the
+        run directory (flextui.rundir names them). Default: rank-N.log for model.ranks[N]."""
+        return [(rank, f"rank-{rank.rank}.log") for rank in model.ranks]
 
     # -- control ---------------------------------------------------------------------------
 

@@ -538,6 +538,11 @@ class ElasticMode(RunMode):
     def plan(self) -> dict:
         return {"elastic": self.config.plan()}
 
+    @classmethod
+    def from_plan(cls, plan: dict) -> ElasticMode | None:
+        config = plan.get("elastic")
+        return cls(ElasticConfig(**config)) if isinstance(config, dict) else None
+
     def plan_lines(self, world: World) -> list[str]:
         config = self.config
         return [f"elastic: torch.distributed.run --nnodes {config.min_nodes}:{config.max_nodes} "
@@ -614,6 +619,11 @@ class ElasticMode(RunMode):
                         "t": job.clock()})
             job.send(model.active_nodes(), {"cmd": "stop_attempt", "master": attempt.master,
                                             "world_size": attempt.world_size, "reason": attempt.doomed})
+
+    def log_files(self, model: ElasticJobModel) -> list[tuple[RankState, str]]:
+        files = [(rank, f"attempt-{attempt.number}/rank-{rank.rank}.log")
+                 for attempt in model.attempts for rank in attempt.ranks]
+        return files + [(log, f"agent-{model.nodes[n].host}.log") for n, log in model.agent_logs.items()]
 
     # -- control ---------------------------------------------------------------------------
 
