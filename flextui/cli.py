@@ -1,4 +1,10 @@
-"""`flextui HOSTFILE SCRIPT [ARGS]`: parse options, resolve the world, run the job."""
+"""`flextui HOSTFILE SCRIPT [ARGS]`: parse options, resolve the world, run the job.
+
+Where the job runs: `--headless` (or no terminal) in this process; the TUI and
+`--detach` in a supervisor process (supervisor.py) that this command starts and, for the
+TUI, watches as its console (commands.start_supervised). `flextui attach|ls|open|stop`
+are the commands of commands.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from flextui import deepspeed
 from flextui.environment import EnvFileError, worker_environment
@@ -24,6 +31,9 @@ from flextui.world import DEFAULT_MASTER_PORT, Command, World
 
 USAGE_ERROR = 2
 LAUNCH_ERROR = 1
+#: `flextui WORD ...` with these words runs a command of commands.py (a hostfile of that
+#: name: ./ls).
+SUBCOMMANDS = ("attach", "ls", "open", "stop")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     deepspeed.add_arguments(parser)
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
+    out.add_argument("--detach", action="store_true",
+                     help="check every node here, then run the job in the background: print its run id "
+                          "and exit (flextui attach / stop / ls RUN)")
     out.add_argument("--dry-run", "--dry_run", action="store_true", help="print the resolved plan and exit")
     out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     out.add_argument("--theme", help="TUI theme name (see themes/)")
@@ -133,11 +146,8 @@ def format_plan(world: World, command: Command, mode: RunMode) -> str:
     return "\n".join(lines + mode.plan_lines(world))
 
 
-async def _run_tui(job: Job, theme: str | None) -> int:
-    await job.preflight()  # a bad node fails here, before the UI takes the screen
-    from flextui.ui.app import run_app  # Textual is loaded for the TUI only
-
-    return await run_app(job, theme=theme)
+def wants_tui(args: argparse.Namespace) -> bool:
+    return not (args.headless or args.detach or args.dry_run) and sys.stdout.isatty()
 
 
 def attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -182,8 +192,17 @@ def note(args: argparse.Namespace, text: str | None) -> None:
         print(f"flextui: note: {text}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_command_line(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, run_job: Callable[[Job], int] | None = None,
+         command_pid: int | None = None) -> int:
+    """The flextui command. `run_job`: how to run the job once built (the supervisor
+    process passes its own, and `command_pid`, the pid of the flextui command that started
+    it); by default headless here, or the TUI/--detach through a supervisor process."""
+    argv = sys.argv[1:] if argv is None else argv
+    if run_job is None and argv and argv[0] in SUBCOMMANDS:
+        from flextui.commands import run_subcommand
+
+        return run_subcommand(argv)
+    args = parse_command_line(argv)
     try:
         check_durations(args)
         deepspeed.check_options(args)
@@ -192,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # before asking a backend for anything (an allocation)
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    if run_job is None and (args.detach or wants_tui(args)):
+        from flextui.commands import start_supervised
+
+        return start_supervised(argv, args)
     try:
         # --no_ssh: this node's share runs here, whatever the --launcher (as deepspeed does)
         backend_type = LocalBackend if args.no_ssh else backend_class(args.launcher)
         with backend_type.from_args(args) as backend:  # released on exit
             if args.venv_script:  # the same path on every node, like the script's
                 backend.venv_script = os.path.join(args.remote_cwd or os.getcwd(), args.venv_script)
-            return _main(args, backend, env)
+            return _main(args, backend, env, run_job, command_pid)
     except UsageError as exc:
         print(f"flextui: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -207,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return LAUNCH_ERROR
 
 
-def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> int:
+def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str],
+          run_job: Callable[[Job], int] | None, command_pid: int | None) -> int:
     try:
         if args.hostfile is None and backend.hostfile_argument:
             hosts, found = deepspeed.default_hosts(args, os.environ)
@@ -254,9 +278,11 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str]) -> in
         mode=mode, node_options={**environment.spec(), **deepspeed.node_options(args, time.time())},
     )
     job = Job(config, backend)
-    with deepspeed.PidFile(os.getpid()) if args.save_pid else contextlib.nullcontext():
-        if args.headless or not sys.stdout.isatty():
-            from flextui.headless import HeadlessConsole
+    # --save_pid: named after the command the user ran; holds the pid of the process that
+    # owns the job (this one: headless, or the supervisor), whose SIGTERM stops it
+    with deepspeed.PidFile(os.getpid(), name_pid=command_pid) if args.save_pid else contextlib.nullcontext():
+        if run_job is not None:
+            return run_job(job)
+        from flextui.headless import run_headless
 
-            return asyncio.run(HeadlessConsole(job).run())
-        return asyncio.run(_run_tui(job, args.theme))
+        return asyncio.run(run_headless(job))

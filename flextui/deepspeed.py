@@ -180,11 +180,12 @@ def multi_node_launch(args: argparse.Namespace, world: World) -> bool:
 
 class PidFile:
     """DeepSpeed's --save_pid: /tmp/<pid of this command>.deepspeed holds the pid that, sent
-    SIGTERM, stops the whole job (attached: this console's own, which stops every rank
-    gracefully); removed when the job ends."""
+    SIGTERM, stops the whole job (headless: this console's own, which stops every rank
+    gracefully; the TUI or --detach: the job's supervisor); removed when the job ends."""
 
-    def __init__(self, pid: int, directory: str | None = None) -> None:
-        self.path = os.path.join(directory or PID_FILE_DIR, f"{os.getpid()}.deepspeed")
+    def __init__(self, pid: int, directory: str | None = None, name_pid: int | None = None) -> None:
+        # name_pid: the command's pid when the job's owner is another process (a supervisor)
+        self.path = os.path.join(directory or PID_FILE_DIR, f"{name_pid or os.getpid()}.deepspeed")
         self.pid = pid
 
     def __enter__(self) -> PidFile:

@@ -77,6 +77,17 @@ def silence(stream: TextIO) -> None:
     os.close(devnull)
 
 
+async def run_headless(job: Job) -> int:
+    """The job in this process, printed; its socket served (attach, stop, ls work on it)."""
+    from flextui.supervisor import END_DRAIN, Supervisor
+
+    supervisor = Supervisor(job)
+    try:
+        return await HeadlessConsole(job).run()
+    finally:
+        await supervisor.closed(END_DRAIN + 1)
+
+
 class HeadlessConsole:
     def __init__(self, job: Job, out: TextIO = sys.stdout) -> None:
         self.job = job
@@ -119,7 +130,7 @@ class HeadlessConsole:
             world = self.job.world
             self.out.write(
                 f"flextui: run {self.job.run_id}: {world.world_size} ranks on "
-                f"{len(world.nodes)} node(s), logs in {self.job.run_dir.path}\n"
+                f"{len(world.nodes)} node(s), logs in {self.job.run_path}\n"
             )
 
     def _tell_elastic(self) -> None:
@@ -139,7 +150,7 @@ class HeadlessConsole:
     def _output_failed(self, exc: OSError) -> None:
         try:
             print(f"flextui: cannot write the output ({exc.strerror or exc}): printing stops, the job "
-                  f"goes on; its logs are in {self.job.run_dir.path}", file=sys.stderr, flush=True)
+                  f"goes on; its logs are in {self.job.run_path}", file=sys.stderr, flush=True)
         except OSError:
             silence(sys.stderr)  # gone too (`2>&1 | head`)
 
@@ -148,7 +159,7 @@ class HeadlessConsole:
         if deadline is None:
             self.out.write(
                 f"flextui: {signal.Signals(sig).name}: stopping all ranks "
-                f"(SIGKILL in {self.job.config.grace:g}s; again to kill now)\n"
+                f"(SIGKILL in {self.job.grace:g}s; again to kill now)\n"
             )
         else:
             self.out.write(f"flextui: {signal.Signals(sig).name} again: killing all ranks now\n")

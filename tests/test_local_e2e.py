@@ -110,7 +110,8 @@ def test_env_per_rank_two_local_nodes_uneven_slots(tmp_path, marker, worker):
     assert run_dir.parent == tmp_path / "runs"
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]+", run_dir.name)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "events.jsonl", "rank-0.log", "rank-1.log", "rank-2.log", "summary.json"]
+        "events.jsonl", "rank-0.log", "rank-1.log", "rank-2.log", "run.json", "summary.json"]
+    assert run_dir.stat().st_mode & 0o777 == 0o700  # the run's user alone (issue 11)
     summary = read_summary(run_dir)
     assert (summary["state"], summary["exit_code"], summary["first_failure"]) == ("succeeded", 0, None)
     assert [(r["rank"], r["host"], r["node_rank"], r["local_rank"], r["gpu"], r["status"], r["code"])
