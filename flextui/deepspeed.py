@@ -8,11 +8,16 @@ done the same way here, pure apart from reading a file or /dev and /sys:
 * the hosts when no hostfile is named (default_hosts): /job/hostfile if it exists, else this
   machine with its GPUs (CUDA_VISIBLE_DEVICES naming the ones to use), else what DeepSpeed's
   CPU accelerator counts;
-* DeepSpeed's own options (add_arguments, check_options): accepted, mapped onto flextui's,
-  or refused with one line where flextui has no such thing (--autotuning);
-* the one-line notes printed when a user meets a deliberate difference (notes).
+* DeepSpeed's own options (add_arguments, check_options, apply_launcher_args): accepted,
+  mapped onto flextui's, or refused with one line where flextui has no such thing
+  (--autotuning); what they ask of every node (node_options: core binding, per-rank log
+  copies, for flextui.launch), --no_ssh's share (node_share), --save_pid (PidFile), and
+  whether a launch is multi-node for .deepspeed_env and PYTHONPATH (multi_node_launch);
+* what to tell a user who meets a deliberate difference (local_rank_note, error_hint;
+  cli prints them as `flextui: note: ...`).
 
-OPTIONS pins every option of `deepspeed --help`; tests check the parser against it.
+OPTIONS pins every option of `deepspeed --help` and LAUNCHERS its --launcher values;
+tests check the parser against them.
 """
 
 from __future__ import annotations

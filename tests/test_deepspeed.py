@@ -46,9 +46,12 @@ def hostfile(tmp_path) -> Path:
 
 def test_every_deepspeed_option_is_known_to_the_parser():
     """The pinned `deepspeed --help` list (DeepSpeed 0.19.x runner.py) is all flextui's too."""
+    from flextui.transport import backend_names
+
     known = set(build_parser()._option_string_actions)
     assert set(OPTIONS) - known == set()
     assert set(VALUES) <= set(OPTIONS)
+    assert set(deepspeed.LAUNCHERS) <= set(backend_names())
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o not in ("-h", "--help")])
@@ -347,7 +350,8 @@ def test_bind_cores_and_each_rank_log(tmp_path):
 def test_bind_cores_too_few_is_a_preflight_error(tmp_path):
     (tmp_path / "bind.py").write_text(BIND_SCRIPT)
     usable = sorted(os.sched_getaffinity(0))
-    result = run_flextui("--headless", "--log-dir", "runs", "--num_gpus", str(len(usable) + 1),
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()),
+                         "--num_gpus", str(len(usable) + 1),
                          "--bind_cores_to_rank", "bind.py", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(
@@ -357,8 +361,8 @@ def test_bind_cores_too_few_is_a_preflight_error(tmp_path):
 def test_each_rank_log_that_cannot_be_made_is_a_preflight_error(tmp_path):
     (tmp_path / "bind.py").write_text(BIND_SCRIPT)
     (tmp_path / "a-file").write_text("")
-    result = run_flextui("--headless", "--log-dir", "runs", "--enable_each_rank_log", "a-file/logs", "bind.py",
-                         cwd=tmp_path)
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()),
+                         "--enable_each_rank_log", "a-file/logs", "bind.py", cwd=tmp_path)
     assert result.returncode == 1
     assert "flextui: error: localhost: --enable_each_rank_log: cannot create the directory" in result.stderr
 
@@ -540,8 +544,8 @@ def test_master_addr_that_does_not_resolve_on_a_node_is_one_line(tmp_path):
     """DeepSpeed asks the first node for its IP (`hostname -I`); flextui passes the host name,
     so every node checks that it resolves before anything starts."""
     (tmp_path / "env.py").write_text("print('never runs')\n")
-    result = run_flextui("--headless", "--log-dir", "runs", "--master_addr", "no-such-host.invalid", "env.py",
-                         cwd=tmp_path)
+    result = run_flextui("--headless", "--log-dir", "runs", "--master_port", str(free_port()),
+                         "--master_addr", "no-such-host.invalid", "env.py", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
         "flextui: error: localhost: MASTER_ADDR no-such-host.invalid does not resolve on this node (workers "
