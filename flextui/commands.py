@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -140,15 +141,24 @@ def attach(args: argparse.Namespace) -> int:
         except ThemeError as exc:
             job.detach()
             raise UsageError(str(exc)) from None
-        return _after_console(job, code)
+        return _after_console(job, code, args.log_dir)
 
     return asyncio.run(console())
 
 
-def _after_console(job: ClientJob, code: int) -> int:
+def reach(run_id: str, log_dir: str) -> str:
+    """How to reach a job running in the background, one command a line."""
+    where = "" if log_dir == "flextui-runs" else f" --log-dir {shlex.quote(log_dir)}"
+    hints = [(f"flextui attach{where} {run_id}", "the console (D or closing it detaches again)"),
+             (f"flextui stop{where} {run_id}", "stop it as Ctrl+C would"),
+             (f"flextui ls{where}", "every run's state")]
+    width = max(len(command) for command, _ in hints)
+    return "\n".join(f"  {command.ljust(width)}  {what}" for command, what in hints)
+
+
+def _after_console(job: ClientJob, code: int, log_dir: str) -> int:
     if job.detached:
-        print(f"flextui: detached from run {job.run_id}; it runs on. `flextui attach {job.run_id}` "
-              f"comes back, `flextui stop {job.run_id}` stops it.", file=sys.stderr)
+        print(f"flextui: detached from run {job.run_id}; it runs on.\n{reach(job.run_id, log_dir)}")
         return 0
     if job.lost:
         print(f"flextui: {job.lost}; its nodes stopped their processes", file=sys.stderr)
@@ -270,16 +280,14 @@ def start_supervised(argv: list[str], args: argparse.Namespace) -> int:
     if args.detach:
         ours.close()
         print(f"flextui: run {run_id}: {report['world_size']} ranks on {report['nodes']} node(s) in the "
-              f"background (supervisor pid {report['pid']}), logs in {report['run_path']}\n"
-              f"  flextui attach {run_id}    the console\n"
-              f"  flextui stop {run_id}      stop it\n"
-              f"  flextui ls                 every run's state")
+              f"background (supervisor pid {report['pid']}), logs in {report['run_path']}")
+        print(reach(run_id, args.log_dir))
         return 0
 
     async def console() -> tuple[int, bool]:
         job = await ClientJob.open(ours, owner=True)
         code = await run_app(job, theme=args.theme)
-        return _after_console(job, code), job.detached
+        return _after_console(job, code, args.log_dir), job.detached
 
     try:
         code, detached = asyncio.run(console())

@@ -131,18 +131,18 @@ class Supervisor:
         """Listen in the run directory and write the run's card (once it exists)."""
         self.started = True
         path = self.job.run_path
-        try:
+        try:  # the card first: whoever finds the socket finds the card
             os.chmod(path, 0o700)
+            self._write_card()
+        except OSError as exc:
+            print(f"flextui: cannot write {path}/run.json: {exc.strerror or exc}", file=sys.stderr)
+        try:
             sock = wire.listen(self.socket_path)
         except OSError as exc:
             self.start_error = f"cannot listen on {self.socket_path}: {exc.strerror or exc}"
             print(f"flextui: {self.start_error}; the job runs on, no console can attach", file=sys.stderr)
             self.listening.set()
             return
-        try:
-            self._write_card()
-        except OSError as exc:
-            print(f"flextui: cannot write {path}/run.json: {exc.strerror or exc}", file=sys.stderr)
         self._spawn(self._serve(sock))
 
     async def _serve(self, sock: socket.socket) -> None:

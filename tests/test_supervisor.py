@@ -78,7 +78,8 @@ def detach(tmp_path: Path, *worker_args: str, extra: tuple[str, ...] = ()) -> Pa
     first = result.stdout.splitlines()[0]
     assert first.startswith("flextui: run ") and "in the background" in first, result.stdout
     run_id = first.split()[2].rstrip(":")
-    assert f"flextui attach {run_id}" in result.stdout and f"flextui stop {run_id}" in result.stdout
+    where = f"--log-dir {tmp_path / 'runs'}"
+    assert f"flextui attach {where} {run_id}" in result.stdout and f"flextui stop {where} {run_id}" in result.stdout
     return tmp_path / "runs" / run_id
 
 
