@@ -290,7 +290,7 @@ class RecordedJob:
     """A run rebuilt from its run directory: JobProtocol with nothing left to control."""
 
     def __init__(self, run_path: str, tail_lines: int = DEFAULT_TAIL_LINES) -> None:
-        self.run_path = run_path
+        self._run_path = run_path
         events = _read_events(run_path)
         if not events or events[0].get("ev") != "plan":
             raise RunError(f"{run_path}: no plan record in {EVENTS}: not a flextui run directory")
@@ -300,7 +300,6 @@ class RecordedJob:
         self.mode: RunMode = mode_from_plan(plan)
         self.summary = read_json(os.path.join(run_path, SUMMARY))
         self.card = read_json(os.path.join(run_path, CARD)) or {}
-        self.grace = 0.0
         self.output_listeners: list = []
         self.state_listeners: list = []
         self.finished = True
@@ -338,6 +337,14 @@ class RecordedJob:
                 if offset >= 0:
                     combined.append((rank, column[offset]))
         self.model.combined_count = len(combined)
+
+    @property
+    def grace(self) -> float:
+        return 0.0  # nothing left to stop
+
+    @property
+    def run_path(self) -> str:
+        return self._run_path
 
     def log_file(self, state: RankState) -> str | None:
         return self.files.get(id(state))

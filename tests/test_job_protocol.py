@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
+from flextui.client import ClientJob
 from flextui.job import Job, JobProtocol
+from flextui.runs import RecordedJob
 from flextui.ui.app import FlexApp
 from flextui.ui.testing import FakeJob
 
@@ -19,7 +21,8 @@ def protocol_members() -> dict[str, object]:
     return {name: inspect.getattr_static(JobProtocol, name) for name in MEMBERS}
 
 
-@pytest.mark.parametrize("implementation", [Job, FakeJob], ids=["Job", "FakeJob"])
+@pytest.mark.parametrize("implementation", [Job, FakeJob, ClientJob, RecordedJob],
+                         ids=["Job", "FakeJob", "ClientJob", "RecordedJob"])
 def test_both_implement_every_member_with_the_protocols_signature(implementation):
     annotations = inspect.get_annotations(JobProtocol)
     assert {"world", "run_id", "model"} <= set(annotations)

@@ -218,7 +218,19 @@ def test_kill_9_of_the_supervisor_stops_every_process_and_ls_says_supervisor_los
     pid = supervisor_pid(run_dir)
     workers = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert len(workers) >= 5  # the supervisor, the launcher... and four ranks
-    os.kill(pid, signal.SIGKILL)
+
+    async def watch_it_die() -> ClientJob:
+        console = await attached(run_dir)  # an attached console sees its supervisor go
+        follow = asyncio.ensure_future(console.run())
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(follow, 10)
+        return console
+
+    console = asyncio.run(watch_it_die())
+    assert console.lost.startswith(f"supervisor lost (pid {pid})") and not console.ended
+    assert console.model.state is JobState.FAILED and console.model.error == console.lost
+    assert all(r.status is RankStatus.LOST for r in console.model.ranks)
     assert survivors(marker, timeout=15) == []
     entry = describe_run(str(run_dir))
     assert entry.state == "supervisor lost" and not entry.running
