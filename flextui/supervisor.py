@@ -57,7 +57,8 @@ from flextui import wire
 from flextui.mirror import ConsoleView, Publisher
 from flextui.runs import first_failure_of, process_start_time, write_card
 
-FLUSH = 0.05  # seconds between diffs to consoles
+FLUSH = 0.05  # seconds between output diffs to consoles
+STATE_EVERY = 0.1  # at most this often the state is pickled again (~5 ms at 512 ranks)
 RECHECK = 1.0  # seconds between state checks nobody asked for (a change without notify)
 HIGH_WATER = 8 << 20  # bytes queued to a console before it is skipped (it catches up later)
 END_DRAIN = 5.0  # seconds the last messages may take to reach the consoles
@@ -104,6 +105,7 @@ class Supervisor:
         self.listening = asyncio.Event()
         self.start_error: str | None = None
         self._dirty = True
+        self._refreshed = 0.0  # time.monotonic() of the last state refresh
         self._ending = False
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Future] = set()
@@ -294,8 +296,9 @@ class Supervisor:
         ready = [c for c in self.consoles if c.ready and not c.ended and not c.backed_up]
         if not ready:
             return
-        if self._dirty:
-            self._dirty = False
+        now = time.monotonic()
+        if self._dirty and now - self._refreshed >= STATE_EVERY:
+            self._dirty, self._refreshed = False, now
             self.publisher.refresh()
         for console in ready:
             diff = self.publisher.diff(console.view)
