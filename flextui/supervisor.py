@@ -62,6 +62,7 @@ STATE_EVERY = 0.1  # at most this often the state is pickled again (~5 ms at 512
 RECHECK = 1.0  # seconds between state checks nobody asked for (a change without notify)
 HIGH_WATER = 8 << 20  # bytes queued to a console before it is skipped (it catches up later)
 END_DRAIN = 5.0  # seconds the last messages may take to reach the consoles
+OWNER_HELLO = 60.0  # seconds a console told "ready" may take to say hello (Textual loading, a busy machine)
 LOG_NAME = "supervisor.log"
 SIGNALS = {int(s): s.name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
@@ -77,6 +78,7 @@ class Console:
         self.ready = False  # it has its snapshot
         self.detached = False
         self.ended = False  # it has "ended": nothing more goes out
+        self.told_ready = False  # the owner: it was told "ready" and will say hello
 
     def send(self, data: bytes) -> None:
         if not self.ended and not self.writer.is_closing():
@@ -325,9 +327,11 @@ class Supervisor:
         """The job ended: final state to every console, the card's outcome, and close."""
         model = self.job.model
         self.publisher.refresh()
-        for console in self.consoles:
+        for console in list(self.consoles):
             if console.ready:
                 self._finish_console(console)
+            elif not console.told_ready:  # the command waits for a "ready" that never comes
+                console.writer.close()
         if self.started and self.start_error is None:
             try:
                 self._write_card(state=model.state.value, exit_code=model.exit_code, ended_at=model.ended_at,
@@ -339,7 +343,10 @@ class Supervisor:
                 self.server.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.socket_path)
-        deadline = time.monotonic() + END_DRAIN
+        # A console that is about to say hello (the TUI loading Textual after "ready") gets
+        # its snapshot and "ended" then, so a job over before its console is up still shows.
+        waiting_hello = any(c.told_ready and not c.ready for c in self.consoles)
+        deadline = time.monotonic() + (OWNER_HELLO if waiting_hello else END_DRAIN)
         while self.consoles and time.monotonic() < deadline:  # each closes after "ended"
             await asyncio.sleep(0.02)
         for console in list(self.consoles):
@@ -418,6 +425,7 @@ async def supervise(job, lifeline: socket.socket, detached: bool) -> int:
             lifeline.close()
         else:
             owner.send(wire.json_frame(ready))
+            owner.told_ready = True
     try:
         code = await run
     except LaunchError as exc:
@@ -426,7 +434,7 @@ async def supervise(job, lifeline: socket.socket, detached: bool) -> int:
         print(f"flextui: error: {exc}", file=sys.stderr)
         code = 1
     finally:
-        await supervisor.closed(END_DRAIN + 1)
+        await supervisor.closed(OWNER_HELLO + END_DRAIN)
     return code
 
 

@@ -467,3 +467,34 @@ def test_another_uid_can_neither_attach_nor_stop(job_dir, marker, other_user):
     assert flextui(job_dir, "stop", str(run_dir)).returncode == 0
     assert_ended_cleanly(run_dir, marker, "aborted")
     subprocess.run(["rm", "-rf", str(logs)])
+
+
+def test_a_job_over_before_its_console_is_up_still_shows_its_end(job_dir, marker):
+    """The TUI loads Textual after the supervisor said "ready"; a short job may end before
+    the console says hello: it still gets the whole run and "ended", not a closed socket."""
+    import socket
+
+    from flextui import wire
+
+    ours, theirs = socket.socketpair()
+    supervisor = subprocess.Popen(
+        [PY, "-m", "flextui.supervisor", "--lifeline", str(theirs.fileno()), "--command-pid", str(os.getpid()),
+         "--", *args_for(job_dir), *job_argv(job_dir, "--lines", "20", "--every", "0")],
+        pass_fds=[theirs.fileno()], cwd=job_dir, stdin=subprocess.DEVNULL, start_new_session=True)
+    theirs.close()
+    ready = wire.recv_frame_blocking(ours)
+    assert ready["op"] == "ready"
+    run_dir = job_dir / ready["run_path"]
+    wait_for(lambda: (run_dir / "summary.json").exists(), 30, "the job to end")
+    time.sleep(1.0)  # a slow console
+
+    async def late() -> ClientJob:
+        job = await ClientJob.open(ours, owner=True)
+        assert await job.run() == 0
+        return job
+
+    job = asyncio.run(late())
+    assert job.ended and job.model.state is JobState.SUCCEEDED
+    assert [list(r.tail)[-1] for r in job.model.ranks] == [f"rank {r} line 19" for r in range(4)]
+    assert supervisor.wait(10) == 0
+    assert_ended_cleanly(run_dir, marker, "succeeded")
