@@ -277,6 +277,8 @@ def start_supervised(argv: list[str], args: argparse.Namespace) -> int:
         code = _reap(supervisor)
         return code if code is not None else FAILED
     run_id = report["run_id"]
+    if report.get("warning"):
+        print(f"flextui: {report['warning']}", file=sys.stderr)
     if args.detach:
         ours.close()
         print(f"flextui: run {run_id}: {report['world_size']} ranks on {report['nodes']} node(s) in the "

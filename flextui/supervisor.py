@@ -51,7 +51,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+import traceback
 
 from flextui import wire
 from flextui.mirror import ConsoleView, Publisher
@@ -95,10 +95,9 @@ class Supervisor:
     starts listening once the run directory exists (the job's first notification after
     the preflight) and closes itself when the job ends (`await closed()`)."""
 
-    def __init__(self, job, *, detached: bool = False, on_listening: Callable[[], None] | None = None) -> None:
+    def __init__(self, job, *, detached: bool = False) -> None:
         self.job = job
         self.detached = detached
-        self.on_listening = on_listening
         self.publisher = Publisher(job.model, lambda: job.mode.log_files(job.model))
         self.consoles: list[Console] = []
         self.socket_path = os.path.join(job.run_path, wire.SOCKET_NAME)
@@ -111,7 +110,6 @@ class Supervisor:
         self._ending = False
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Future] = set()
-        self._started_at = time.time()
         job.state_listeners.append(self._job_changed)
         self._spawn(self._flush_loop())
 
@@ -154,8 +152,6 @@ class Supervisor:
         if self._ending:  # the job ended meanwhile
             self.server.close()
         self.listening.set()
-        if self.on_listening is not None:
-            self.on_listening()
 
     def _card(self) -> dict:
         job, model = self.job, self.job.model
@@ -206,7 +202,10 @@ class Supervisor:
                 if request is None:
                     break
                 if isinstance(request, dict):
-                    self._handle(console, request)
+                    try:
+                        self._handle(console, request)
+                    except Exception:  # a bug: say so in supervisor.log, keep the console and the job
+                        traceback.print_exc()
         finally:
             self.consoles.remove(console)
             console.writer.close()
@@ -215,7 +214,6 @@ class Supervisor:
 
     def _handle(self, console: Console, request: dict) -> None:
         op = request.get("op")
-        job = self.job
         if op == "hello":
             console.send(wire.pickle_frame(("snapshot", self._snapshot(console))))
             console.ready = True
@@ -413,9 +411,10 @@ async def supervise(job, lifeline: socket.socket, detached: bool) -> int:
     run = asyncio.ensure_future(job.run())
     listening = asyncio.ensure_future(supervisor.listening.wait())
     await asyncio.wait([run, listening], return_when=asyncio.FIRST_COMPLETED)
-    if supervisor.listening.is_set() and supervisor.start_error is None:
+    if supervisor.listening.is_set():  # (if it could not listen, the job runs all the same)
         ready = {"op": "ready", "run_id": job.run_id, "run_path": job.run_path, "pid": os.getpid(),
-                 "world_size": job.world.world_size, "nodes": len(job.world.nodes)}
+                 "world_size": job.world.world_size, "nodes": len(job.world.nodes),
+                 "warning": supervisor.start_error}
         _move_output(job.run_path)
         if detached:
             loop.remove_reader(lifeline.fileno())
