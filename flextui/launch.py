@@ -7,7 +7,7 @@ imports psutil guarded, so a node without it gets a preflight problem, not a tra
 
     python -m flextui.launch                     the spec is the first line on stdin
     python -m flextui.launch --spec-file PATH    the spec from a JSON file (by hand)
-                             [--save_pid FILE]
+                             [--save_pid FILE] [--reason-fd FD]
 
 It takes no per-node arguments: the first line on stdin is
     {"cmd": "spec", "spec": SPEC}
@@ -102,6 +102,16 @@ or stdout is closed, or the console has been silent for console_timeout: a dropp
 network blocks stdout without closing it, so from then on it does not wait for stdout
 (log text beyond MAX_UNSENT unsent is dropped: the log files have it) and gives what is
 left LAST_WORDS seconds before it exits.
+
+Why it ended, for the process that started it (--reason-fd FD, an open file descriptor
+it inherits): just before it exits, whatever ended the job, the launcher writes one line
+    console-lost    the console is known dead: it fell silent for console_timeout while
+                    stdin stayed open (a cut network; from then on stdin is not read).
+                    Nobody will hear the exit status or the last events, and whatever
+                    carries the channel may be stuck with them: a parent that owns such a
+                    carrier may end it (the MPI guard ends the runtime's daemon)
+    done            otherwise: the console is alive, or its channel closed (stdin EOF)
+and nothing if it could not run (a bad spec) or was killed. The workers never get FD.
 
 Elastic mode (the spec has "elastic" and no "workers"; "command" is each worker's):
     "elastic": {"agent": [python, "-m", "torch.distributed.run", ..options..],
@@ -726,6 +736,7 @@ class NodeLauncher:
         self.preflight_code = 0
         self.go = asyncio.Event()  # "go", or a stop while waiting
         self.last_word = time.monotonic()  # when the console last said anything (the spec)
+        self.stdin_closed = False  # EOF: whoever holds the channel closed it
 
     # -- what a mode provides ----------------------------------------------------------
 
@@ -808,6 +819,11 @@ class NodeLauncher:
             return True
         return time.monotonic() - self.last_word < self.console_timeout
 
+    def console_lost(self) -> bool:
+        """The console is known dead while its channel stays open: a cut network (an EOF
+        means something at the other end still works and closed it)."""
+        return not self.stdin_closed and not self.console_alive()
+
     async def preflight(self) -> bool:
         """Check this node, report it, and hold until the console says "go" (every node
         passed); False when nothing may start here (a problem, or stopped while holding)."""
@@ -860,6 +876,7 @@ class NodeLauncher:
                 self.begin_stop(f"no word from the console for {self.console_timeout:g}s")
                 return
             if not line:
+                self.stdin_closed = True
                 self.begin_stop("console gone (stdin closed)")
                 return
             self.last_word = time.monotonic()
@@ -1476,6 +1493,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the node spec (JSON, see the module docs) for running by hand; "
                              "default: the first line on stdin")
     parser.add_argument("--save_pid", "--save-pid", metavar="FILE", help="write the launcher's pid here")
+    parser.add_argument("--reason-fd", type=int, metavar="FD",
+                        help="on exit, write why the launcher ended to this inherited file descriptor: "
+                             "'console-lost' or 'done' (see the module docs)")
     args = parser.parse_args(argv)
     rest = b""
     try:
@@ -1500,7 +1520,14 @@ def main(argv: list[str] | None = None) -> int:
     launcher = MODES.get(mode_of(spec))
     if launcher is None:
         parser.exit(2, f"{parser.prog}: unknown mode {mode_of(spec)!r} (known: {', '.join(MODES)})\n")
-    return asyncio.run(launcher(spec, rest, watch_stdin=stdin_is_a_console()).run())
+    node = launcher(spec, rest, watch_stdin=stdin_is_a_console())
+    code = asyncio.run(node.run())
+    if args.reason_fd is not None:
+        try:
+            os.write(args.reason_fd, b"console-lost\n" if node.console_lost() else b"done\n")
+        except OSError:
+            pass  # nobody is listening
+    return code
 
 
 if __name__ == "__main__":

@@ -643,3 +643,67 @@ def test_a_log_directory_below_a_file_is_a_preflight_problem(tmp_path, marker, w
     assert launcher.finish(timeout=10) == 1, launcher.stderr
     assert launcher.of("preflight")[0]["problems"] == [
         f"cannot create the log directory {log_dir}: {tmp_path / 'a-file'} is not a directory"]
+
+
+# -- --reason-fd: why the launcher ended, for the process that started it -----------------
+
+TERM_DEAF = "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(float(sys.argv[1]))\n"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("finished", "done"),  # the workers ended by themselves; the console listens
+    ("stdin EOF", "done"),  # whoever holds the channel closed it
+    ("silent", "console-lost"),  # not a word for console_timeout, stdin still open: a cut network
+    ("stopped", "done"),  # the console stopped the job
+])
+def test_reason_fd_says_whether_the_console_was_lost(tmp_path, marker, case, expected):
+    """The MPI guard ends the runtime's daemon on a cut-off node only after "console-lost";
+    on anything else the runtime must be left to report the node's end itself."""
+    run_for = "0.2" if case == "finished" else "3"
+    spec = {**node_spec(tmp_path / "logs", [[PY, "-c", TERM_DEAF, run_for, marker]]),
+            "grace": 2.0, "console_timeout": 1.0 if case == "silent" else 30.0}
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([PY, "-m", "flextui.launch", "--reason-fd", str(write_end)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            pass_fds=[write_end])
+    os.close(write_end)
+    try:
+        proc.stdin.write(spec_line(spec))
+        proc.stdin.flush()
+        if case == "stdin EOF":
+            time.sleep(0.3)
+            proc.stdin.close()
+        elif case == "stopped":
+            time.sleep(0.3)
+            proc.stdin.write(b'{"cmd": "stop"}\n')
+            proc.stdin.flush()
+        proc.wait(timeout=15)
+        with os.fdopen(read_end, "rb") as reason:
+            assert reason.read() == (expected + "\n").encode(), proc.stderr.read()
+        assert_all_gone(marker)
+    finally:
+        proc.kill()
+        proc.wait()
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.stderr.close()
+
+
+def test_reason_fd_reaches_no_worker(tmp_path, marker):
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # even an inheritable one (a shell's 3>&1)
+    probe = f"import os, sys\nprint(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))\n# {marker}"
+    spec = {**node_spec(tmp_path / "logs", [[PY, "-c", probe]]), "grace": 1.0}
+    proc = subprocess.Popen([PY, "-m", "flextui.launch", "--reason-fd", str(write_end)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=[write_end])
+    os.close(write_end)
+    proc.stdin.write(spec_line(spec))
+    proc.stdin.flush()
+    try:
+        assert proc.wait(timeout=15) == 0  # the worker ended by itself
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    with os.fdopen(read_end, "rb") as reason:
+        assert reason.read() == b"done\n"
+    assert read_text(tmp_path / "logs" / "rank-0.log").strip() == "[0, 1, 2, 3]"  # 3: listdir's own
