@@ -219,12 +219,11 @@ CASE_NAMES = [case.name for case in CASES]
 # between tests; tests/slurmcluster.py does not do that yet).
 SLURM_CASES = frozenset({"sigint", "sigkill", "rank-failure"})
 MPI_CASES = frozenset({"sigkill", "stall-at-exit", "partition"})
-MPI_PENDING = {"partition": "the cut-off node's MPI daemon (orted, hydra_pmi_proxy) stays until the network returns"}
 BACKENDS = [
     Backend("ssh", "make_cluster", _ssh_args),
     Backend("slurm", "slurm", _slurm_args, net=lambda cluster: cluster.net, cases=SLURM_CASES),
-    Backend("openmpi", "make_cluster", _mpi_args("openmpi"), cases=MPI_CASES, pending=MPI_PENDING),
-    Backend("mpich", "make_cluster", _mpi_args("mpich"), cases=MPI_CASES, pending=MPI_PENDING),
+    Backend("openmpi", "make_cluster", _mpi_args("openmpi"), cases=MPI_CASES),
+    Backend("mpich", "make_cluster", _mpi_args("mpich"), cases=MPI_CASES),
 ]
 
 

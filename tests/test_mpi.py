@@ -4,6 +4,7 @@ The whole backend runs on the sshd cluster in test_mpi_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -18,6 +19,7 @@ import pytest
 from flextui.errors import LaunchError
 from flextui.transport import mpi
 from flextui.transport.mpi import GUARD_PROLOGUE, HYDRA, OPENMPI, OPENMPI5, detect_runtime, runtime_argv
+from tests.helpers import marker, survivors  # noqa: F401 - fixtures
 
 OPENMPI_VERSION = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 HYDRA_VERSION = "HYDRA build details:\n    Version:                                 4.0.2\n"
@@ -167,6 +169,68 @@ def test_launcher_outlives_a_sigkilled_guard_and_stops_on_stdin_eof(tmp_path):
     finally:
         if launcher.is_running():
             launcher.kill()
+
+
+# -- the guard on a cut-off node: the runtime's daemon goes when the console is lost --------
+
+# A runtime's daemon as the guard meets it: it starts the rank (guard + launcher) on its own
+# stdin/stdout, writes down each signal it gets, and exits with the rank's status once the
+# rank is gone. Like Open MPI's orted, it answers SIGTERM by stopping the rank (SIGCONT at
+# once); like MPICH's hydra_pmi_proxy, it ignores SIGTERM ("hydra").
+FAKE_DAEMON = """import signal, subprocess, sys
+kind, record, argv = sys.argv[1], open(sys.argv[2], "a"), sys.argv[3:]
+def on_term(sig, _frame):
+    record.write("SIGTERM\\n")
+    record.flush()
+    if kind == "orted":
+        rank.send_signal(signal.SIGCONT)
+signal.signal(signal.SIGTERM, on_term)
+rank = subprocess.Popen(argv)
+code = rank.wait()
+record.write("rank ended %d\\n" % code)
+record.flush()
+sys.exit(code & 255)
+"""
+
+
+@pytest.mark.parametrize("daemon", ["orted", "hydra"])
+@pytest.mark.parametrize("console", ["lost", "alive"])
+def test_guard_ends_the_runtimes_daemon_only_when_the_console_is_lost(tmp_path, marker, daemon, console):
+    """On a cut-off node the daemon can never report to its mpirun and would stay until the
+    network returns: the launcher says "console-lost" and the guard SIGTERMs the daemon
+    (SIGKILL after DAEMON_TERM_WAIT). On a normal end the daemon is left to report it."""
+    from tests.helpers import node_spec, spec_line
+
+    worker = [sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))",
+              "30" if console == "lost" else "0.2", marker]
+    spec = {**node_spec(tmp_path / "logs", [worker]), "grace": 1.0,
+            "console_timeout": 1.0 if console == "lost" else 30.0}
+    record = tmp_path / "daemon.record"
+    with open(tmp_path / "events", "wb") as events:
+        fake = subprocess.Popen(
+            [sys.executable, "-c", FAKE_DAEMON, daemon, str(record), sys.executable, "-c", mpi.LAUNCHER_PROGRAM],
+            stdin=subprocess.PIPE, stdout=events, start_new_session=True)
+    try:
+        fake.stdin.write(spec_line(spec))
+        fake.stdin.flush()  # then not a word, but the channel stays open: a cut network
+        began = time.monotonic()
+        code = fake.wait(timeout=20)
+        took = time.monotonic() - began
+        said = record.read_text().splitlines()
+        if console == "alive":
+            assert (code, said) == (0, ["rank ended 0"])
+        elif daemon == "orted":  # it stopped the rank itself and ended when it was gone
+            assert said[0] == "SIGTERM" and said[1].startswith("rank ended") and code == int(said[1].split()[-1])
+            assert took < 1.0 + 1.0 + mpi.DAEMON_TERM_WAIT, "the guard waited for a daemon that handles SIGTERM"
+        else:  # a daemon deaf to SIGTERM gets SIGKILL
+            assert (code, said) == (-signal.SIGKILL, ["SIGTERM"])
+            assert took >= 1.0 + mpi.DAEMON_TERM_WAIT
+        assert json.loads((tmp_path / "events").read_text().splitlines()[-1])["ev"] == "done"
+        assert survivors(marker) == []
+    finally:
+        fake.kill()
+        fake.wait()
+        fake.stdin.close()
 
 
 # -- the launcher's side of the MPI channel's watchdog --------------------------------------

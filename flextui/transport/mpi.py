@@ -52,10 +52,45 @@ launcher sees its stdin close when the daemon goes and stops its workers with th
   guard); the launcher stops everything;
 * a node cut off without a word (no FIN, no RST): the launcher stops itself after
   --node_timeout without pings, and this channel ends the node's runtime after as long
-  without a word (the launcher answers pings here: MPIChannel._watch_silence).
+  without a word (the launcher answers pings here: MPIChannel._watch_silence); on the
+  node, the guard then ends the runtime's daemon (below).
 The guard also removes the runtime's own variables (OMPI_*, PMIX_*, PMI_*, ...) from the
 launcher's environment: the workers are not ranks of this one-process MPI job, and an
 MPI or DeepSpeed program among them must not take itself for rank 0 of 1.
+
+A node cut off. Once the launcher and its workers are gone, the runtime's daemon on the
+node cannot report that to its mpirun/mpiexec, and neither gives up before the network
+returns (measured with the node's link down):
+* Open MPI's orted reaps the rank and waits for mpirun (its TCP keepalive starts after
+  300 s). On SIGTERM it SIGCONTs its ranks at once, SIGTERMs them 1 s later
+  (odls_base_sigkill_timeout), SIGKILLs them 1 s after that, and exits once they are
+  gone (about 1 s after its SIGTERM even when they left at once), removing its session
+  directory (/tmp/ompi.HOST.UID/jf.N; a SIGKILL would leave it behind).
+* MPICH's hydra_pmi_proxy forwards the rank's output to mpiexec with blocking writes: with
+  the ranks logging, it hangs in a write on the dead connection and never reaps what it
+  started (the guard stays `[python] <defunct>`). A quiet rank's end fits in the socket's
+  buffer and the proxy exits by itself. It catches SIGTERM and SIGINT and ignores them
+  (its handler acts on SIGPIPE and SIGTSTP only): only SIGKILL ends it; its dead child
+  then goes to the node's init, which reaps it.
+So the guard learns why its launcher ended (`--reason-fd`, a pipe: see flextui.launch).
+Only on "console-lost" (the console fell silent for console_timeout while the launcher's
+stdin stayed open), after the launcher and every worker are gone, it SIGTERMs its parent,
+if that is still the process that started it, leaves as soon as the parent signals it
+(orted's SIGCONT: it is stopping what it started and ends by itself), and SIGKILLs a
+parent still there after DAEMON_TERM_WAIT (Hydra's proxy). On any other end (the job
+ended, the console stopped it, stdin closed, a signal) it exits with the launcher's status
+and the runtime reports to mpirun/mpiexec as it should. The parent is the daemon the
+runtime started for this one-rank invocation alone (orted, hydra_pmi_proxy; for a host
+that is the console's own machine, Open MPI's mpirun itself), so nothing else is hit; a
+console that was only stopped (SIGSTOP) past the timeout is treated as lost, as the
+launcher already did when it stopped the job.
+Compared with SSH: on a cut-off node the `sshd: USER@notty` session stays under both
+until TCP gives up or the network returns (the runtime reaches nodes with ssh too). That
+process is sshd's own: the system's service made it for a connection and ends it with that
+connection, and flextui started nothing there but the launcher. The MPI daemon is not a
+service: it is a process of this job, made for our one invocation and serving nothing
+else, so with the node's job over and the console known dead it is the job's own leftover,
+and the guard ends it.
 
 Open MPI binds a rank to one core by default, and the workers would inherit it:
 `--bind-to none`. Hydra passes the console's whole environment by default: `-genvnone`,
@@ -101,32 +136,58 @@ STDERR_KEEP = 16 << 10  # the tail of the runtime's stderr kept for error messag
 FANOUT = 32  # runtimes starting at once (each opens one ssh connection)
 VERSION_TIMEOUT = 10.0
 EXIT_WAIT = 5.0  # how long close() waits for a runtime whose stdin closed, before SIGTERM
+DAEMON_TERM_WAIT = 1.0  # on a cut-off node: from the guard's SIGTERM to its SIGKILL of the runtime's daemon
 
 # Runs first on the node: see the module docstring. The parent is what the runtime knows.
-GUARD_PROLOGUE = """import os, signal
+GUARD_PROLOGUE = """import os, signal, sys, time
 for _k in [k for k in os.environ if k.startswith(('OMPI_', 'PMIX_', 'PMI_', 'OPAL_', 'PRTE_'))
            or k in ('MPI_LOCALNRANKS', 'MPI_LOCALRANKID', 'HFI_NO_BACKTRACE', 'IPATH_NO_BACKTRACE')]:
     del os.environ[_k]
+_daemon = os.getppid()
+_reason, _reason_w = os.pipe()
 _launcher = os.fork()
 if _launcher:
+    os.close(_reason_w)
     def _forward(sig, _frame):
         try:
             os.kill(_launcher, sig)
         except ProcessLookupError:
             pass
+    def _exit(*_):
+        if _code < 0:
+            signal.signal(-_code, signal.SIG_DFL)
+            os.kill(os.getpid(), -_code)
+        os._exit(_code & 255)
     for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(_sig, _forward)
     _null = os.open(os.devnull, os.O_RDWR)
     os.dup2(_null, 0)
     os.dup2(_null, 1)
-    _status = os.waitpid(_launcher, 0)[1]
-    _code = os.waitstatus_to_exitcode(_status)
-    if _code < 0:
-        signal.signal(-_code, signal.SIG_DFL)
-        os.kill(os.getpid(), -_code)
-    os._exit(_code & 255)
+    _code = os.waitstatus_to_exitcode(os.waitpid(_launcher, 0)[1])
+    for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(_sig, _exit)
+    os.set_blocking(_reason, False)
+    try:
+        _why = os.read(_reason, 64)
+    except BlockingIOError:
+        _why = b""
+    if _why == b"console-lost\\n":
+        signal.signal(signal.SIGCONT, _exit)
+        for _sig, _wait in ((signal.SIGTERM, %(term_wait)r), (signal.SIGKILL, 0)):
+            try:
+                if os.getppid() != _daemon:
+                    break
+                os.kill(_daemon, _sig)
+            except ProcessLookupError:
+                break
+            _until = time.monotonic() + _wait
+            while os.getppid() == _daemon and time.monotonic() < _until:
+                time.sleep(0.02)
+    _exit()
+os.close(_reason)
 os.setsid()
-"""
+sys.argv[1:] = ["--reason-fd", str(_reason_w)]
+""" % {"term_wait": DAEMON_TERM_WAIT}
 LAUNCHER_PROGRAM = inline_program(launch, GUARD_PROLOGUE)
 
 OPENMPI, OPENMPI5, HYDRA = "Open MPI", "Open MPI 5", "MPICH/Hydra"  # Open MPI 5: PRRTE, not ORTE
