@@ -195,3 +195,84 @@ def elastic_summary_lines(model: ElasticJobModel) -> list[str]:
         lines.append("lost: " + ", ".join(f"{model.nodes[n].host} ({model.nodes[n].error})"
                                           for n in model.lost_nodes))
     return lines
+
+
+# -- many ranks at once (the 512-rank console: table order, grouped summary) ---------------
+
+
+def attention(rank: RankState, model: JobModel) -> int:
+    """How much a rank needs a look, lowest first: the first failure, failures, killed,
+    lost, running, pending, stopped by flextui, exited."""
+    if model.first_failure is rank:
+        return 0
+    status = rank.status
+    if status is RankStatus.FAILED and not rank.stopped:
+        return 1
+    if status is RankStatus.KILLED and not rank.stopped:
+        return 2
+    if status is RankStatus.LOST:
+        return 3
+    if status is RankStatus.RUNNING:
+        return 4
+    if status is RankStatus.PENDING:
+        return 5
+    if status is not RankStatus.EXITED:  # stopped by flextui or the user
+        return 6
+    return 7
+
+
+def outcome_words(rank: RankState, model: JobModel, stopped_by_user=frozenset()) -> str:
+    """A rank's outcome in words that are the same for the same outcome, so ranks group:
+    `failed: exit 3`, `killed by SIGSEGV`, `stopped by flextui (SIGTERM)`, `exited 0`.
+    `stopped_by_user`: ranks the user stopped one by one (else flextui stopped them,
+    unless the user aborted the job)."""
+    status = rank.status
+    if status is RankStatus.EXITED:
+        return "exited 0" if not rank.stopped else "exited 0 when stopped"
+    if status is RankStatus.LOST:
+        return "lost (its node's connection dropped)"
+    if status is RankStatus.PENDING:
+        return "never started"
+    if status is RankStatus.RUNNING:
+        return "running"
+    how = f"exit {rank.code}" if status is RankStatus.FAILED else signal_name(rank.signal)
+    if rank.stopped:
+        who = "the user" if rank.rank in stopped_by_user or model.aborted_by_user else "flextui"
+        return f"stopped by {who} ({how})"
+    return f"failed: {how}" if status is RankStatus.FAILED else f"killed by {how}"
+
+
+@dataclass
+class OutcomeGroup:
+    """Ranks that ended the same way (the first failure is a group of its own)."""
+
+    outcome: str
+    first_failure: bool
+    rank: RankState  # the first of them (its status gives the colour)
+    ranks: list[int]
+    hosts: list[str]
+    shortest: float
+    longest: float
+    lines: int
+
+
+def outcome_groups(model: JobModel, ranks: list[RankState], now: float,
+                   stopped_by_user=frozenset()) -> list[OutcomeGroup]:
+    """`ranks` grouped by outcome, what needs a look first: "1-63: stopped by flextui (SIGTERM)"."""
+    end = model.ended_at or now
+    groups: dict[tuple[bool, str], OutcomeGroup] = {}
+    for r in sorted(ranks, key=lambda r: (attention(r, model), r.rank)):
+        first = r is model.first_failure
+        words = outcome_words(r, model, stopped_by_user)
+        runtime = r.runtime(end)
+        group = groups.get((first, words))
+        if group is None:
+            groups[(first, words)] = OutcomeGroup(words, first, r, [r.rank], [r.info.host],
+                                                  runtime, runtime, r.line_count)
+            continue
+        group.ranks.append(r.rank)
+        if r.info.host not in group.hosts:
+            group.hosts.append(r.info.host)
+        group.shortest, group.longest = min(group.shortest, runtime), max(group.longest, runtime)
+        group.lines += r.line_count
+    return list(groups.values())

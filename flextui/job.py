@@ -64,6 +64,9 @@ class JobProtocol(Protocol):
     def stop_rank(self, rank: int) -> None:
         """Stop one rank."""
 
+    def kill_rank(self, rank: int) -> None:
+        """SIGKILL one rank now."""
+
     def stop_node(self, node_rank: int) -> None:
         """Stop a node's ranks."""
 

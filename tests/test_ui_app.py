@@ -27,6 +27,18 @@ async def settle(pilot, seconds: float = 0.15) -> None:
     await pilot.pause(seconds)
 
 
+async def until(pilot, condition, timeout: float = 10.0) -> None:
+    """Wait for what the app does after a message (slow when the machine is busy)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await pilot.pause(0.02)
+
+
+def asking(app) -> bool:
+    return isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#yes"))
+
+
 async def prompt(pilot, key: str, text: str) -> None:
     """Open the search (slash) or filter (ampersand) prompt and submit `text`."""
     await pilot.press(key)
@@ -55,11 +67,11 @@ async def test_tabs_for_every_rank_and_number_keys():
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        assert app.tabs.tab_count == 17 and app.current_tab == "all"
+        assert len(app.tabs.keys) == 17 and app.current_tab == "all"
         await pilot.press("3")
         assert app.current_tab == "r3" and isinstance(app.log_view.source, RankSource)
         await pilot.press("1", "2")  # quickly: rank 12
-        assert app.current_tab == "r12" and app.table.cursor == 12
+        assert app.current_tab == "r12" and app.table.selected_rank().rank == 12
         await pilot.press("tab")
         assert app.current_tab == "r13"
         await pilot.press("shift+tab", "shift+tab")
@@ -421,4 +433,374 @@ async def test_elastic_slots_outside_the_current_world_show_as_idle():
         assert [row[0:2] for row in rows[:4]] == [["0", "n0"], ["1", "n0"], ["2", "n1"], ["3", "n1"]]
         assert [row[0:3] for row in rows[4:]] == [["4", "-", "-"], ["5", "-", "-"]]
         assert all("idle" in row for row in rows[4:])
+        await finish(app, pilot)
+
+
+# -- issue 13: kill buttons, the 512-rank table, the picker, the defects ---------------
+
+
+def big_job(nodes: int = 64, per_node: int = 8) -> FakeJob:
+    """64 nodes x 8: rank 137 failed first, 200 was killed by a signal, 201 was stopped."""
+    job = FakeJob({f"node{i}": per_node for i in range(nodes)})
+    job.start_all()
+    for r in range(nodes * per_node):
+        job.out(r, f"[rank{r}] INFO trainer: config lr=0.1\n[rank{r}] step 1 loss {r / 1000:.3f}\n")
+    if nodes * per_node > 201:
+        job.exit(137, code=3, t=job.t0 + 5)
+        job.exit(200, code=None, signal=9, t=job.t0 + 6)
+        job.exit(201, code=None, signal=15, t=job.t0 + 7, stopped=True)
+    return job
+
+
+async def click_footer(pilot, key: str) -> None:
+    """Click a key in the footer once it is laid out (the footer is rebuilt on screen changes)."""
+    from textual.widgets._footer import FooterKey
+
+    def laid_out():
+        return next((k for k in pilot.app.query(FooterKey) if k.key == key and k.region.width), None)
+
+    await until(pilot, lambda: laid_out() is not None)
+    await pilot.click(laid_out())
+
+
+async def test_confirm_dialog_buttons_are_clickable_and_keyboard_usable():
+    job = FakeJob({"a": 2, "b": 2})
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "k")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.click("#no")
+        await settle(pilot, 0.05)
+        assert not isinstance(app.screen, ConfirmScreen) and job.calls == []
+        await pilot.press("k")
+        await pilot.click("#yes")
+        await settle(pilot, 0.05)
+        assert job.calls == [("stop_rank", 1)]
+        await pilot.press("k", "right", "enter")  # Enter on the focused "Cancel" button
+        await settle(pilot, 0.05)
+        assert not isinstance(app.screen, ConfirmScreen) and job.calls == [("stop_rank", 1)]
+        await pilot.press("k", "enter")  # the confirming button has the focus at first
+        await settle(pilot, 0.05)
+        assert job.calls[-1] == ("stop_rank", 1)
+        await finish(app, pilot)
+
+
+async def test_rank_panel_shows_the_selected_rank_and_its_buttons_act_after_asking():
+    job = demo_job()
+    app = make_app(job, clock=lambda: DEMO_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for _ in range(5):
+            await pilot.press("down")
+        info = app.panel.query_one("#rank-info").render()
+        text = str(info)
+        assert "rank 5" in text and "node-b" in text and "gpu 1" in text and "pid 4005" in text
+        assert "failed 1" in text and "last error: RuntimeError: CUDA error" in text
+        assert app.panel.query_one("#stop-rank").disabled  # rank 5 is not running
+        await pilot.press("up")
+        await settle(pilot, 0.05)
+        assert not app.panel.query_one("#kill-rank").disabled
+        await pilot.click("#kill-rank")
+        await settle(pilot, 0.05)
+        assert isinstance(app.screen, ConfirmScreen) and "Kill rank 4" in str(
+            app.screen.query_one("#yes").label)
+        await pilot.click("#yes")
+        await pilot.click("#stop-node")
+        await settle(pilot, 0.05)
+        await pilot.press("y")
+        await pilot.click("#stop-rank")
+        await settle(pilot, 0.05)
+        await pilot.press("escape")
+        assert job.calls == [("kill_rank", 4), ("stop_node", 1)]
+        await pilot.click("#abort-job")
+        await settle(pilot, 0.05)
+        assert isinstance(app.screen, ConfirmScreen) and job.calls[-1] == ("stop_node", 1)
+        await pilot.press("y")
+        await until(pilot, lambda: any(call[0] == "abort" for call in job.calls))
+        await finish(app, pilot)
+
+
+async def test_a_click_on_the_footers_abort_asks_but_ctrl_c_does_not():
+    job = FakeJob(finish_on_stop=False)
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await click_footer(pilot, "ctrl+c")
+        await until(pilot, lambda: asking(app))
+        assert job.calls == []
+        await pilot.press("n")
+        await until(pilot, lambda: not asking(app))
+        assert job.calls == [] and app.model.stop_started_at is None
+        await click_footer(pilot, "ctrl+c")
+        await until(pilot, lambda: asking(app))
+        await pilot.click("#yes")
+        await until(pilot, lambda: any(call[0] == "abort" for call in job.calls))
+        assert app.model.stop_started_at is not None
+        await pilot.press("ctrl+c")  # the key: at once, no question (now: kill)
+        assert ("kill",) in job.calls and not isinstance(app.screen, ConfirmScreen)
+        await finish(app, pilot)
+
+
+def first_rows(app, n: int) -> list[list[str]]:
+    return [app.table.render_line(y).text.split() for y in range(n)]
+
+
+async def test_512_ranks_sort_filter_and_problem_key():
+    job = big_job()
+    app = make_app(job)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        assert len(app.table.rows) == 512 and first_rows(app, 1)[0][0] == "0"
+        await pilot.press("o")  # by status: the first failure, the killed rank, then running ones
+        assert app.table.order.sort == "status"
+        assert [row[0] for row in first_rows(app, 3)] == ["▶", "200", "0"]
+        assert first_rows(app, 1)[0][1] == "137" and app.table.selected_rank().rank == 137
+        header = app.rank_header.render_line(0).text
+        assert "STATUS▲" in header
+        await pilot.press("O")
+        assert app.table.ranks_in_order[0] == 511 or app.table.ranks_in_order[-1] == 137
+        await pilot.press("o")  # host
+        assert app.table.order.sort == "host"
+        # a click on a column title sorts by it
+        x = app.rank_header.render_line(0).text.index("RANK")
+        await pilot.click("#rank-header", offset=(x + 1, 0))
+        assert app.table.order.sort == "rank"
+        await pilot.press("p")  # problem ranks only
+        assert app.table.ranks_in_order == [137, 200]
+        assert "filter “problem”: 2 of 512" in app.rank_header.render_line(0).text
+        await pilot.press("p")
+        assert len(app.table.ranks_in_order) == 512
+        await prompt(pilot, "F", "node12 node13 !101")
+        assert app.table.ranks_in_order == [96, 97, 98, 99, 100, *range(102, 112)]
+        assert app.tabs.keys[1:4] == ["r96", "r97", "r98"]  # the tabs follow the table
+        await prompt(pilot, "F", "")
+        assert len(app.table.ranks_in_order) == 512
+        await finish(app, pilot)
+
+
+async def test_group_by_node_folds_and_unfolds():
+    job = big_job(nodes=4, per_node=8)
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        assert app.table.rows[:2] == [(0, 0), (1, 0)] and len(app.table.rows) == 36
+        assert "node0" in app.table.render_line(0).text and "8 running" in app.table.render_line(0).text
+        await pilot.press("left")  # fold node0 (the cursor is on it)
+        assert len(app.table.rows) == 28 and app.table.selected_node() == 0
+        await pilot.press("enter")  # Enter on a node row unfolds it
+        assert len(app.table.rows) == 36
+        await pilot.press("left", "down")
+        assert app.table.rows[app.table.cursor] == (0, 1)
+        await pilot.press("space")
+        assert len(app.table.rows) == 20  # two nodes folded
+        await pilot.press("3")  # opening a rank of a folded node unfolds it
+        assert app.current_tab == "r3" and app.table.selected_rank().rank == 3
+        assert (1, 3) in app.table.rows
+        await finish(app, pilot)
+
+
+async def test_picker_goes_to_a_rank_or_a_host():
+    job = big_job()
+    app = make_app(job)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await settle(pilot, 0.2)
+        await pilot.press(*"137")
+        await settle(pilot, 0.4)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.current_tab == "r137" and app.table.selected_rank().rank == 137
+        assert "r137" in app.tabs.keys
+        await pilot.press("colon")
+        await settle(pilot, 0.2)
+        await pilot.press(*"node12")
+        await settle(pilot, 0.4)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.table.ranks_in_order == list(range(96, 104)) and app.current_tab == "r96"
+        # a rank the filter hides: the filter goes
+        await pilot.press("colon")
+        await settle(pilot, 0.2)
+        await pilot.press(*"rank 5")
+        await settle(pilot, 0.4)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.current_tab == "r5" and len(app.table.ranks_in_order) == 512
+        await finish(app, pilot)
+
+
+async def test_digit_buffer_is_cleared_by_other_keys():
+    job = big_job(nodes=8, per_node=8)
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3", "a", "7")
+        assert app.current_tab == "r7"
+        await pilot.press("3", "7")
+        assert app.current_tab == "r37"
+        await finish(app, pilot)
+
+
+async def test_table_values_sit_under_their_headers():
+    job = demo_job()
+    app = make_app(job, clock=lambda: DEMO_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        header = app.rank_header.render_line(0).text
+        row = app.table.render_line(5).text  # rank 5, the first failure
+        for title, value in (("RANK", "5"), ("PID", "4005"), ("RUNTIME", "7.0s")):
+            end = header.index(title) + len(title)  # right-aligned columns
+            assert row[end - len(value):end] == value, (title, header, row)
+        for title, value in (("HOST", "node-b"), ("STATUS", "failed 1"), ("LAST LINE", "RuntimeError")):
+            start = header.index(title)  # left-aligned columns
+            assert row[start:start + len(value)] == value, (title, header, row)
+        await finish(app, pilot)
+
+
+async def test_log_keys_act_on_the_log_whatever_has_the_focus():
+    job = FakeJob(tail_lines=500)
+    job.start_all()
+    job.out(0, "".join(f"line {i}\n" for i in range(300)))
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        app.table.focus()
+        await settle(pilot)
+        view = app.log_view
+        assert app.focused is app.table and "▌" in app.rank_header.render_line(0).text[:1]
+        await pilot.press("g")
+        assert not view.follow and view.visible_text()[0] == "line 0"
+        await pilot.press("G")
+        assert view.follow and "line 299" in screen_text(app)
+        await pilot.press("home")
+        assert not view.follow and view.visible_text()[0] == "line 0"
+        await pilot.press("end")
+        assert view.follow
+        assert app.focused is app.table  # the table kept the focus all along
+        await pilot.press("t")
+        assert app.status_line.lines[0].plain.startswith("▌")  # the log has the keys now
+        await finish(app, pilot)
+
+
+async def test_search_scrolls_to_a_match_beyond_the_right_edge_and_on_a_wrapped_row():
+    job = FakeJob()
+    job.start_all()
+    job.out(0, "".join(f"filler {i}\n" for i in range(200)))
+    job.out(0, "x" * 400 + " needle-far-right\n" + "".join(f"after {i}\n" for i in range(50)))
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("0")
+        await settle(pilot)
+        view = app.log_view
+        await prompt(pilot, "slash", "needle")
+        assert "needle" in (view.current_line() or "")
+        assert view.scroll_x > 250  # as far right as the widest line allows
+        assert any("needle-far-right" in row for row in view.visible_text())
+        await pilot.press("w")  # wrapped: the row holding the match is on screen
+        await prompt(pilot, "slash", "needle")
+        await settle(pilot)
+        assert any("needle-far-right" in row for row in view.visible_text())
+        await finish(app, pilot)
+
+
+async def test_summary_at_80x24_has_its_verdict_whole_and_uncovered():
+    job = FakeJob({"node-a": 4, "node-b": 4}, run_forever=False)
+    job.start_all()
+    job.end_all(signal=15, stopped=True)
+    job.model.aborted_by_user = True
+    app = make_app(job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, 0.3)
+        assert isinstance(app.screen, SummaryScreen)
+        verdict = app.screen.query_one("#verdict")
+        assert verdict.size.height >= 2 or len(verdict.render().plain) <= verdict.size.width
+        assert verdict.region.right <= 80 and not app._notifications
+        text = app.screen.query_one("#summary-table").render()
+        assert "x: first failure" not in str(app.screen.query_one("#hint").render())
+        assert "■ 8 stopped" in bar_text(app) and "killed" not in bar_text(app)
+        del text
+        await pilot.press("q")
+        await settle(pilot)
+
+
+async def test_stopping_a_node_says_why_the_job_ended_aborted():
+    job = FakeJob({"a": 2, "b": 2})
+    job.start_all()
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "down", "K", "y")
+        for r in (2, 3):
+            job.exit(r, code=None, signal=15, stopped=True)
+        for r in (0, 1):
+            job.exit(r, code=0)
+        job.finish()
+        await settle(pilot, 0.3)
+        assert job.model.state.value == "aborted"
+        assert "node b (ranks 2-3) stopped by the user" in bar_text(app)
+        verdict = app.screen.query_one("#verdict").render().plain
+        assert "node b (ranks 2-3) stopped by the user" in verdict
+        await pilot.press("q")
+        await settle(pilot)
+
+
+async def test_all_ranks_view_shows_or_hides_ranks():
+    job = FakeJob({"localhost": 8})
+    job.start_all()
+    for rank in range(8):
+        job.out(rank, f"loss 1.0\nrank {rank} only\n")
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await prompt(pilot, "v", "!7")
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows[0] == "[0-6] loss 1.0" and not any(row.startswith("[7|") for row in rows)
+        assert "[0-6] rank {rank} only" in rows
+        await prompt(pilot, "v", "7")
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows == ["[7|localhost] loss 1.0", "[7|localhost] rank 7 only"]
+        await prompt(pilot, "ampersand", "!loss")  # a negated regex filter on top
+        rows = [line for line in app.log_view.visible_text() if line]
+        assert rows == ["[7|localhost] rank 7 only"]
+        await prompt(pilot, "v", "")
+        await prompt(pilot, "ampersand", "")
+        assert len([line for line in app.log_view.visible_text() if line]) == 2
+        await finish(app, pilot)
+
+
+async def test_a_paused_view_stays_put_while_a_rank_floods():
+    job = FakeJob({"localhost": 4}, tail_lines=1000)
+    job.start_all()
+    for i in range(300):
+        job.out(i % 4, f"early {i}\n")
+    app = make_app(job)
+    app.sources["all"].rows.max_rows = 2000
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t", "pageup", "pageup")
+        view = app.log_view
+        assert not view.follow
+        before = view.visible_text()
+        for burst in range(10):  # rank 0 floods: 5000 lines, twice the view's memory
+            job.out(0, "".join(f"flood {burst} {i}\n" for i in range(500)))
+            job.out(2, f"quiet {burst}\n")
+            await settle(pilot, 0.12)
+        assert view.visible_text() == before
+        await pilot.press("1")  # a rank tab: its ring drops lines under a paused view too
+        job.out(1, "".join(f"r1 {i}\n" for i in range(1000)))
+        await settle(pilot)
+        assert app.focused is view
+        await pilot.press("pageup")
+        before = view.visible_text()
+        job.out(1, "".join(f"r1 more {i}\n" for i in range(3000)))
+        await settle(pilot)
+        assert view.visible_text() == before
+        await pilot.press("a", "f")  # every quiet rank's lines are still in "all ranks"
+        texts = [view._text(i) for i in view.layout_.items]
+        assert all(f"quiet {b}" in texts for b in range(10)) and "early 3" in texts  # never flooded
         await finish(app, pilot)

@@ -113,7 +113,8 @@ async def test_tabs_statuses_and_exit_codes_of_a_real_job(local_job):
     job = await local_job("quick", ranks=4)
     app = FlexApp(job, theme_dirs=[])
     async with app.run_test(size=SIZE) as pilot:
-        assert [t.id for t in app.tabs.query("Tab")] == ["tab-all", "tab-r0", "tab-r1", "tab-r2", "tab-r3"]
+        await pilot.pause(0.05)
+        assert app.tabs.keys == ["all", "r0", "r1", "r2", "r3"]
         await wait_until(pilot, lambda: app.job_done, what="the job to end")
         await pilot.pause(0.2)
         assert job.model.state is JobState.SUCCEEDED

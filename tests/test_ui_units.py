@@ -31,42 +31,48 @@ def test_format_ranks():
     assert format_ranks([7, 0, 2, 1, 5]) == "0-2,5,7"
 
 
+def kept(rows: Collapser) -> list:
+    return list(rows.rows.values())
+
+
 def test_identical_lines_from_many_ranks_collapse_into_one_row():
     rows = Collapser(window=64)
     rows.add([(r, "loss 1.0") for r in range(8)])
-    assert len(rows.rows) == 1 and rows.rows[0].ranks == list(range(8))
+    assert len(rows.rows) == 1 and kept(rows)[0].ranks == list(range(8))
 
 
 def test_interleaved_blocks_collapse_line_by_line():
     rows = Collapser(window=64)
     block = ["== config ==", "lr 0.1", "batch 8"]
     rows.add([(r, line) for r in range(4) for line in block])
-    assert [(r.text, format_ranks(r.ranks)) for r in rows.rows] == [
+    assert [(r.text, format_ranks(r.ranks)) for r in kept(rows)] == [
         ("== config ==", "0-3"), ("lr 0.1", "0-3"), ("batch 8", "0-3")]
 
 
 def test_same_rank_repeating_a_line_makes_a_new_row_and_distinct_lines_stay():
     rows = Collapser(window=64)
     rows.add([(0, "tick"), (0, "tick"), (1, "rank 1 step 1"), (2, "rank 2 step 1")])
-    assert [r.text for r in rows.rows] == ["tick", "tick", "rank 1 step 1", "rank 2 step 1"]
+    # "rank 1 step 1" and "rank 2 step 1" say the same but for their own rank: one row
+    assert [(r.display, r.ranks) for r in kept(rows)] == [
+        ("tick", [0]), ("tick", [0]), ("rank {rank} step 1", [1, 2])]
 
 
 def test_merges_only_within_the_window():
     rows = Collapser(window=4)
     rows.add([(0, "same")] + [(0, f"line {i}") for i in range(10)] + [(1, "same")])
-    assert rows.rows[0].ranks == [0] and rows.rows[-1].text == "same" and rows.rows[-1].ranks == [1]
+    assert kept(rows)[0].ranks == [0] and kept(rows)[-1].text == "same" and kept(rows)[-1].ranks == [1]
 
 
 def test_feed_reads_incrementally_and_marks_what_it_missed():
     combined: deque = deque(maxlen=5)
     rows = Collapser(max_rows=100)
     combined.extend([(0, "a"), (1, "b")])
-    assert rows.feed(combined, 2) and [r.text for r in rows.rows] == ["a", "b"]
+    assert rows.feed(combined, 2) and [r.text for r in kept(rows)] == ["a", "b"]
     assert not rows.feed(combined, 2)
     combined.extend((0, f"x{i}") for i in range(10))  # 12 seen, ring keeps 5
     rows.feed(combined, 12)
-    texts = [r.text for r in rows.rows]
-    assert texts[2].startswith("… 5 line(s) not shown") and rows.rows[2].ranks == [GAP]
+    texts = [r.text for r in kept(rows)]
+    assert texts[2].startswith("… 5 line(s) not shown") and kept(rows)[2].ranks == [GAP]
     assert texts[3:] == [f"x{i}" for i in range(5, 10)]
 
 
@@ -213,3 +219,109 @@ def test_themes_are_package_data():
     assert '"themes/*.toml"' in text and '"*.tcss"' in text
     assert (BUILTIN_DIR.parent / "app.tcss").is_file()
     assert os.path.isdir(BUILTIN_DIR)
+
+
+# -- issue 13: collapsing what differs only in a rank number or a timestamp ------------
+
+
+def test_lines_differing_only_in_timestamp_or_own_rank_collapse():
+    rows = Collapser(window=1024)
+    rows.add([(r, f"2025-01-01 12:00:{r % 60:02d},{r:03d} [rank{r}] INFO trainer: config lr=0.1")
+              for r in range(64)])
+    rows.add([(r, f"[default{r}]: hello from rank {r} of 64") for r in range(64)])
+    shown = kept(rows)
+    assert [format_ranks(r.ranks) for r in shown] == ["0-63", "0-63"]
+    assert shown[0].display == "2025-01-01 12:00:00,000 [rank{rank}] INFO trainer: config lr=0.1"
+    assert shown[1].display == "[default{rank}]: hello from rank {rank} of 64"
+
+
+def test_a_number_that_is_not_the_own_rank_keeps_lines_apart():
+    rows = Collapser(window=64)
+    rows.add([(0, "waiting for rank 3"), (1, "waiting for rank 3"), (2, "waiting for rank 4"),
+              (3, "step 3 loss 1.0"), (5, "step 5 loss 1.0"), (4, "local_rank 0 ready"),
+              (12, "local_rank 0 ready")])
+    assert [(r.display, r.ranks) for r in kept(rows)] == [
+        ("waiting for rank 3", [0, 1]), ("waiting for rank 4", [2]),
+        ("step 3 loss 1.0", [3]), ("step 5 loss 1.0", [5]), ("local_rank 0 ready", [4, 12])]
+
+
+def test_a_64_rank_config_dump_is_one_block():
+    rows = Collapser(window=4 * 64)
+    dump = [f"config: {key} = {value}" for key, value in
+            (("lr", 0.1), ("batch", 32), ("model", "gpt"), ("seed", 1234))]
+    entries = [(r, f"[rank {r}] {line}") for r in range(64) for line in dump]
+    entries.sort(key=lambda e: (dump.index(e[1].split("] ", 1)[1]) + (e[0] % 3), e[0]))  # interleaved
+    rows.add(entries)
+    assert len(rows.rows) == 4 and all(format_ranks(r.ranks) == "0-63" for r in kept(rows))
+
+
+def test_one_flooding_rank_does_not_push_the_others_out():
+    rows = Collapser(max_rows=1000, window=16)
+    for step in range(20):  # 64 quiet ranks, a line each per step; rank 3 floods
+        rows.add([(r, f"quiet {r} step {step}") for r in range(64) if r != 3])
+        rows.add([(3, f"flood {step} {i}") for i in range(2000)])
+    texts = [r.text for r in kept(rows)]
+    assert len(rows.rows) <= 1000 + 50
+    # every quiet rank keeps its last lines; the flood lost its oldest ones
+    for r in (0, 1, 63):
+        assert f"quiet {r} step 19" in texts and f"quiet {r} step 10" in texts
+    assert "flood 0 0" not in texts and "flood 19 1999" in texts
+    assert rows.indices() == sorted(rows.rows) and rows.evictions > 0
+
+
+# -- issue 13: the rank table's query, sort and grouping -------------------------------
+
+
+def _model_64x8():
+    from flextui.ui.testing import FakeJob
+
+    job = FakeJob({f"node{i}": 8 for i in range(64)})
+    job.start_all()
+    job.exit(137, code=3, t=job.t0 + 5)
+    job.exit(200, code=None, signal=9, t=job.t0 + 6)
+    job.exit(201, code=None, signal=15, t=job.t0 + 7, stopped=True)
+    return job
+
+
+def test_rank_query_terms():
+    from flextui.ui.rankview import RankQuery
+
+    model = _model_64x8().model
+    hosts = [n.host for n in model.nodes]
+    select = lambda text: RankQuery(text, hosts).select(model)  # noqa: E731
+    assert select("137") == [137]
+    assert select("0-3 9") == [0, 1, 2, 3, 9]
+    assert select("node12") == list(range(96, 104))  # exactly, not node120..
+    assert select("node1*") == [r for r in range(512) if model.ranks[r].info.host.startswith("node1")]
+    assert select("failed") == [137, 200] and select("stopped") == [201]
+    assert select("problem") == [137, 200]
+    assert select("node17 failed") == [137] and select("node17 node25 failed") == [137, 200]
+    assert len(select("!7")) == 511 and 7 not in select("!7")
+    assert select("running !node0 !node1") == [r for r in range(16, 512) if r not in (137, 200, 201)]
+    assert not RankQuery("  ") and select("") == list(range(512))
+
+
+def test_rows_sort_by_status_and_group_by_node():
+    from flextui.ui.rankview import NODE, RANK, Context, TableOrder, build_rows, columns_for
+
+    job = _model_64x8()
+    model = job.model
+    ctx = Context(model, now=job.t0 + 10, rates=[0.0] * 512)
+    columns = columns_for(model)
+    rows, ranks = build_rows(model, ctx, TableOrder(sort="status"), columns)
+    assert [ident for _, ident in rows[:3]] == [137, 200, 0]  # first failure, killed, then running
+    assert ranks[-1] == 201  # stopped last
+    rows, _ = build_rows(model, ctx, TableOrder(sort="status", grouped=True, collapsed={0}), columns)
+    assert rows[:2] == [(NODE, 17), (RANK, 137)]  # the node of the first failure leads
+    assert (NODE, 0) in rows and (RANK, 0) not in rows  # folded
+    rows, ranks = build_rows(model, ctx, TableOrder(sort="rank", reverse=True), columns)
+    assert ranks[:2] == [511, 510]
+
+
+def test_matcher_is_a_regex_with_smart_case_and_negation():
+    assert Matcher(r"loss \d+\.\d")("Step 1 LOSS 3.5")  # \d is not a capital
+    assert not Matcher(r"Loss \d")("loss 3")
+    assert Matcher("!tick")("loss 3") and not Matcher("!tick")("TICK 3")
+    assert list(Matcher("!tick").spans("tick")) == []
+    assert list(Matcher("a+").spans("xaaxa")) == [(1, 3), (4, 5)]
+    assert Matcher.error("(unclosed") and Matcher.error("fine|ok") is None

@@ -1,9 +1,11 @@
 """The Textual console: `await run_app(job)` runs the job and shows it until the user quits.
 
-Layout, top to bottom: job bar, rank table, tabs (all ranks + one per rank), one status
+Layout, top to bottom: job bar, rank table (sorted, filtered, grouped by node: see
+rankview.py), the selected rank's panel with its buttons, the tab strip (all ranks + the
+ranks in the table's order, as many as fit; `:` picks any rank or host), one status
 line, ONE log view (Line API, see logview.py) and the footer. Everything is drawn from
 the Textual-free JobModel on a 10 Hz timer that compares counters, so the cost of the
-UI does not grow with the log rate, and hidden tabs cost nothing.
+UI does not grow with the log rate, and hidden rank tabs cost nothing.
 
 The app never leaves the job behind: quitting a running job stops it (SIGTERM, SIGKILL
 after the grace) and waits; if the app itself fails, run_app kills the job and waits.
@@ -22,17 +24,20 @@ from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
-from textual.widgets import Footer, Input, Tab, Tabs
+from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider
+from textual.widgets import Footer, Input
 
+from flextui.diagnosis import ERROR_RE, RateMeter, status_text
 from flextui.job import JobProtocol, LaunchError
 from flextui.ui.driver import ConsoleDriver
-from flextui.diagnosis import ERROR_RE, RateMeter, status_text
-from flextui.ui.format import fmt_duration
+from flextui.ui.format import fmt_duration, status_key
 from flextui.ui.logview import CombinedSource, LogView, RankSource
+from flextui.ui.rankview import SORTS, RankQuery
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
-from flextui.ui.widgets import Columns, JobBar, RankHeader, RankTable, job_bar_lines
+from flextui.ui.widgets import (
+    JobBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
+)
 
 TICK = 0.1  # seconds between UI refreshes from the model
 DIGIT_TIMEOUT = 0.8  # typing "1" then "2" within this opens rank 12
@@ -49,28 +54,31 @@ class FlexCommands(Provider):
 
     def _commands(self) -> list[tuple[str, Callable, str]]:
         app: FlexApp = self.app  # type: ignore[assignment]
-        commands = [
+        return [
+            ("Go to rank or host", app.action_pick, ": then a rank number or a host name"),
             ("All ranks", app.action_show_all, "the combined log of every rank"),
             ("Jump to first failure", app.action_first_failure, "its tab, at its traceback"),
             ("Abort job (Ctrl+C)", app.action_abort, "SIGTERM every rank; again: SIGKILL"),
             ("Kill job now", app.action_kill_job, "SIGKILL every rank at once"),
             ("Stop selected rank", app.action_stop_rank, "SIGTERM the rank under the table cursor"),
+            ("Kill selected rank", app.action_kill_rank, "SIGKILL the rank under the table cursor"),
             ("Stop selected rank's node", app.action_stop_node, "SIGTERM every rank on its node"),
+            ("Filter ranks", app.action_filter_ranks, "the table: failed, node12, 0-63, !stopped"),
+            ("Problem ranks only", app.action_problems, "failed, killed and lost ranks (again: all)"),
+            ("Sort ranks", app.action_sort, "by " + ", ".join(SORTS)),
+            ("Group ranks by node", app.action_group, "one foldable row per node"),
+            ("Show/hide ranks in all ranks", app.action_rank_mask, "e.g. 7, !7, node3"),
             ("Job summary", app.action_summary, "every rank's outcome"),
             ("Cycle theme", app.action_cycle_theme, "next flextui theme"),
             ("Toggle wrap", app.action_wrap, "wrap long log lines"),
             ("Follow log", app.action_follow, "scroll with new lines"),
             ("Search log", app.action_search, "/ then n / N"),
-            ("Filter log", app.action_filter, "show only matching lines"),
+            ("Filter log", app.action_filter, "show only matching lines (regex, !negates)"),
             ("Keys", app.action_help, "every key binding"),
         ]
-        for rank in app.job.model.ranks:
-            commands.append((f"Open rank {rank.rank} ({rank.info.host})",
-                             partial(app.open_rank, rank.rank), status_text(rank)))
-        return commands
 
     async def discover(self) -> Hits:
-        for name, callback, help_text in self._commands()[:13]:
+        for name, callback, help_text in self._commands():
             yield DiscoveryHit(name, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
@@ -81,39 +89,123 @@ class FlexCommands(Provider):
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
+class RankPicker(Provider):
+    """Go to a rank or a host: "137", "node12", "failed". Exact matches first."""
+
+    LIMIT = 40
+
+    def _hits(self, query: str) -> list[tuple[float, str, Callable, str]]:
+        app: FlexApp = self.app  # type: ignore[assignment]
+        model = app.model
+        query = query.strip()
+        hits: list[tuple[float, str, Callable, str]] = []
+        if not query:
+            return hits
+        words = query.split()
+        if len(words) == 2 and words[0].lower() in ("rank", "r") and words[1].isdigit():
+            query = words[1]  # "rank 6"
+
+        def rank_hit(score: float, r) -> tuple[float, str, Callable, str]:
+            return (score, f"rank {r.rank}  {r.info.host}  gpu {r.info.gpu}",
+                    partial(app.go_to_rank, r.rank), status_text(r))
+
+        if query.isdigit():
+            n = int(query)
+            if n < len(model.ranks):
+                hits.append(rank_hit(1.0, model.ranks[n]))
+            for r in model.ranks:
+                if r.rank != n and str(r.rank).startswith(query):
+                    hits.append(rank_hit(0.8 - len(str(r.rank)) / 100, r))
+        fold = query == query.lower()
+        for node in model.nodes:
+            host = node.host.lower() if fold else node.host
+            if host == query or query in host:
+                exact = host == query
+                members = [model.ranks[i] for i in node.ranks]
+                counts = "  ".join(f"{n} {k}" for k, n in _counts(members).items())
+                hits.append((0.95 if exact else 0.7 - len(host) / 1000,
+                             f"host {node.host}  ranks {node.ranks.start}-{node.ranks.stop - 1}",
+                             partial(app.go_to_host, node.node_rank), counts))
+                if exact:
+                    hits.extend(rank_hit(0.9 - i / 1000, r) for i, r in enumerate(members))
+        if not hits:
+            selected = RankQuery(query, [n.host for n in model.nodes]).select(model)
+            hits.extend(rank_hit(0.6 - i / 10000, model.ranks[r]) for i, r in enumerate(selected))
+        return hits[: self.LIMIT]
+
+    async def discover(self) -> Hits:
+        app: FlexApp = self.app  # type: ignore[assignment]
+        first = app.model.first_failure
+        if first is not None:
+            yield DiscoveryHit(f"first failure: rank {first.rank} on {first.info.host}",
+                               app.action_first_failure, help=status_text(first))
+        yield DiscoveryHit("all ranks", app.action_show_all, help="the combined log")
+        yield DiscoveryHit("type a rank (137), a host (node12) or a status (failed)",
+                           app.action_pick)
+
+    async def search(self, query: str) -> Hits:
+        for score, name, callback, help_text in self._hits(query):
+            yield Hit(score, name, callback, help=help_text)
+
+
+def _counts(ranks) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in ranks:
+        key = status_key(r)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class FlexApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "flextui"
-    COMMANDS = App.COMMANDS | {FlexCommands}
+    COMMANDS = App.COMMANDS | {FlexCommands, RankPicker}
 
     BINDINGS = [
         Binding("ctrl+c", "abort", "Abort job", priority=True,
-                tooltip="SIGTERM every rank, SIGKILL after the grace; again: SIGKILL now"),
+                tooltip="SIGTERM every rank, SIGKILL after the grace; again: SIGKILL now "
+                        "(a click on it asks first)"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks first, then stops the job, if it runs)"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
         Binding("question_mark,f1", "help", "Help"),
+        Binding("colon", "pick", "Go to", tooltip="go to a rank or host: 137, node12, failed"),
+        Binding("x", "first_failure", "First failure"),
+        Binding("t", "toggle_focus", "Table/log", tooltip="move the focus between table and log"),
+        Binding("slash", "search", "Search", tooltip="search the log (regex, smart case)"),
+        Binding("ampersand", "filter", "Filter log",
+                tooltip="show only matching log lines (regex, smart case; !pattern: not matching)"),
+        Binding("F", "filter_ranks", "Filter ranks",
+                tooltip="the table's ranks: failed, node12, 0-63, !stopped (empty: all)"),
+        Binding("p", "problems", "Problems", tooltip="only failed, killed and lost ranks (again: all)"),
+        Binding("o", "sort", "Sort", tooltip="sort the table: " + " → ".join(SORTS)),
+        Binding("O", "reverse_sort", "Reverse sort", show=False),
+        Binding("b", "group", "By node", tooltip="group the table by node (←/→ fold, unfold)"),
+        Binding("v", "rank_mask", "Ranks shown in all ranks", show=False,
+                tooltip="show/hide ranks in the all-ranks view: 7, !7, node3 (empty: all)"),
+        Binding("f", "follow", "Follow"),
+        Binding("k", "stop_rank", "Stop rank"),
+        Binding("ctrl+k", "kill_rank", "Kill rank", show=False),
+        Binding("K", "stop_node", "Stop node", show=False),
+        Binding("exclamation_mark", "kill_job", "Kill job now", show=False),
         Binding("tab", "next_tab", "Next tab", show=False, priority=True),
         Binding("shift+tab", "prev_tab", "Previous tab", show=False, priority=True),
         Binding("right_square_bracket", "next_tab", "Next tab", show=False),
         Binding("left_square_bracket", "prev_tab", "Previous tab", show=False),
         Binding("a", "show_all", "All ranks", show=False),
         *[Binding(str(d), f"digit({d})", f"Rank {d}…", show=False) for d in range(10)],
-        Binding("x", "first_failure", "First failure"),
-        Binding("slash", "search", "Search"),
         Binding("n", "search_next", "Next match", show=False),
         Binding("N", "search_prev", "Previous match", show=False),
-        Binding("ampersand", "filter", "Filter"),
-        Binding("w", "wrap", "Wrap", show=False),
-        Binding("f", "follow", "Follow"),
         Binding("e", "next_error", "Next error", show=False),
-        Binding("t", "toggle_focus", "Table/log focus", show=False),
+        Binding("w", "wrap", "Wrap", show=False),
+        Binding("end,G", "log_bottom", "Log: bottom, and follow new lines", show=False),
+        Binding("home,g", "log_top", "Log: top (pauses follow)", show=False),
         Binding("z", "zoom", "Hide/show table", show=False),
-        Binding("k", "stop_rank", "Stop rank"),
-        Binding("K", "stop_node", "Stop node", show=False),
-        Binding("exclamation_mark", "kill_job", "Kill job now", show=False),
         Binding("s", "summary", "Summary", show=False),
-        Binding("T", "cycle_theme", "Theme"),
+        Binding("T", "cycle_theme", "Theme", show=False),
     ]
+
+    #: Bindings that belong to the main screen: in a dialog, Tab moves between its buttons.
+    MAIN_SCREEN_ONLY = {"next_tab", "prev_tab"}
 
     def __init__(self, job: JobProtocol, theme: str | None = None, *, clock: Callable[[], float] = time.time,
                  run_job: bool = True, theme_dirs=None) -> None:
@@ -136,36 +228,50 @@ class FlexApp(App[int]):
         self.job_done = False
         self.palette = Palette(STATUS_VARIABLES)
         self.rates = RateMeter(self.model)
-        window = max(256, 4 * len(self.model.ranks))  # how far back "all ranks" merges
-        self.sources = {"all": CombinedSource(self.model, window=window)}
-        for rank in self.model.ranks:
-            self.sources[f"r{rank.rank}"] = RankSource(rank)
-        self.tab_ids = list(self.sources)
+        ranks = len(self.model.ranks)
+        window = max(256, 4 * ranks)  # how far back "all ranks" merges
+        self.sources = {"all": CombinedSource(self.model, window=window,
+                                              max_rows=max(20000, 200 * ranks))}
         self.current_tab = "all"
-        self.columns = Columns(self.model)
+        self.ticks = 0
+        self.tick_times: list[float] = []  # for benchmarks
+        self.stopped_by_user: set[int] = set()  # ranks the user stopped one by one
+        self.user_stop_note: str | None = None  # what the user stopped, for the verdict
         self._digits = ""
         self._digit_at = 0.0
         self._tab_signature: tuple = ()
         self._table_signature: tuple = ()
+        self._panel_key: tuple = ()
+        self._last_error: dict[int, tuple[int, str | None]] = {}
         self._announced_failure = False
         self._summary_shown = False
         self._prompt_mode: str | None = None
         self._signals: list[int] = []
 
+    def source(self, key: str):
+        """The log source of a tab ("all" or "r<rank>"), made when first shown."""
+        source = self.sources.get(key)
+        if source is None and key.startswith("r") and key[1:].isdigit():
+            rank = int(key[1:])
+            if rank < len(self.model.ranks):
+                source = self.sources[key] = RankSource(self.model.ranks[rank])
+        return source
+
     # -- layout -------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         self.job_bar = JobBar(id="jobbar")
-        self.rank_header = RankHeader(self.columns, id="rank-header")
-        self.table = RankTable(self.model, self.columns, id="ranks")
-        self.tabs = Tabs(*[Tab(self._tab_label(key), id=f"tab-{key}") for key in self.tab_ids],
-                         id="tabs")
+        self.table = RankTable(self.model, id="ranks")
+        self.rank_header = RankHeader(self.table, id="rank-header")
+        self.panel = RankPanel(id="panel")
+        self.tabs = TabStrip(id="tabs")
         self.status_line = StatusLine(id="logstatus")
         self.log_view = LogView(id="log")
         self.prompt = Input(id="prompt")
         yield self.job_bar
         yield self.rank_header
         yield self.table
+        yield self.panel
         yield self.tabs
         yield self.status_line
         yield self.log_view
@@ -206,12 +312,33 @@ class FlexApp(App[int]):
 
     def _apply_palette(self) -> None:
         self.palette = Palette(self.get_css_variables())
-        for widget in (self.rank_header, self.table, self.log_view):
+        for widget in (self.rank_header, self.table, self.log_view, self.tabs):
             widget.palette = self.palette
             widget.refresh()
         self._tab_signature = ()
         self._table_signature = ()
+        self._panel_key = ()
         self._tick()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.MAIN_SCREEN_ONLY and self.screen is not self.screen_stack[0]:
+            return False
+        return True
+
+    def simulate_key(self, key: str) -> None:
+        """A click on the footer's "^c Abort job" asks first; the key itself does not."""
+        if key == "ctrl+c":
+            # From the app's own queue: a dialog's answer goes back to whoever asked, and
+            # the footer key that was clicked is gone by then (the footer is rebuilt).
+            self.call_later(self.action_confirm_abort)
+            return
+        super().simulate_key(key)
+
+    async def on_event(self, event: events.Event) -> None:
+        # Digits typed quickly name one rank ("1" "2": rank 12); any other key ends that.
+        if isinstance(event, events.Key) and not (event.character or "").isdigit():
+            self._digits = ""
+        await super().on_event(event)
 
     # -- the job ------------------------------------------------------------------------
 
@@ -273,33 +400,54 @@ class FlexApp(App[int]):
             for r in model.ranks])
         if table_sig != self._table_signature:
             self._table_signature = table_sig
-            self.table.refresh()
-        run_dir = self.job.run_path
-        self.job_bar.set(job_bar_lines(model, self.palette, now, run_dir, self.rates.total,
-                                       self.quitting, self.launch_error))
+            self.table.rebuild()
+            self.rank_header.refresh()
+        self.job_bar.set(job_bar_lines(model, self.palette, now, self._run_dir(), self.rates.total,
+                                       self.quitting, self.launch_error, self._stop_note()))
+        # "All ranks" reads every line as it comes, also while a rank tab is shown, so its
+        # per-rank share of memory is kept (see collapse.py); rank tabs cost nothing hidden.
+        all_ranks = self.sources["all"]
+        if self.log_view.source is not all_ranks:
+            all_ranks.sync()
         self.log_view.sync()
-        signature = (tuple(r.status for r in model.ranks), model.first_failure)
-        if signature != self._tab_signature:
-            self._tab_signature = signature
-            for key in self.tab_ids:
-                tab = self.tabs.get_tab(f"tab-{key}")
-                if tab is not None:
-                    tab.label = self._tab_label(key)
+        self._update_tabs()
         if model.first_failure is not None and not self._announced_failure:
             self._announced_failure = True
             first = model.first_failure
-            self.notify(f"rank {first.rank} on {first.info.host}: {status_text(first)}. "
-                        "Press x to see it.", title="first failure", severity="error", timeout=8)
+            if not isinstance(self.screen, SummaryScreen):
+                self.notify(f"rank {first.rank} on {first.info.host}: {status_text(first)}. "
+                            "Press x to see it.", title="first failure", severity="error", timeout=8)
+        self._update_panel()
         self._update_status_line()
+
+    def _run_dir(self) -> str | None:
+        return self.job.run_path
+
+    def _stop_note(self) -> str | None:
+        """Why a job ended "aborted" when the user stopped ranks or nodes one by one."""
+        if self.model.stop_reason or not self.user_stop_note:
+            return None
+        return self.user_stop_note
+
+    def _tab_keys(self) -> list[str]:
+        return ["all", *(f"r{rank}" for rank in self.table.ranks_in_order)]
+
+    def _update_tabs(self) -> None:
+        keys = self._tab_keys()
+        statuses = tuple(status_key(r) for r in self.model.ranks)
+        signature = (tuple(keys), statuses, self.model.first_failure, self.current_tab)
+        if signature == self._tab_signature:
+            return
+        self._tab_signature = signature
+        self.tabs.set(keys, _TabLabels(self), self.current_tab)
 
     def _tab_label(self, key: str) -> Text:
         if key == "all":
             return Text("all ranks")
         rank = self.model.ranks[int(key[1:])]
-        label = Text(key[1:], style=self.palette.status[rank.status.value])
         if self.model.first_failure is rank:
-            label = Text("▶" + key[1:], style=self.palette.first_failure)
-        return label
+            return Text("▶" + key[1:], style=self.palette.first_failure)
+        return Text(key[1:], style=self.palette.status[status_key(rank)])
 
     def _update_status_line(self) -> None:
         view, palette = self.log_view, self.palette
@@ -308,13 +456,15 @@ class FlexApp(App[int]):
         if source is None:
             self.status_line.set((text, Text()))
             return
+        if self.focused is view:
+            text.append("▌", palette.accent)
         if isinstance(source, RankSource):
             rank = source.state
             text.append(f"rank {rank.rank}", palette.bold)
             text.append(f" {rank.info.host} gpu {rank.info.gpu} ")
             if rank.cpus:  # --bind_cores_to_rank
                 text.append(f"cpus {rank.cpus} ")
-            text.append(status_text(rank), palette.status[rank.status.value])
+            text.append(status_text(rank), palette.status[status_key(rank)])
             text.append(f"  {rank.line_count:,} lines")
             kept = len(rank.tail)
             if kept < rank.line_count:
@@ -322,6 +472,9 @@ class FlexApp(App[int]):
         else:
             text.append("all ranks", palette.bold)
             text.append(f"  {source.total:,} lines", palette.muted)
+            if view.rank_mask is not None:
+                text.append(f"  ranks “{view.rank_mask.text}” ({len(view.rank_mask_set)})",
+                            palette.accent)
         text.append("  ")
         if view.follow:
             text.append("FOLLOWING", palette.success)
@@ -337,36 +490,106 @@ class FlexApp(App[int]):
             text.append(f"  search “{view.search.pattern}” (n/N)", palette.accent)
         self.status_line.set((text, Text()))
 
+    def _update_panel(self) -> None:
+        if not self.panel.display:
+            return
+        model, palette, table = self.model, self.palette, self.table
+        rank = table.selected_rank()
+        node = table.selected_node()
+        running = not self.job_done and not model.state.finished
+        if rank is not None:
+            last_error = self._last_error_of(rank)
+            key = (rank.rank, rank.status, rank.pid, rank.line_count, last_error,
+                   fmt_duration(rank.runtime(table.now)), table.rates[rank.rank], running)
+            if key == self._panel_key:
+                return
+            self._panel_key = key
+            info = rank_detail(rank, table.ctx, palette, last_error)
+        elif node is not None:
+            key = ("node", node, tuple(r.status for r in model.ranks[model.nodes[node].ranks.start:
+                                                                   model.nodes[node].ranks.stop]), running)
+            if key == self._panel_key:
+                return
+            self._panel_key = key
+            info = node_detail(model, node, palette)
+        else:
+            info = Text("no rank matches the filter (F: change it)", palette.muted)
+        alive = rank is not None and not rank.status.finished and running
+        node_alive = node is not None and running and any(
+            not model.ranks[r].status.finished for r in model.nodes[node].ranks)
+        self.panel.show(info, {"stop-rank": alive, "kill-rank": alive, "stop-node": node_alive,
+                               "abort-job": running})
+
+    def _last_error_of(self, rank) -> str | None:
+        """The rank's last error/traceback line, scanning only lines new since last time."""
+        seen, last = self._last_error.get(rank.rank, (0, None))
+        count = rank.line_count
+        if count != seen:
+            tail = rank.tail
+            new = min(count - seen, len(tail))
+            for i in range(len(tail) - 1, len(tail) - 1 - new, -1):
+                if ERROR_RE.search(tail[i]):
+                    last = tail[i]
+                    break
+            self._last_error[rank.rank] = (count, last)
+        return last
+
     # -- tabs -----------------------------------------------------------------------------
 
     def open_tab(self, key: str) -> None:
-        if key not in self.sources:
+        source = self.source(key)
+        if source is None:
             return
         self._close_overlays()
-        if key != self.current_tab or self.log_view.source is not self.sources[key]:
+        if key != self.current_tab or self.log_view.source is not source:
             self.current_tab = key
-            self.log_view.show(self.sources[key])
-            self.tabs.active = f"tab-{key}"
+            self.log_view.show(source)
             if key != "all":
                 self.table.move_cursor(int(key[1:]))
+        self._update_tabs()
         self._update_status_line()
 
     def open_rank(self, rank: int) -> None:
         self.open_tab(f"r{rank}")
 
-    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        # Only a tab the user clicked: a message from an earlier programmatic switch
-        # arrives late and must not switch back.
-        if event.tab is not None and event.tab.id and event.tab.id == self.tabs.active:
-            key = event.tab.id.removeprefix("tab-")
-            if key != self.current_tab:
-                self.open_tab(key)
+    def go_to_rank(self, rank: int) -> None:
+        """The picker's choice: open the rank; if the table's filter hides it, drop the filter."""
+        if rank not in self.table.ranks_in_order and self.table.order.query:
+            self.table.set_order(query=RankQuery(""))
+            self.notify("The table's filter was cleared to show the rank.", timeout=3)
+        self.open_rank(rank)
+
+    def go_to_host(self, node_rank: int) -> None:
+        """The picker's choice of a host: the table shows just its ranks; its first opens."""
+        node = self.model.nodes[node_rank]
+        self.table.set_order(query=RankQuery(node.host, [n.host for n in self.model.nodes]))
+        self._table_signature = ()
+        self.open_rank(node.ranks.start)
+
+    def on_tab_strip_clicked(self, event: TabStrip.Clicked) -> None:
+        self.open_tab(event.key)
 
     def on_rank_table_selected(self, event: RankTable.Selected) -> None:
         self.open_rank(event.rank)
         self.log_view.focus()
 
+    def on_rank_table_moved(self, _event: RankTable.Moved) -> None:
+        self._panel_key = ()
+        self._update_panel()
+
+    def on_rank_header_sort_clicked(self, event: RankHeader.SortClicked) -> None:
+        order = self.table.order
+        if order.sort == event.column:
+            self.table.set_order(reverse=not order.reverse)
+        else:
+            self.table.set_order(sort=event.column, reverse=False)
+        self._after_order_change()
+
     def on_log_view_changed(self, _event: LogView.Changed) -> None:
+        self._update_status_line()
+
+    def on_descendant_focus(self, _event: events.DescendantFocus) -> None:
+        self.rank_header.refresh()  # its "▌" shows which of table and log has the keys
         self._update_status_line()
 
     def action_next_tab(self) -> None:
@@ -376,8 +599,9 @@ class FlexApp(App[int]):
         self._step_tab(-1)
 
     def _step_tab(self, step: int) -> None:
-        index = self.tab_ids.index(self.current_tab)
-        self.open_tab(self.tab_ids[(index + step) % len(self.tab_ids)])
+        keys = self._tab_keys()
+        index = keys.index(self.current_tab) if self.current_tab in keys else 0
+        self.open_tab(keys[(index + step) % len(keys)])
 
     def action_show_all(self) -> None:
         self.open_tab("all")
@@ -392,7 +616,13 @@ class FlexApp(App[int]):
         if int(self._digits) >= world:
             self._digits = str(digit)
         if int(self._digits) < world:
-            self.open_rank(int(self._digits))
+            self.go_to_rank(int(self._digits))
+
+    def action_pick(self) -> None:
+        if isinstance(self.screen, CommandPalette):
+            return
+        self.push_screen(CommandPalette(providers=[RankPicker],
+                                        placeholder="Go to: a rank (137), a host (node12), a status (failed)…"))
 
     def action_first_failure(self) -> None:
         first = self.model.first_failure
@@ -400,20 +630,61 @@ class FlexApp(App[int]):
             self.notify("No rank has failed.", timeout=3)
             return
         self.clear_notifications()  # a toast must not cover the traceback
-        self.open_rank(first.rank)
+        self.go_to_rank(first.rank)
         self.log_view.focus()
         if not self.log_view.jump_to_traceback():
             self.log_view.set_follow(True)
 
+    # -- the rank table -------------------------------------------------------------------
+
+    def action_filter_ranks(self) -> None:
+        self._open_prompt("ranks", "filter ranks: 137  0-63  node12  failed  !stopped  (empty: all)",
+                          self.table.order.query.text)
+
+    def action_problems(self) -> None:
+        query = "" if self.table.order.query.text == "problem" else "problem"
+        self._set_rank_query(query)
+        if query and not self.table.matched:
+            self.notify("No rank has failed, been killed or been lost.", timeout=3)
+
+    def _set_rank_query(self, text: str) -> None:
+        self.table.set_order(query=RankQuery(text, [n.host for n in self.model.nodes]))
+        self._after_order_change()
+
+    def action_sort(self) -> None:
+        order = self.table.order
+        index = SORTS.index(order.sort) if order.sort in SORTS else -1
+        self.table.set_order(sort=SORTS[(index + 1) % len(SORTS)], reverse=False)
+        self._after_order_change()
+
+    def action_reverse_sort(self) -> None:
+        self.table.set_order(reverse=not self.table.order.reverse)
+        self._after_order_change()
+
+    def action_group(self) -> None:
+        self.table.set_order(grouped=not self.table.order.grouped)
+        self._after_order_change()
+
+    def _after_order_change(self) -> None:
+        self.rank_header.refresh()
+        self._update_tabs()
+        self._panel_key = ()
+        self._update_panel()
+
     # -- log view -------------------------------------------------------------------------
 
     def action_search(self) -> None:
-        self._open_prompt("search", "search: text, Enter; then n / N (Esc: cancel)",
+        self._open_prompt("search", "search: regex (smart case), Enter; then n / N (Esc: cancel)",
                           self.log_view.search.pattern if self.log_view.search else "")
 
     def action_filter(self) -> None:
-        self._open_prompt("filter", "filter: show only lines with this text (empty: all)",
+        self._open_prompt("filter", "filter: regex (smart case); !regex hides matches (empty: all)",
                           self.log_view.filter.pattern if self.log_view.filter else "")
+
+    def action_rank_mask(self) -> None:
+        mask = self.log_view.rank_mask
+        self._open_prompt("mask", "all ranks view shows ranks: 7  0-7  !7  node3  !stopped (empty: all)",
+                          mask.text if mask is not None else "")
 
     def _open_prompt(self, mode: str, placeholder: str, value: str) -> None:
         self._close_overlays()
@@ -427,12 +698,31 @@ class FlexApp(App[int]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         mode, value = self._prompt_mode, event.value
         self._hide_prompt()
+        view = self.log_view
         if mode == "search":
-            self.log_view.set_search(value or None)
+            if not self._valid_pattern(value):
+                return
+            view.set_search(value or None)
             if value:
                 self._search_step(True)
         elif mode == "filter":
-            self.log_view.set_filter(value or None)
+            if self._valid_pattern(value):
+                view.set_filter(value or None)
+        elif mode == "ranks":
+            self._set_rank_query(value)
+        elif mode == "mask":
+            query = RankQuery(value, [n.host for n in self.model.nodes])
+            view.set_rank_mask(query if query else None, set(query.select(self.model)))
+            if self.current_tab != "all":
+                self.open_tab("all")
+
+    def _valid_pattern(self, pattern: str) -> bool:
+        from flextui.ui.logview import Matcher
+
+        error = Matcher.error(pattern)
+        if error:
+            self.notify(f"not a valid regex: {error}", severity="warning", timeout=5)
+        return error is None
 
     def on_key(self, event: events.Key) -> None:
         if event.key == "escape" and self._prompt_mode is not None:
@@ -460,7 +750,7 @@ class FlexApp(App[int]):
         if index is None:
             self.notify(f"“{view.search.pattern}” not found", timeout=3)
         else:
-            view.jump_to(index)
+            view.jump_to(index, match=view.search)
 
     def action_next_error(self) -> None:
         """The first error/traceback of the tab; pressed again, the next one."""
@@ -478,19 +768,28 @@ class FlexApp(App[int]):
     def action_follow(self) -> None:
         self.log_view.set_follow(True)
 
+    def action_log_bottom(self) -> None:
+        self.log_view.set_follow(True)
+
+    def action_log_top(self) -> None:
+        self.log_view.action_top()
+
     def action_toggle_focus(self) -> None:
         (self.table if self.focused is self.log_view else self.log_view).focus()
 
     def action_zoom(self) -> None:
         hidden = self.table.display
-        self.table.display = not hidden
-        self.rank_header.display = not hidden
+        for widget in (self.table, self.rank_header, self.panel):
+            widget.display = not hidden
         if hidden:
             self.log_view.focus()
+        else:
+            self._panel_key = ()
 
     # -- control --------------------------------------------------------------------------
 
     def action_abort(self) -> None:
+        """Ctrl+C: one key, no question (a second one kills)."""
         if self.job_done:
             self.exit(self.model.exit_code)
             return
@@ -502,6 +801,23 @@ class FlexApp(App[int]):
         else:
             self.notify("SIGKILL to every rank.", title="killing", severity="warning", timeout=5)
         self._tick()
+
+    def action_confirm_abort(self) -> None:
+        """The Abort button and a click on the footer: ask first."""
+        if self.job_done or isinstance(self.screen, ConfirmScreen):
+            return
+        if self.model.stop_started_at is not None:
+            question, yes = "The job is already stopping.\nKill every rank now (SIGKILL)?", "Kill now"
+        else:
+            question = ("Abort the job?\nSIGTERM to every rank's process tree, "
+                        f"SIGKILL after {self.job.grace:g}s.")
+            yes = "Abort job"
+
+        def answer(yes: bool | None) -> None:
+            if yes and not self.job_done:
+                self.action_abort()
+
+        self.push_screen(ConfirmScreen(question, yes=yes), answer)
 
     async def action_quit(self) -> None:
         if self.job_done:
@@ -524,43 +840,72 @@ class FlexApp(App[int]):
             elif yes:
                 self.exit(self.model.exit_code)
 
-        self.push_screen(ConfirmScreen("The job is still running.\n"
-                                       "Stop every rank and quit?"), answer)
+        self.push_screen(ConfirmScreen("The job is still running.\nStop every rank and quit?",
+                                       yes="Stop and quit"), answer)
 
     def _selected_rank(self):
-        return self.model.ranks[self.table.cursor]
+        rank = self.table.selected_rank()
+        if rank is None:
+            self.notify("Select a rank in the table first (a node row is selected).", timeout=3)
+        return rank
 
     def action_stop_rank(self) -> None:
+        self._ask_rank("stop")
+
+    def action_kill_rank(self) -> None:
+        self._ask_rank("kill")
+
+    def _ask_rank(self, how: str) -> None:
         rank = self._selected_rank()
+        if rank is None:
+            return
         if rank.status.finished or self.job_done:
             self.notify(f"Rank {rank.rank} is not running ({status_text(rank)}).", timeout=3)
             return
 
         def answer(yes: bool | None) -> None:
-            if yes:
+            if not yes:
+                return
+            self.stopped_by_user.add(rank.rank)
+            self.user_stop_note = f"rank {rank.rank} on {rank.info.host} {how}ed by the user" \
+                if how == "kill" else f"rank {rank.rank} on {rank.info.host} stopped by the user"
+            if how == "kill":
+                self.job.kill_rank(rank.rank)
+                self.notify(f"SIGKILL to rank {rank.rank} (pid {rank.pid}).", timeout=4)
+            else:
                 self.job.stop_rank(rank.rank)
                 self.notify(f"SIGTERM to rank {rank.rank} (pid {rank.pid}).", timeout=4)
 
-        self.push_screen(ConfirmScreen(
-            f"Stop rank {rank.rank} on {rank.info.host} (pid {rank.pid})?\n"
-            "SIGTERM to its process tree, SIGKILL after the grace."), answer)
+        if how == "kill":
+            question = (f"Kill rank {rank.rank} on {rank.info.host} (pid {rank.pid})?\n"
+                        "SIGKILL to its process tree now: no chance to clean up.")
+        else:
+            question = (f"Stop rank {rank.rank} on {rank.info.host} (pid {rank.pid})?\n"
+                        "SIGTERM to its process tree, SIGKILL after the grace.")
+        self.push_screen(ConfirmScreen(question, yes=f"{how.capitalize()} rank {rank.rank}"), answer)
 
     def action_stop_node(self) -> None:
-        rank = self._selected_rank()
-        node = self.model.nodes[rank.info.node_rank]
+        node_rank = self.table.selected_node()
+        if node_rank is None:
+            return
+        node = self.model.nodes[node_rank]
         if self.job_done or all(self.model.ranks[r].status.finished for r in node.ranks):
             self.notify(f"Nothing runs on node {node.host}.", timeout=3)
             return
+        span = f"{node.ranks.start}-{node.ranks.stop - 1}"
 
         def answer(yes: bool | None) -> None:
             if yes:
                 self.job.stop_node(node.node_rank)
-                self.notify(f"SIGTERM to ranks {node.ranks.start}-{node.ranks.stop - 1} "
-                            f"on {node.host}.", timeout=4)
+                self.stopped_by_user.update(node.ranks)
+                self.user_stop_note = f"node {node.host} (ranks {span}) stopped by the user"
+                self.notify(f"SIGTERM to ranks {span} on {node.host}.", timeout=4)
 
         self.push_screen(ConfirmScreen(
-            f"Stop node {node.node_rank} ({node.host}): ranks "
-            f"{node.ranks.start}-{node.ranks.stop - 1}?"), answer)
+            f"Stop node {node.node_rank} ({node.host}): ranks {span}?\n"
+            "SIGTERM to each rank's process tree, SIGKILL after the grace.\n"
+            "The other nodes' ranks go on (a collective with them will hang or fail).",
+            yes=f"Stop {node.host}"), answer)
 
     def action_kill_job(self) -> None:
         if self.job_done:
@@ -571,7 +916,8 @@ class FlexApp(App[int]):
                 self.job.kill()
                 self.notify("SIGKILL to every rank.", title="killing", severity="warning")
 
-        self.push_screen(ConfirmScreen("Kill every rank now (SIGKILL, no grace)?"), answer)
+        self.push_screen(ConfirmScreen("Kill every rank now (SIGKILL, no grace)?", yes="Kill job"),
+                         answer)
 
     # -- screens and themes ---------------------------------------------------------------
 
@@ -584,9 +930,9 @@ class FlexApp(App[int]):
             self.pop_screen()
             return
         self._close_overlays()
-        run_dir = self.job.run_path
-        self.push_screen(SummaryScreen(self.model, self.palette, self.clock(),
-                                       self.launch_error, run_dir))
+        self.clear_notifications()  # no toast over the verdict
+        self.push_screen(SummaryScreen(self.model, self.palette, self.clock(), self.launch_error,
+                                       self._run_dir(), self._stop_note(), set(self.stopped_by_user)))
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -608,7 +954,7 @@ class FlexApp(App[int]):
             return out
 
         app_rows = rows(self.BINDINGS)
-        app_rows.insert(8, ("0-9", "open rank N (type 1 2 quickly for rank 12)"))
+        app_rows.insert(4, ("0-9", "open rank N (type 1 2 quickly for rank 12)"))
         return [
             ("Console", app_rows),
             ("Rank table (when focused)", rows(RankTable.BINDINGS)),
@@ -616,8 +962,9 @@ class FlexApp(App[int]):
                 ("↑ ↓ PgUp PgDn", "scroll (scrolling up pauses follow)"),
                 ("mouse wheel", "scroll"),
             ]),
+            ("Rank panel", [("buttons", "Stop rank, Kill rank, Stop node, Abort job: each asks first")]),
             ("Prompts", [("Enter", "apply"), ("Esc", "cancel")]),
-            ("Other", [("ctrl+p", "command palette (also: themes, open rank N)")]),
+            ("Other", [("ctrl+p", "command palette (also: themes, go to a rank or host)")]),
         ]
 
     def action_cycle_theme(self) -> None:
@@ -627,9 +974,20 @@ class FlexApp(App[int]):
         self.notify(f"theme: {self.theme}", timeout=2)
 
 
+class _TabLabels(dict):
+    """Tab labels made on demand: the strip asks only for the few it shows."""
+
+    def __init__(self, app: FlexApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def get(self, key, default=None):
+        return self.app._tab_label(key)
+
+
 _KEY_NAMES = {
     "question_mark": "?", "slash": "/", "ampersand": "&", "exclamation_mark": "!",
-    "right_square_bracket": "]", "left_square_bracket": "[",
+    "right_square_bracket": "]", "left_square_bracket": "[", "colon": ":",
 }
 
 

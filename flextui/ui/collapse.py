@@ -1,27 +1,70 @@
 """The "all ranks" view's rows: every rank's lines in arrival order, with the same line
-from several ranks merged into one row ("[0-7] loss 1.0"). Textual-free.
+from several ranks merged into one row ("[0-63] INFO trainer: config lr=0.1"). Textual-free.
 
-It reads the model's bounded combined ring incrementally (only while the view is shown)
-and keeps its own bounded ring of rows, numbered absolutely like the rank tails.
-A line merges into an earlier row with the same text if that row is among the last
-`window` rows and does not hold that rank yet, so blocks that ranks print line by line
-(config dumps, warnings) collapse even when their lines interleave.
+It reads the model's bounded combined ring incrementally and keeps its own bounded set
+of rows, numbered absolutely like the rank tails. A line merges into an earlier row if
+that row is among the last `window` rows, does not hold that rank yet, and says the same
+once a leading timestamp and the rank's own number ("rank 7", "[rank7]", "RANK=7",
+"[default7]") are set aside: blocks that every rank prints line by line (config dumps,
+warnings) become one block, even when their lines interleave.
+
+Memory is shared fairly: past `max_rows`, rows are dropped oldest first from the ranks
+that hold the most, so one rank flooding cannot push every other rank's lines out (its
+own oldest lines go; each rank's full log is in the run directory). Dropped rows leave
+holes in the numbering; `indices()` lists the rows kept.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from itertools import islice
 
 GAP = -1  # the rank list of a row that marks lines this view never saw
 
+_TIMESTAMP_RE = re.compile(
+    r"\[?(?:\d{4}-\d\d-\d\d[T ])?\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?\]?[\s:|-]*")
+_RANK_RE = re.compile(r"(?i)(\brank\s*[=:#]?\s*\[?|\[default)(\d+)(?!\d)")
+RANK_PLACEHOLDER = "{rank}"
+
+
+def collapse_key(text: str, rank: int) -> tuple[str, int]:
+    """(what the line says without its timestamp and own rank number, timestamp length)."""
+    cut = 0
+    first = text[:1]
+    if first.isdigit() or first == "[":
+        match = _TIMESTAMP_RE.match(text)
+        if match:
+            cut = match.end()
+    body = text[cut:] if cut else text
+    if "ank" in body or "ANK" in body or "default" in body:
+        own = str(rank)
+        body = _RANK_RE.sub(
+            lambda m: m.group(1) + RANK_PLACEHOLDER if m.group(2) == own else m.group(0), body)
+    return body, cut
+
 
 class Row:
-    __slots__ = ("text", "ranks")
+    __slots__ = ("text", "ranks", "key", "cut")
 
-    def __init__(self, text: str, ranks: list[int]) -> None:
-        self.text = text
+    def __init__(self, text: str, ranks: list[int], key: str | None = None, cut: int = 0) -> None:
+        self.text = text  # the first line, as that rank wrote it
         self.ranks = ranks
+        self.key = text if key is None else key
+        self.cut = cut
+
+    @property
+    def display(self) -> str:
+        """One rank: its line. Several: the first's timestamp and what they all said."""
+        if len(self.ranks) == 1 or self.cut == 0 and self.key == self.text:
+            return self.text
+        return self.text[: self.cut] + self.key
+
+    def display_for(self, ranks: list[int]) -> str:
+        """What the row says for some of its ranks: one rank gets its own number back."""
+        if len(ranks) == 1 and len(self.ranks) > 1:
+            return self.text[: self.cut] + self.key.replace(RANK_PLACEHOLDER, str(ranks[0]))
+        return self.display
 
 
 def format_ranks(ranks: list[int]) -> str:
@@ -43,22 +86,46 @@ def format_ranks(ranks: list[int]) -> str:
 
 class Collapser:
     def __init__(self, max_rows: int = 20000, window: int = 256) -> None:
-        self.rows: deque[Row] = deque(maxlen=max_rows)
+        self.rows: dict[int, Row] = {}  # absolute number -> row, ascending
+        self.max_rows = max_rows
         self.window = window
         self.end = 0  # absolute number of the next row
         self.consumed = 0  # how many of the model's combined lines were read
         self.dirty_from = 0  # lowest row changed by the last feed()
+        self.dropped = 0  # rows dropped so far (fair share)
+        self.evictions = 0  # bumped whenever rows were dropped (readers prune their lists)
+        self._owned: dict[int, deque[int]] = {}  # rank -> its rows (by first rank), oldest first
+        self._first = 0  # the oldest kept row
         self._recent: dict[str, int] = {}
 
     @property
     def first(self) -> int:
-        return self.end - len(self.rows)
+        return self._first if self.rows else self.end
 
     def row(self, index: int) -> Row | None:
-        offset = index - self.first
-        if 0 <= offset < len(self.rows):
-            return self.rows[offset]
-        return None
+        return self.rows.get(index)
+
+    def indices(self) -> range | list[int]:
+        """The kept rows' numbers, ascending (a range while nothing was dropped inside)."""
+        first = self.first
+        if len(self.rows) == self.end - first:
+            return range(first, self.end)
+        return list(self.rows)
+
+    def scan(self, start: int, stop: int):
+        """(index, row) of the kept rows in [start, stop)."""
+        rows = self.rows
+        if len(rows) == self.end - self.first:  # no holes: slice by position
+            first = self.first
+            start, stop = max(start, first), min(stop, self.end)
+            if start >= stop:
+                return iter(())
+            if start - first > len(rows) // 2:  # near the end: walk in from the right
+                tail = list(islice(reversed(rows.items()), self.end - start))
+                tail.reverse()
+                return iter(tail[: stop - start])
+            return islice(rows.items(), start - first, stop - first)
+        return ((i, r) for i, r in rows.items() if start <= i < stop)
 
     def feed(self, combined: deque, total: int) -> bool:
         """Read what `combined` (a ring that has seen `total` lines) got since last time."""
@@ -83,23 +150,53 @@ class Collapser:
     def add(self, entries: list[tuple[int, str]]) -> None:
         recent = self._recent
         rows = self.rows
-        window = self.window
+        floor = self.end - self.window
         for rank, text in entries:
-            index = recent.get(text)
-            if index is not None and index >= self.end - window:
-                row = rows[index - self.end]  # negative offset: cheap from the right
-                if rank not in row.ranks:
+            key, cut = collapse_key(text, rank)
+            index = recent.get(key)
+            if index is not None and index >= floor:
+                row = rows.get(index)
+                if row is not None and rank not in row.ranks:
                     row.ranks.append(rank)
                     if index < self.dirty_from:
                         self.dirty_from = index
                     continue
-            rows.append(Row(text, [rank]))
-            recent[text] = self.end
-            self.end += 1
-        if len(recent) > 4 * window + 1024:
-            floor = self.end - window
+            self._append(Row(text, [rank], key, cut))
+            recent[key] = self.end - 1
+            floor = self.end - self.window
+        if len(recent) > 4 * self.window + 1024:
             self._recent = {t: i for t, i in recent.items() if i >= floor}
+        if len(rows) > self.max_rows + self.max_rows // 20:
+            self._drop_fairly()
 
     def _append(self, row: Row) -> None:
-        self.rows.append(row)
+        if not self.rows:
+            self._first = self.end
+        self.rows[self.end] = row
+        owned = self._owned.get(row.ranks[0])
+        if owned is None:
+            owned = self._owned[row.ranks[0]] = deque()
+        owned.append(self.end)
         self.end += 1
+
+    def _drop_fairly(self) -> None:
+        """Down to max_rows: every rank keeps min(its rows, cap), cap as high as fits."""
+        sizes = sorted(len(owned) for owned in self._owned.values())
+        budget, used = self.max_rows, 0
+        cap = None
+        for i, size in enumerate(sizes):
+            holders = len(sizes) - i
+            if used + size * holders > budget:
+                cap = (budget - used) // holders
+                break
+            used += size
+        if cap is None:
+            return
+        rows = self.rows
+        for owned in self._owned.values():
+            while len(owned) > cap:
+                del rows[owned.popleft()]
+                self.dropped += 1
+        self._owned = {owner: owned for owner, owned in self._owned.items() if owned}
+        self._first = min((owned[0] for owned in self._owned.values()), default=self.end)
+        self.evictions += 1

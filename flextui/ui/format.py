@@ -6,11 +6,14 @@ flextui/diagnosis.py, shared with the headless console.
 
 from __future__ import annotations
 
-from flextui.model import RankState
+from flextui.model import RankState, RankStatus
 
 
 def status_key(rank: RankState) -> str:
-    """The theme colour a rank's status is drawn in: status-<key>."""
+    """The theme colour a rank's status is drawn in: status-<key>; "stopped" when flextui
+    (or the user) ended it, so the ranks a failure took down do not look like failures."""
+    if rank.stopped and rank.status in (RankStatus.FAILED, RankStatus.KILLED):
+        return "stopped"
     return rank.status.value
 
 

@@ -7,7 +7,8 @@ is bounded by the rings. The app calls `sync()` from its ~10 Hz timer; `sync()` 
 counters and does work only when the shown source changed.
 
 Lines are numbered absolutely (line N of the rank's output), so positions survive the
-ring dropping old lines: a paused view stays on the same text while new lines arrive.
+ring dropping old lines, and a paused view keeps a copy of the lines it shows: it stays
+exactly where the user put it while a rank floods its ring.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from heapq import merge
 from itertools import accumulate, islice
 
 from rich.cells import cell_len
@@ -79,34 +81,47 @@ def max_width(texts: list[str]) -> int:
 
 
 class Matcher:
-    """Smart-case substring match: case-insensitive unless the pattern has capitals."""
+    """A regular expression with smart case (case-insensitive unless the pattern has a
+    capital letter outside an escape such as \\S); "!pattern" matches the lines that do
+    NOT match it. A plain word is a regex too, so "loss" finds "loss" as before."""
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self.fold = pattern == pattern.lower()
-        self.needle = pattern.lower() if self.fold else pattern
+        self.negate = pattern.startswith("!") and len(pattern) > 1
+        body = pattern[1:] if self.negate else pattern
+        literal = re.sub(r"\\.", "", body)
+        self.fold = literal == literal.lower()
+        self.regex = re.compile(body, re.IGNORECASE if self.fold else 0)
+
+    @staticmethod
+    def error(pattern: str) -> str | None:
+        """Why the pattern is not a usable regex, or None."""
+        try:
+            Matcher(pattern)
+        except re.error as exc:
+            return str(exc)
+        return None
 
     def __call__(self, text: str) -> bool:
         if "\x1b" in text or not text.isprintable():
             text = plain(text)
-        return self.needle in (text.lower() if self.fold else text)
+        return (self.regex.search(text) is None) is self.negate
 
     def spans(self, text: str) -> Iterator[tuple[int, int]]:
-        hay = text.lower() if self.fold else text
-        n = len(self.needle)
-        if not n:
+        """Where it matches (nothing to highlight for a negated pattern)."""
+        if self.negate:
             return
-        start = hay.find(self.needle)
-        while start >= 0:
-            yield start, start + n
-            start = hay.find(self.needle, start + n)
+        for match in self.regex.finditer(text):
+            if match.end() > match.start():
+                yield match.start(), match.end()
 
 
 # -- sources: what a tab shows -------------------------------------------------------
 
 
 class Source:
-    """Absolutely numbered complete lines [first, end) plus a live (unfinished) line."""
+    """Absolutely numbered complete lines (those kept: `indices()`) plus a live
+    (unfinished) line."""
 
     key = ""
     title = ""
@@ -115,18 +130,23 @@ class Source:
     live = ""
     dirty_from = 0  # lowest line whose look changed in the last sync (>= old end: appends only)
     prefix_width = 0  # the widest prefix() (for scroll and wrap widths)
+    evictions = 0  # bumped when lines went from inside [first, end), not just the oldest
 
     def sync(self) -> bool:
         raise NotImplementedError
 
-    def text(self, index: int) -> str | None:
+    def text(self, index: int, shown: set[int] | None = None) -> str | None:
+        """Line `index` (None if gone); `shown`: the ranks the view shows, if not all."""
         raise NotImplementedError
 
-    def prefix(self, index: int) -> str:
+    def prefix(self, index: int, shown: set[int] | None = None) -> str:
         return ""
 
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
         raise NotImplementedError
+
+    def indices(self) -> Sequence[int]:
+        return range(self.first, self.end)
 
     @property
     def total(self) -> int:
@@ -149,7 +169,7 @@ class RankSource(Source):
         self.first, self.end, self.live = first, end, live
         return changed
 
-    def text(self, index: int) -> str | None:
+    def text(self, index: int, shown: set[int] | None = None) -> str | None:
         st = self.state
         offset = index - (st.line_count - len(st.tail))
         if 0 <= offset < len(st.tail):
@@ -172,7 +192,7 @@ class RankSource(Source):
 
 
 class CombinedSource(Source):
-    """Every rank's lines in arrival order, identical lines from several ranks merged."""
+    """Every rank's lines in arrival order, the same line from several ranks merged."""
 
     key = "all"
     title = "all ranks"
@@ -189,66 +209,78 @@ class CombinedSource(Source):
         changed = rows.feed(self.model.combined, self.model.combined_count)
         self.dirty_from = rows.dirty_from if changed else rows.end
         self.first, self.end = rows.first, rows.end
+        self.evictions = rows.evictions
         return changed
 
-    def text(self, index: int) -> str | None:
+    def text(self, index: int, shown: set[int] | None = None) -> str | None:
         row = self.rows.row(index)
-        return None if row is None else row.text
+        if row is None:
+            return None
+        if shown is not None and len(row.ranks) > 1:
+            return row.display_for([r for r in row.ranks if r in shown])
+        return row.display
 
-    def prefix(self, index: int) -> str:
+    def ranks_of(self, index: int) -> list[int]:
+        row = self.rows.row(index)
+        return [] if row is None else row.ranks
+
+    def prefix(self, index: int, shown: set[int] | None = None) -> str:
         row = self.rows.row(index)
         if row is None or row.ranks[0] == GAP:
             return ""
-        if len(row.ranks) == 1:
-            return f"[{row.ranks[0]}|{self.hosts[row.ranks[0]]}] "
-        return f"[{format_ranks(row.ranks)}] "
+        ranks = row.ranks if shown is None else [r for r in row.ranks if r in shown]
+        if len(ranks) == 1:
+            rank = ranks[0]
+            return f"[{rank}|{self.hosts[rank] if rank < len(self.hosts) else '?'}] "
+        return f"[{format_ranks(ranks)}] "
 
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
-        first = self.rows.first
-        start, stop = max(start, first), min(stop, self.rows.end)
-        if start >= stop:
-            return iter(())
-        return ((start + i, row.text) for i, row in
-                enumerate(islice(self.rows.rows, start - first, stop - first)))
+        return ((i, row.display) for i, row in self.rows.scan(start, stop))
+
+    def indices(self) -> Sequence[int]:
+        return self.rows.indices()
 
     @property
     def total(self) -> int:
         return self.model.combined_count
 
 
-# -- layout: items (lines shown, after the filter) and rows (after wrapping) ---------
+# -- layout: items (lines shown, after filters) and rows (after wrapping) -----------
 
 
 class Layout:
-    """A snapshot of what the view shows, taken at each sync."""
+    """A snapshot of what the view shows, taken at each sync: `items` are the absolute
+    numbers of the complete lines shown (a range, or a list when filtered or sparse),
+    then the live line if any."""
 
-    __slots__ = ("first", "end", "live", "matches", "moff", "count", "items", "cum", "height")
+    __slots__ = ("items", "first", "end", "live", "count", "cum", "height")
 
-    def __init__(self, first=0, end=0, live=None, matches=None, moff=0, count=0, cum=None):
-        self.first, self.end, self.live = first, end, live
-        self.matches, self.moff, self.count = matches, moff, count  # count: complete lines
-        self.items = count + (1 if live is not None else 0)
+    def __init__(self, items: Sequence[int] = range(0), end: int = 0, live: str | None = None,
+                 cum: list[int] | None = None) -> None:
+        self.items, self.end, self.live = items, end, live
+        self.count = len(items)  # complete lines
+        self.first = items[0] if self.count else end
         self.cum = cum
-        self.height = cum[-1] if cum is not None else self.items
+        self.height = cum[-1] if cum is not None else self.count + (1 if live is not None else 0)
+
+    @property
+    def total_items(self) -> int:
+        return self.count + (1 if self.live is not None else 0)
 
     def item_abs(self, item: int) -> int:
         if item >= self.count:
             return self.end  # the live line
-        if self.matches is None:
-            return self.first + item
-        return self.matches[self.moff + item]
+        return self.items[item]
 
     def abs_to_item(self, index: int) -> int:
         """The item showing line `index`, or the next one shown after it."""
-        if self.items == 0:
+        total = self.total_items
+        if total == 0:
             return 0
         if index >= self.end:
-            return self.items - 1
-        if self.matches is None:
-            item = index - self.first
-        else:
-            item = bisect_left(self.matches, index, self.moff, self.moff + self.count) - self.moff
-        return max(0, min(item, self.items - 1))
+            return total - 1
+        item = bisect_left(self.items, index)
+        return max(0, min(item, total - 1))
 
     def row_to_item(self, row: int) -> tuple[int, int]:
         if self.cum is None:
@@ -258,11 +290,6 @@ class Layout:
 
     def item_row(self, item: int) -> int:
         return item if self.cum is None else self.cum[min(item, len(self.cum) - 1)]
-
-    def item_abs_list(self) -> Iterator[int]:
-        if self.matches is None:
-            return iter(range(self.first, self.end))
-        return iter(self.matches[self.moff : self.moff + self.count])
 
 
 class LogView(ScrollView, can_focus=True):
@@ -281,6 +308,8 @@ class LogView(ScrollView, can_focus=True):
     }
     """
 
+    PINNED_MAX = 4000  # lines a paused view keeps after the rings dropped them
+
     class Changed(Message):
         """Follow / wrap / search / filter / cursor / source changed (for the status line)."""
 
@@ -292,11 +321,15 @@ class LogView(ScrollView, can_focus=True):
         self.wrap = False
         self.search: Matcher | None = None
         self.filter: Matcher | None = None
+        self.rank_mask = None  # a RankQuery: which ranks "all ranks" shows (None: all)
+        self.rank_mask_set: set[int] | None = None
         self.cursor: int | None = None  # a line marked by search / error jumps
         self.layout_ = Layout()
         self.renders = 0  # lines rendered (for benchmarks)
         self._views: dict[str, tuple[bool, int | None, int, int | None]] = {}
         self._syncing = False
+        # Lines shown while paused, (text, prefix), kept when the ring drops them.
+        self._pinned: dict[int, tuple[str, str]] = {}
         self._reset_derived()
 
     def _reset_derived(self) -> None:
@@ -308,6 +341,8 @@ class LogView(ScrollView, can_focus=True):
         self._max_width = 0
         self._wscan = 0
         self._wrap_width = 0
+        self._evictions = self.source.evictions if self.source is not None else 0
+        self._pinned = {}
         self.layout_ = Layout()
 
     # -- public API used by the app ---------------------------------------------------
@@ -333,15 +368,19 @@ class LogView(ScrollView, can_focus=True):
             return False
         if anchor is None and not self.follow:
             anchor = self._top_anchor()
-        first, end = source.first, source.end
+        if source.evictions != self._evictions:
+            self._prune_dropped()
+        end = source.end
         live = source.live or None
-        if self.filter is not None:
-            matches = self._update_matches(first, end)
-            if live is not None and not self.filter(live):
+        keep = self._keep()
+        if keep is not None:
+            items: Sequence[int] = self._update_matches(source.first, end, keep)
+            if live is not None and self.filter is not None and not self.filter(live):
                 live = None
-            count = len(matches) - self._moff
         else:
-            matches, count = None, end - first
+            items = source.indices()
+        if self._pinned:
+            items = self._with_pinned(items)
         width = self._content_width()
         cum = None
         if self.wrap:
@@ -349,10 +388,10 @@ class LogView(ScrollView, can_focus=True):
                 self._wabs.clear()
                 self._wrows.clear()
             self._wrap_width = width
-            cum = self._wrap_cum(first, end, matches, live, width)
+            cum = self._wrap_cum(items, live, width)
         else:
             self._track_width(end, live)
-        layout = Layout(first, end, live, matches, self._moff, count, cum)
+        layout = Layout(items, end, live, cum)
         self.layout_ = layout
         self._syncing = True
         try:
@@ -373,8 +412,8 @@ class LogView(ScrollView, can_focus=True):
         """Like `self.virtual_size = size` without a re-layout of the whole screen.
 
         The view's own size is fixed by CSS, so only its scrollbars depend on the
-        virtual size; the reactive's layout=True would re-arrange every widget (the
-        65 tabs...) on each sync while the rings fill up.
+        virtual size; the reactive's layout=True would re-arrange every widget on each
+        sync while the rings fill up.
         """
         if size == self.virtual_size:
             return
@@ -396,8 +435,18 @@ class LogView(ScrollView, can_focus=True):
         self.post_message(self.Changed())
 
     def set_filter(self, pattern: str | None) -> None:
-        anchor = None if self.follow else self._top_anchor()
         self.filter = Matcher(pattern) if pattern else None
+        self._refilter()
+
+    def set_rank_mask(self, query, ranks: set[int] | None) -> None:
+        """Which ranks' lines "all ranks" shows: `query` (a RankQuery, for the status
+        line) selected `ranks`; None shows every rank."""
+        self.rank_mask = query
+        self.rank_mask_set = None if query is None else set(ranks or ())
+        self._refilter()
+
+    def _refilter(self) -> None:
+        anchor = None if self.follow else self._top_anchor()
         self._matches, self._moff, self._mscan = [], 0, 0
         self._wabs.clear()
         self._wrows.clear()
@@ -414,6 +463,8 @@ class LogView(ScrollView, can_focus=True):
         self.follow = follow
         if follow:
             self.cursor = None
+            self._pinned.clear()
+            self.sync(force=True)
             self._syncing = True
             try:
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
@@ -425,28 +476,27 @@ class LogView(ScrollView, can_focus=True):
     def find(self, predicate, forward: bool = True, start: int | None = None) -> int | None:
         """The next shown line (absolute index) after `start`/the cursor that matches."""
         layout, source = self.layout_, self.source
-        if source is None or layout.items == 0:
+        if source is None or layout.total_items == 0:
             return None
         if start is None:
             start = self.cursor if self.cursor is not None else (
                 layout.item_abs(layout.row_to_item(int(self.scroll_y))[0]) - (1 if forward else 0)
             )
-        order = self._shown_order(layout, start, forward)
-        for index, text in order:
+        for index, text in self._shown_order(layout, start, forward):
             if predicate(text):
                 return index
         return None
 
     def _shown_order(self, layout: Layout, start: int, forward: bool) -> Iterator[tuple[int, str]]:
         """(index, text) of every shown line after `start`, wrapping around once."""
-        source = self.source
-        items = list(layout.item_abs_list()) if layout.matches is not None else None
+        items = layout.items
+        text = self._text
 
         def texts(lo: int, hi: int) -> Iterator[tuple[int, str]]:
-            if items is None:
-                return source.scan(lo, hi)
+            if isinstance(items, range):
+                return self.source.scan(max(lo, items.start), min(hi, items.stop))
             a, b = bisect_left(items, lo), bisect_left(items, hi)
-            return ((i, source.text(i) or "") for i in items[a:b])
+            return ((i, text(i) or "") for i in items[a:b])
 
         live = layout.live is not None
         first, end = layout.first, layout.end
@@ -465,23 +515,46 @@ class LogView(ScrollView, can_focus=True):
                 yield end, layout.live
             yield from reversed(list(texts(max(start, first), end)))
 
-    def jump_to(self, index: int, center: bool = True) -> None:
-        """Mark line `index` and scroll it into view (pauses follow)."""
+    def jump_to(self, index: int, center: bool = True, match: Matcher | None = None) -> None:
+        """Mark line `index` and scroll it into view (pauses follow); with `match`, also
+        the first place it matches: to the right (scrolled) or on a wrapped row."""
         layout = self.layout_
         self.cursor = index
         self.follow = False
         item = layout.abs_to_item(index)
         row = layout.item_row(item)
+        column = self._match_column(index, match) if match is not None else None
         height = self.scrollable_content_region.height or self.size.height or 1
-        if not (self.scroll_y <= row < self.scroll_y + height):
-            target = max(0, row - height // 3) if center else row
-            self._syncing = True
-            try:
+        width = self.scrollable_content_region.width or self.size.width or 1
+        self._syncing = True
+        try:
+            if self.wrap and column is not None:
+                wrap = self._wrap_width or width
+                row += column[0] // wrap
+                column = None
+            if not (self.scroll_y <= row < self.scroll_y + height):
+                target = max(0, row - height // 3) if center else row
                 self.scroll_to(y=target, animate=False, immediate=True)
-            finally:
-                self._syncing = False
+            if column is not None:
+                start, stop = column
+                if start < self.scroll_x or stop > self.scroll_x + width:
+                    x = max(0, start - width // 4) if stop - start < width else start
+                    self.scroll_to(x=x, animate=False, immediate=True)
+        finally:
+            self._syncing = False
         self.refresh()
         self.post_message(self.Changed())
+
+    def _match_column(self, index: int, match: Matcher) -> tuple[int, int] | None:
+        """Cells [start, stop) of the first match on line `index`, prefix included."""
+        text = self._text(index) if index != self.layout_.end else self.layout_.live
+        if text is None:
+            return None
+        shown = plain(text)
+        for start, stop in match.spans(shown):
+            offset = len(self._prefix(index))
+            return offset + cell_len(shown[:start]), offset + cell_len(shown[:stop])
+        return None
 
     def jump_to_traceback(self) -> bool:
         """The last traceback (else the last error) of this tab's lines; False if none."""
@@ -497,7 +570,7 @@ class LogView(ScrollView, can_focus=True):
             return None
         if self.cursor == self.layout_.end and self.layout_.live is not None:
             return self.layout_.live
-        return self.source.text(self.cursor)
+        return self._text(self.cursor)
 
     def visible_text(self) -> list[str]:
         """The rows on screen as plain text (tests, debugging)."""
@@ -516,6 +589,7 @@ class LogView(ScrollView, can_focus=True):
         elif not self.follow and new_value > old_value and new_value >= self.max_scroll_y:
             self.follow = True
             self.cursor = None
+            self._pinned.clear()
             self.post_message(self.Changed())
 
     def action_follow(self) -> None:
@@ -540,24 +614,102 @@ class LogView(ScrollView, can_focus=True):
 
     def _top_anchor(self) -> tuple[int | None, int]:
         layout = self.layout_
-        if layout.items == 0:
+        if layout.total_items == 0:
             return None, 0
         item, sub = layout.row_to_item(min(int(self.scroll_y), max(0, layout.height - 1)))
         return layout.item_abs(item), sub
 
-    def _update_matches(self, first: int, end: int) -> list[int]:
+    def _shown_ranks(self) -> set[int] | None:
+        return self.rank_mask_set if self.rank_mask is not None else None
+
+    def _text(self, index: int) -> str | None:
+        text = self.source.text(index, self._shown_ranks())
+        if text is None:
+            pinned = self._pinned.get(index)
+            return pinned[0] if pinned else None
+        return text
+
+    def _prefix(self, index: int) -> str:
+        pinned = self._pinned.get(index)
+        if pinned is not None:
+            return pinned[1]
+        return self.source.prefix(index, self._shown_ranks())
+
+    def _keep(self):
+        """The (index, text) -> bool test of the filters, or None when all lines show."""
+        text_filter = self.filter
+        mask = self.rank_mask_set if self.rank_mask is not None else None
+        source = self.source
+        if mask is not None and isinstance(source, CombinedSource):
+            ranks_of = source.ranks_of
+            if text_filter is None:
+                return lambda i, t: any(r in mask for r in ranks_of(i))
+            return lambda i, t: any(r in mask for r in ranks_of(i)) and text_filter(t)
+        if text_filter is None:
+            return None
+        return lambda i, t: text_filter(t)
+
+    def _update_matches(self, first: int, end: int, keep) -> list[int]:
         matches = self._matches
         if self._moff < len(matches) and matches[self._moff] < first:
             self._moff = bisect_left(matches, first, self._moff)
         if self._moff > 4096 and self._moff * 2 > len(matches):
             del matches[: self._moff]
             self._moff = 0
+        # Rows that changed (a rank merged into an earlier row) are tested again.
+        dirty = self.source.dirty_from
+        if dirty < self._mscan:
+            del matches[bisect_left(matches, dirty, self._moff):]
+            self._mscan = dirty
         start = max(self._mscan, first)
         if start < end:
-            match = self.filter
-            matches.extend(i for i, text in self.source.scan(start, end) if match(text))
+            matches.extend(i for i, text in self.source.scan(start, end) if keep(i, text))
         self._mscan = end
-        return matches
+        return matches[self._moff:] if self._moff else matches
+
+    def _prune_dropped(self) -> None:
+        """The source dropped lines from inside its span (fair share): forget them."""
+        self._evictions = self.source.evictions
+        has = self.source.rows.rows if isinstance(self.source, CombinedSource) else None
+        if has is None:
+            return
+        pinned = self._pinned
+        kept = [i for i in self._matches[self._moff:] if i in has or i in pinned]
+        self._matches, self._moff = kept, 0
+        pairs = [(i, n) for i, n in zip(self._wabs, self._wrows) if i in has or i in pinned]
+        self._wabs = deque(i for i, _ in pairs)
+        self._wrows = deque(n for _, n in pairs)
+
+    def _with_pinned(self, items: Sequence[int]) -> Sequence[int]:
+        """A paused view's lines stay where they are: those the ring dropped come from
+        the copy taken when they were shown."""
+        source = self.source
+        missing = sorted(i for i in self._pinned if source.text(i) is None)
+        if not missing:
+            self._pinned = {i: t for i, t in self._pinned.items() if i >= source.first}
+            return items
+        if isinstance(items, range) and missing[-1] < items.start:
+            return missing + list(items)
+        return list(merge(missing, items))
+
+    def _pin_visible(self) -> None:
+        """Copy what a paused view shows, so it stays while lines flood in."""
+        layout = self.layout_
+        height = self.size.height or 1
+        top = int(self.scroll_y)
+        first_item = layout.row_to_item(top)[0]
+        last_item = layout.row_to_item(min(top + height, max(0, layout.height - 1)))[0]
+        pinned = self._pinned
+        shown = self._shown_ranks()
+        for item in range(first_item, min(last_item + 1, layout.count)):
+            index = layout.items[item]
+            if index not in pinned:
+                text = self.source.text(index, shown)
+                if text is not None:
+                    pinned[index] = (text, self.source.prefix(index, shown))
+        if len(pinned) > self.PINNED_MAX:
+            for index in sorted(pinned)[: len(pinned) - self.PINNED_MAX]:
+                del pinned[index]
 
     def _track_width(self, end: int, live: str | None) -> None:
         # Only lines new since the last sync; the widest line seen sets the scroll range.
@@ -570,25 +722,24 @@ class LogView(ScrollView, can_focus=True):
         self._max_width = widest
         self._wscan = end
 
-    def _wrap_cum(self, first, end, matches, live, width) -> list[int]:
+    def _wrap_cum(self, items: Sequence[int], live: str | None, width: int) -> list[int]:
         wabs, wrows = self._wabs, self._wrows
-        source = self.source
-        low = first if matches is None else (matches[self._moff] if len(matches) > self._moff else end)
+        low = items[0] if len(items) else self.source.end
         while wabs and wabs[0] < low:
             wabs.popleft()
             wrows.popleft()
-        dirty = source.dirty_from
+        if wabs and wabs[0] > low:  # lines before the cached ones (pinned): count again
+            wabs.clear()
+            wrows.clear()
+        dirty = self.source.dirty_from
         while wabs and wabs[-1] >= dirty:
             wabs.pop()
             wrows.pop()
-        start = wabs[-1] + 1 if wabs else first
-        if matches is None:
-            new = source.scan(start, end)
-        else:
-            a = bisect_left(matches, start, self._moff)
-            new = ((i, source.text(i)) for i in matches[a:])
-        pw = source.prefix_width
-        for index, text in new:
+        start = wabs[-1] + 1 if wabs else low
+        pw = self.source.prefix_width
+        text_of = self._text
+        for index in items[bisect_left(items, start):]:
+            text = text_of(index) or ""
             wabs.append(index)
             w = (len(text) if text.isascii() and text.isprintable() else width_of(text)) + pw
             wrows.append(-(-w // width) if w > width else 1)
@@ -598,6 +749,11 @@ class LogView(ScrollView, can_focus=True):
         return list(accumulate(rows, initial=0))
 
     # -- rendering -----------------------------------------------------------------------
+
+    def render_lines(self, crop):
+        if not self.follow and self.source is not None:
+            self._pin_visible()
+        return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
         self.renders += 1
@@ -611,7 +767,7 @@ class LogView(ScrollView, can_focus=True):
         item, sub = layout.row_to_item(row)
         index = layout.item_abs(item)
         is_live = index == layout.end and layout.live is not None
-        text = layout.live if is_live else self.source.text(index)
+        text = layout.live if is_live else self._text(index)
         if text is None:  # dropped from the ring since the last sync
             return Strip.blank(width, base)
         strip, line_style = self._line_strip(index, text, is_live, base)
@@ -641,7 +797,7 @@ class LogView(ScrollView, can_focus=True):
         if self.search is not None:
             for start, stop in self.search.spans(text.plain):
                 text.stylize(palette.match, start, stop)
-        prefix = self.source.prefix(index)
+        prefix = self._prefix(index)
         segments = []
         if prefix:
             segments.append(Segment(prefix, line_style + palette.prefix))

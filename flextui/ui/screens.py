@@ -6,30 +6,45 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Button, Static
 
-from flextui.diagnosis import outcome_text, verdict
+from flextui.diagnosis import outcome_groups, verdict
 from flextui.model import JobModel
-from flextui.ui.format import fmt_duration
+from flextui.modes.elastic import ElasticJobModel
+from flextui.ui.collapse import format_ranks
+from flextui.ui.format import fmt_duration, status_key
 from flextui.ui.theming import Palette
 
 
 class ConfirmScreen(ModalScreen[bool]):
+    """A question with two real buttons: click them, or Enter/←/→ on the focused one,
+    or y / n / Esc from anywhere in the dialog."""
+
+    AUTO_FOCUS = "#yes"
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes"),
+        Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
+        Binding("left", "app.focus_previous", "Previous button", show=False),
+        Binding("right", "app.focus_next", "Next button", show=False),
     ]
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, yes: str = "Yes", no: str = "Cancel") -> None:
         super().__init__()
-        self.question = question
+        self.question, self.yes, self.no = question, yes, no
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(self.question, id="question")
-            yield Static("[b]y[/b] / Enter: yes    [b]n[/b] / Esc: no", id="answers")
+            with Horizontal(id="answers"):
+                yield Button(self.yes, id="yes", variant="error")
+                yield Button(self.no, id="no")
+            yield Static("[b]y[/b] / Enter: yes    [b]n[/b] / Esc: no", id="keys")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
@@ -63,34 +78,41 @@ class HelpScreen(ModalScreen[None]):
         await self.app.run_action(name)
 
 
-def summary_renderable(model: JobModel, palette: Palette, now: float) -> Table:
-    """Every rank's outcome, coloured by status, first failure marked."""
+def summary_renderable(model: JobModel, palette: Palette, now: float,
+                       stopped_by_user: set[int] = frozenset()) -> Table:
+    """Every rank's outcome, identical outcomes grouped ("0-63 stopped by flextui (SIGTERM)")."""
     table = Table(expand=False, box=None, padding=(0, 1), header_style=palette.header)
-    for name, justify in (("", "left"), ("RANK", "right"), ("HOST", "left"), ("GPU", "right"),
-                          ("PID", "right"), ("OUTCOME", "left"), ("DURATION", "right"),
-                          ("LINES", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
-    first = model.first_failure
-    end = model.ended_at or now
-    for r in model.ranks:
-        style = palette.status[r.status.value]
+    for name, justify, wrap in (("", "left", False), ("RANKS", "right", True), ("OUTCOME", "left", True),
+                                ("HOSTS", "left", True), ("DURATION", "right", False),
+                                ("LINES", "right", False)):
+        table.add_column(name, justify=justify, no_wrap=not wrap, overflow="fold")
+    ranks = model.current_ranks if isinstance(model, ElasticJobModel) else model.ranks
+    for group in outcome_groups(model, ranks, now, stopped_by_user):
+        lo, hi = fmt_duration(group.shortest), fmt_duration(group.longest)
+        hosts = group.hosts
         table.add_row(
-            Text("▶", palette.first_failure) if r is first else "",
-            str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"),
-            Text(outcome_text(r), style), fmt_duration(r.runtime(end)), str(r.line_count),
+            Text("▶", palette.first_failure) if group.first_failure else "",
+            format_ranks(group.ranks),
+            Text(group.outcome, palette.status[status_key(group.rank)]),
+            ", ".join(hosts) if len(hosts) <= 3 else f"{len(hosts)} hosts",
+            lo if lo == hi else f"{lo}–{hi}", f"{group.lines:,}",
         )
     return table
 
 
-def verdict_text(model: JobModel, palette: Palette, now: float, launch_error: str | None) -> Text:
+def verdict_text(model: JobModel, palette: Palette, now: float, launch_error: str | None,
+                 stop_note: str | None = None) -> Text:
+    """The verdict; `stop_note` says why when the model has no reason (the user stopped
+    ranks or nodes one by one, so the job ended "aborted")."""
     v = verdict(model, now, launch_error)
     text = Text()
     text.append(f"job {v.state}", palette.status[v.key] + palette.bold)
     if v.exit_code is not None:
         text.append(f" (exit code {v.exit_code})", palette.status[v.key])
-    if v.reason:
+    reason = v.reason or stop_note
+    if reason:
         style = {"first_failure": palette.first_failure, "error": palette.status["failed"]}.get(v.kind)
-        text.append(f"; {v.reason}", style)
+        text.append(f"; {reason}", style)
     return text
 
 
@@ -102,17 +124,23 @@ class SummaryScreen(ModalScreen[None]):
     ]
 
     def __init__(self, model: JobModel, palette: Palette, now: float,
-                 launch_error: str | None, run_dir: str | None) -> None:
+                 launch_error: str | None, run_dir: str | None, reason: str | None = None,
+                 stopped_by_user: set[int] = frozenset()) -> None:
         super().__init__()
         self.model, self.palette, self.now = model, palette, now
         self.launch_error, self.run_dir = launch_error, run_dir
+        self.reason, self.stopped_by_user = reason, stopped_by_user
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
-            yield Static(verdict_text(self.model, self.palette, self.now, self.launch_error),
-                         id="verdict")
-            yield Static(summary_renderable(self.model, self.palette, self.now), id="summary-table")
-            hint = "Esc: back to the logs   x: first failure   q: quit"
+            yield Static(verdict_text(self.model, self.palette, self.now, self.launch_error,
+                                      self.reason), id="verdict")
+            yield Static(summary_renderable(self.model, self.palette, self.now,
+                                            self.stopped_by_user), id="summary-table")
+            hint = "Esc: back to the logs"
+            if self.model.first_failure is not None:
+                hint += "   x: first failure"
+            hint += "   q: quit"
             if self.run_dir:
                 hint += f"\nfull logs and summary.json: {self.run_dir}"
             yield Static(Text(hint, style=self.palette.muted), id="hint")

@@ -68,6 +68,9 @@ class FakeJob:
     def stop_rank(self, rank: int) -> None:
         self.calls.append(("stop_rank", rank))
 
+    def kill_rank(self, rank: int) -> None:
+        self.calls.append(("kill_rank", rank))
+
     def stop_node(self, node_rank: int) -> None:
         self.calls.append(("stop_node", node_rank))
 

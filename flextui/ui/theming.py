@@ -35,6 +35,7 @@ STATUS_VARIABLES = {
     "status-failed": "#F2606E",
     "status-killed": "#F0904A",
     "status-lost": "#C08CF0",
+    "status-stopped": "#A88B6A",
     "first-failure": "#FF4757",
     "log-prefix": "#6F7C93",
     "log-match": "#6B4E00",
@@ -167,7 +168,7 @@ class Palette:
 
         self.status = {
             key: Style(color=color(f"status-{key}"))
-            for key in ("pending", "running", "exited", "failed", "killed", "lost")
+            for key in ("pending", "running", "exited", "failed", "killed", "lost", "stopped")
         }
         self.first_failure = Style(color=color("first-failure"), bold=True)
         self.prefix = Style(color=color("log-prefix"))
@@ -183,4 +184,5 @@ class Palette:
         # Background only, so status colours stay readable on the selected row.
         self.row_cursor = Style(bgcolor=color("row-cursor"))
         self.row_cursor_blurred = Style(bgcolor=color("log-cursor"))
+        self.tab_active = Style(bgcolor=color("row-cursor"), bold=True, underline=True)
         self.header = Style(color=color("foreground-muted", "#808080"), bold=True)

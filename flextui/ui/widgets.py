@@ -11,71 +11,101 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
+from textual.widgets import Button, Static
 
 from flextui.diagnosis import elastic_bar_text, status_text, verdict
-from flextui.model import JobModel, RankStatus
+from flextui.model import JobModel, RankState
 from flextui.modes.elastic import ElasticJobModel
-from flextui.ui.format import fmt_duration, fmt_rate
+from flextui.ui.format import fmt_duration, fmt_rate, status_key
 from flextui.ui.logview import plain
+from flextui.ui.rankview import (
+    NODE, RANK, Column, Context, TableOrder, build_rows, columns_for, fit, fitting, node_summary,
+)
 from flextui.ui.theming import Palette
 
 
-class Columns:
-    """Column widths shared by the header and the rows."""
-
-    def __init__(self, model: JobModel) -> None:
-        ranks = model.ranks
-        self.rank = max(4, len(str(len(ranks) - 1)))
-        self.host = min(24, max(4, *(len(r.info.host) for r in ranks)))
-        self.local = 5
-        self.gpu = max(3, *(len(str(r.info.gpu)) for r in ranks))
-        self.pid = 7
-        self.status = 15
-        self.runtime = 8
-        self.rate = 7
-
-    def cells(self, mark: str, rank: str, host: str, local: str, gpu: str, pid: str,
-              status: str, runtime: str, rate: str) -> list[str]:
-        host = host if len(host) <= self.host else host[: self.host - 1] + "…"
-        return [
-            mark, rank.rjust(self.rank), host.ljust(self.host), local.rjust(self.local),
-            gpu.rjust(self.gpu), pid.rjust(self.pid), status.ljust(self.status)[: self.status],
-            runtime.rjust(self.runtime), rate.rjust(self.rate),
-        ]
-
-
-HEADER = ("", "RANK", "HOST", "LOCAL", "GPU", "PID", "STATUS", "RUNTIME", "LINES/S")
-
-
 class RankHeader(Widget):
+    """The table's column titles (click one to sort by it), the sort and the filter."""
+
     DEFAULT_CSS = """
     RankHeader { height: 1; background: $panel; }
     """
 
-    def __init__(self, columns: Columns, *, id: str | None = None) -> None:
+    class SortClicked(Message):
+        def __init__(self, column: str) -> None:
+            super().__init__()
+            self.column = column
+
+    def __init__(self, table: RankTable, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.columns = columns
+        self.table = table
         self.palette: Palette | None = None
+        self._spans: list[tuple[int, int, str]] = []  # (x0, x1, column) for clicks
 
     def render_line(self, y: int) -> Strip:
         base = self.rich_style
-        style = base + self.palette.header if self.palette else base
-        text = " ".join(self.columns.cells(*HEADER)) + " LAST LINE"
-        return Strip([Segment(text, style)]).crop_extend(0, self.size.width, base)
+        width = self.size.width
+        palette = self.palette
+        style = base + palette.header if palette else base
+        table = self.table
+        order = table.order
+        # The first column shows where the keys go: "▌" while the table has the focus.
+        focused = table.has_focus and palette is not None
+        segments, x = [Segment("▌" if focused else " ", base + palette.accent if focused else style)], 1
+        segments.append(Segment(" " * (2 if order.grouped else 0), style))
+        x += 2 if order.grouped else 0
+        self._spans = []
+        for column in table.shown_columns():
+            title = column.header
+            if column.name == order.sort:  # the arrow on the side away from the values
+                arrow = "▲" if not order.reverse else "▼"
+                title = arrow + title if column.right else title + arrow
+            cell = title.rjust(column.width) if column.right else title.ljust(column.width)
+            sorted_here = column.name == order.sort and palette is not None
+            segments.append(Segment(cell, style + palette.accent if sorted_here else style))
+            segments.append(Segment(" ", style))
+            if column.sort is not None:
+                self._spans.append((x, x + len(cell), column.name))
+            x += len(cell) + 1
+        segments.append(Segment("LAST LINE", style))
+        x += 9
+        note = table.describe_filter()
+        if note and palette is not None:
+            room = width - x - 2
+            if room > 8:
+                note = note if len(note) <= room else note[: room - 1] + "…"
+                segments.append(Segment(" " * (width - x - len(note)), style))
+                segments.append(Segment(note, base + palette.accent))
+        return Strip(segments).crop_extend(0, width, base)
+
+    def on_click(self, event: Click) -> None:
+        for x0, x1, name in self._spans:
+            if x0 <= event.x < x1:
+                self.post_message(self.SortClicked(name))
+                return
 
 
 class RankTable(ScrollView, can_focus=True):
-    """One row per rank, re-drawn from the model on every tick (only visible rows)."""
+    """One row per rank (or per node, grouped), drawn from the model (only visible rows).
+
+    Which ranks and in which order comes from rankview.build_rows (sort, filter, group);
+    the cursor sticks to the rank (or node) it is on when the order changes.
+    """
 
     BINDINGS = [
         Binding("up", "cursor(-1)", "Previous rank", show=False),
         Binding("down", "cursor(1)", "Next rank", show=False),
-        Binding("pageup", "cursor(-10)", "10 ranks up", show=False),
-        Binding("pagedown", "cursor(10)", "10 ranks down", show=False),
-        Binding("home", "cursor(-1000000)", "First rank", show=False),
-        Binding("end", "cursor(1000000)", "Last rank", show=False),
-        Binding("enter", "select", "Open the rank's tab (or click the row)", show=False),
+        Binding("pageup", "cursor(-10)", "10 rows up", show=False),
+        Binding("pagedown", "cursor(10)", "10 rows down", show=False),
+        Binding("ctrl+home", "cursor(-1000000)", "First row", show=False),
+        Binding("ctrl+end", "cursor(1000000)", "Last row", show=False),
+        Binding("enter", "select", "Open the rank's log (on a node row: fold/unfold it)",
+                show=False),
+        Binding("left", "fold(True)", "Fold the node (grouped by node)", show=False),
+        Binding("right", "fold(False)", "Unfold the node (grouped by node)", show=False),
+        Binding("space", "fold(None)", "Fold/unfold the node (grouped by node)", show=False),
     ]
 
     DEFAULT_CSS = """
@@ -87,40 +117,160 @@ class RankTable(ScrollView, can_focus=True):
             super().__init__()
             self.rank = rank
 
-    def __init__(self, model: JobModel, columns: Columns, *, id: str | None = None) -> None:
+    class Moved(Message):
+        """The cursor is on another rank or node (the detail panel follows it)."""
+
+    def __init__(self, model: JobModel, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.model = model
-        self.columns = columns
+        self.columns = columns_for(model)
+        self.order = TableOrder()
+        self.ctx = Context(model, rates=[0.0] * len(model.ranks))
         self.palette: Palette | None = None
-        self.rates: list[float] = [0.0] * len(model.ranks)
-        self.now = 0.0
+        self.rows: list[tuple[int, int]] = [(RANK, r.rank) for r in model.ranks]
+        self.ranks_in_order: list[int] = [r.rank for r in model.ranks]
         self.cursor = 0
-        self.virtual_size = Size(0, len(model.ranks))
+        self.virtual_size = Size(0, len(self.rows))
+
+    @property
+    def rates(self) -> list[float]:
+        return self.ctx.rates
+
+    @rates.setter
+    def rates(self, rates: list[float]) -> None:
+        self.ctx.rates = rates
+
+    @property
+    def now(self) -> float:
+        return self.ctx.now
+
+    @now.setter
+    def now(self, now: float) -> None:
+        self.ctx.now = now
 
     def on_mount(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self.model.ranks))
+        self.virtual_size = Size(self.size.width, len(self.rows))
+
+    # -- order ------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Recompute the rows (sort/filter/group or the ranks' state changed)."""
+        current = self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+        self.rows, self.ranks_in_order = build_rows(self.model, self.ctx, self.order, self.columns)
+        if current is not None and current in self.rows:
+            self.cursor = self.rows.index(current)
+        elif current is not None and current[0] == RANK and self.order.grouped:
+            node = (NODE, self.model.ranks[current[1]].info.node_rank)
+            self.cursor = self.rows.index(node) if node in self.rows else 0
+        self.cursor = max(0, min(self.cursor, len(self.rows) - 1))
+        self.virtual_size = Size(self.size.width, len(self.rows))
+        self._scroll_to_cursor()
+        self.refresh()
+        if self.rows[self.cursor:self.cursor + 1] != [current]:
+            self.post_message(self.Moved())
+
+    def set_order(self, **changes) -> None:
+        """The user changed the order: the table shows its top (the first failure, when
+        sorted by status)."""
+        for name, value in changes.items():
+            setattr(self.order, name, value)
+        self.rebuild()
+        self.move_to_row(0)
+        self.scroll_to(y=0, animate=False, immediate=True)
+
+    def shown_columns(self) -> list[Column]:
+        width = self.size.width or 200
+        if getattr(self, "_fitted", (None,))[0] != width:
+            self._fitted = (width, fitting(self.columns, width))
+        return self._fitted[1]
+
+    @property
+    def matched(self) -> int:
+        return len(self.ranks_in_order)
+
+    def describe_filter(self) -> str:
+        parts = []
+        if self.order.query:
+            parts.append(f"filter “{self.order.query.text}”: {self.matched} of {len(self.model.ranks)}")
+        if self.order.grouped:
+            parts.append("by node")
+        return "  ".join(parts)
+
+    # -- cursor -----------------------------------------------------------------------
+
+    def selected(self) -> tuple[int, int] | None:
+        return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+
+    def selected_rank(self) -> RankState | None:
+        row = self.selected()
+        return self.model.ranks[row[1]] if row and row[0] == RANK else None
+
+    def selected_node(self) -> int | None:
+        row = self.selected()
+        if row is None:
+            return None
+        return row[1] if row[0] == NODE else self.model.ranks[row[1]].info.node_rank
 
     def move_cursor(self, rank: int) -> None:
-        rank = max(0, min(rank, len(self.model.ranks) - 1))
-        self.cursor = rank
-        height = self.scrollable_content_region.height or 1
-        if rank < self.scroll_y:
-            self.scroll_to(y=rank, animate=False, immediate=True)
-        elif rank >= self.scroll_y + height:
-            self.scroll_to(y=rank - height + 1, animate=False, immediate=True)
+        """Put the cursor on a rank (unfolding its node; not if the filter hides it)."""
+        if not 0 <= rank < len(self.model.ranks):
+            return
+        if self.order.grouped:
+            node = self.model.ranks[rank].info.node_rank
+            if node in self.order.collapsed:
+                self.order.collapsed.discard(node)
+                self.rebuild()
+        if (RANK, rank) in self.rows:
+            self.move_to_row(self.rows.index((RANK, rank)))
+
+    def move_to_row(self, row: int) -> None:
+        row = max(0, min(row, len(self.rows) - 1))
+        moved = row != self.cursor
+        self.cursor = row
+        self._scroll_to_cursor()
         self.refresh()
+        if moved:
+            self.post_message(self.Moved())
+
+    def _scroll_to_cursor(self) -> None:
+        height = self.scrollable_content_region.height or 1
+        if self.cursor < self.scroll_y:
+            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+        elif self.cursor >= self.scroll_y + height:
+            self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
 
     def action_cursor(self, delta: int) -> None:
-        self.move_cursor(self.cursor + delta)
+        self.move_to_row(self.cursor + delta)
 
     def action_select(self) -> None:
-        self.post_message(self.Selected(self.cursor))
+        row = self.selected()
+        if row is None:
+            return
+        if row[0] == NODE:
+            self.action_fold(None)
+        else:
+            self.post_message(self.Selected(row[1]))
+
+    def action_fold(self, fold: bool | None) -> None:
+        node = self.selected_node()
+        if not self.order.grouped or node is None:
+            return
+        collapsed = self.order.collapsed
+        fold = node not in collapsed if fold is None else fold
+        if fold == (node in collapsed):
+            return
+        if fold:
+            collapsed.add(node)
+            self.cursor = self.rows.index((NODE, node))  # the cursor moves up to the node row
+        else:
+            collapsed.discard(node)
+        self.rebuild()
 
     def on_click(self, event: Click) -> None:
-        rank = int(self.scroll_y) + event.y
-        if 0 <= rank < len(self.model.ranks):
-            self.move_cursor(rank)
-            self.post_message(self.Selected(rank))
+        row = int(self.scroll_y) + event.y
+        if 0 <= row < len(self.rows):
+            self.move_to_row(row)
+            self.action_select()
 
     def on_focus(self) -> None:
         self.refresh()
@@ -128,43 +278,67 @@ class RankTable(ScrollView, can_focus=True):
     def on_blur(self) -> None:
         self.refresh()
 
+    # -- drawing ------------------------------------------------------------------------
+
     def render_line(self, y: int) -> Strip:
         base = self.rich_style
         width = self.size.width
         index = int(self.scroll_y) + y
         palette = self.palette
-        if palette is None or index >= len(self.model.ranks):
+        if palette is None or index >= len(self.rows):
             return Strip.blank(width, base)
-        model = self.model
-        rank = model.ranks[index]
-        info = rank.info
-        first = model.first_failure is rank
-        status_style = palette.status[rank.status.value]
         if index == self.cursor:
             row_style = base + (palette.row_cursor if self.has_focus else palette.row_cursor_blurred)
         else:
             row_style = base
-        runtime = fmt_duration(rank.runtime(self.now)) if rank.started_at is not None else "-"
-        rate = fmt_rate(self.rates[index]) if rank.status is RankStatus.RUNNING else "-"
-        if info.node_rank < 0:  # --elastic: a planned slot outside the current world
-            cells = self.columns.cells(" ", str(info.rank), "-", "-", "-", "-", "idle", "-", "-")
-            status_style = palette.muted
+        kind, ident = self.rows[index]
+        if kind == NODE:
+            segments = self._node_segments(ident, row_style, palette)
         else:
-            cells = self.columns.cells(
-                "▶" if first else " ", str(info.rank), info.host, str(info.local_rank),
-                str(info.gpu), str(rank.pid or "-"), status_text(rank), runtime, rate,
-            )
-        segments = [
-            Segment(cells[0], row_style + palette.first_failure),
-            Segment(" " + " ".join(cells[1:6]) + " ", row_style),
-            Segment(cells[6], row_style + status_style + (palette.bold if first else Style())),
-            Segment(" " + " ".join(cells[7:9]) + " ", row_style),
-        ]
-        used = sum(len(s.text) for s in segments)
-        last = plain(rank.last_line)
-        if width > used:
-            segments.append(Segment(last[: width - used], row_style + palette.muted))
+            segments = self._rank_segments(self.model.ranks[ident], row_style, palette, width)
         return Strip(segments).crop_extend(0, width, row_style)
+
+    def _rank_segments(self, rank: RankState, row_style: Style, palette: Palette,
+                       width: int) -> list[Segment]:
+        model, ctx = self.model, self.ctx
+        first = model.first_failure is rank
+        status_style = palette.status[status_key(rank)]
+        indent = "  " if self.order.grouped else ""
+        segments = [Segment(indent, row_style),
+                    Segment("▶" if first else " ", row_style + palette.first_failure)]
+        idle = rank.info.node_rank < 0  # --elastic: a planned slot outside the current world
+        for column in self.shown_columns():
+            if idle:
+                text = {"rank": str(rank.rank), "status": "idle"}.get(column.name, "-")
+            else:
+                text = column.cell(rank, ctx)
+            style = row_style
+            if column.name == "status":
+                style = row_style + (palette.muted if idle else status_style)
+                if first:
+                    style += palette.bold
+            segments.append(Segment(fit(text, column), style))
+            segments.append(Segment(" ", row_style))
+        used = sum(len(s.text) for s in segments)
+        if width > used:
+            segments.append(Segment(plain(rank.last_line)[: width - used], row_style + palette.muted))
+        return segments
+
+    def _node_segments(self, node_rank: int, row_style: Style, palette: Palette) -> list[Segment]:
+        node = self.model.nodes[node_rank]
+        folded = node_rank in self.order.collapsed
+        segments = [
+            Segment(("▸ " if folded else "▾ "), row_style + palette.accent),
+            Segment(f"{node.host}", row_style + palette.bold),
+            Segment(f"  node {node_rank} · ranks {node.ranks.start}-{node.ranks.stop - 1}  ",
+                    row_style + palette.muted),
+        ]
+        for key, count in node_summary(self.model, node_rank):
+            word = {"exited": "done"}.get(key, key)
+            segments.append(Segment(f"{count} {word}  ", row_style + palette.status[key]))
+        if node.lost and node.error:
+            segments.append(Segment(node.error, row_style + palette.status["lost"]))
+        return segments
 
 
 class JobBar(Widget):
@@ -196,8 +370,12 @@ class JobBar(Widget):
 
 
 def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | None,
-                  total_rate: float, quitting: bool, launch_error: str | None) -> tuple[Text, Text]:
-    counts = model.counts()
+                  total_rate: float, quitting: bool, launch_error: str | None,
+                  stop_note: str | None = None) -> tuple[Text, Text]:
+    # The same words as the table: ranks flextui stopped are "stopped", not "killed".
+    counts = dict.fromkeys(("pending", "running", "exited", "failed", "killed", "lost", "stopped"), 0)
+    for rank in (model.current_ranks if isinstance(model, ElasticJobModel) else model.ranks):
+        counts[status_key(rank)] += 1
     end = model.ended_at or now
     head = Text()
     head.append("flextui ", palette.accent)
@@ -212,6 +390,7 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
     for key, glyph, word in (
         ("pending", "○", "pending"), ("running", "●", "running"), ("exited", "✓", "done"),
         ("failed", "✗", "failed"), ("killed", "☠", "killed"), ("lost", "?", "lost"),
+        ("stopped", "■", "stopped"),
     ):
         n = counts[key]
         if n or key in ("running", "exited"):
@@ -229,8 +408,8 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
         second.append("  (x: show it)", palette.muted)
     elif v.kind == "error":
         second.append(f"  error: {v.reason}", palette.status["failed"])
-    elif v.kind == "stop":
-        second.append(f"  {v.reason}", palette.muted)
+    elif v.kind == "stop" or stop_note:
+        second.append(f"  {v.reason or stop_note}", palette.muted)
     if model.state.value == "stopping" and not quitting:
         second.append("  Ctrl+C again: kill now", palette.muted)
     elif quitting and not model.state.finished:
@@ -240,3 +419,147 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
     if run_dir:
         second.append(f"  logs: {run_dir}", palette.muted)
     return head, second
+
+
+class TabStrip(Widget):
+    """"all ranks" and one tab per rank in the table's order, as many as fit around the
+    active one (a Line-API strip: 512 tabs cost one line). Beyond what fits: `:` picks."""
+
+    DEFAULT_CSS = """
+    TabStrip { height: 1; background: $panel; }
+    """
+
+    class Clicked(Message):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.keys: list[str] = ["all"]
+        self.labels: dict[str, Text] = {}
+        self.active = "all"
+        self.palette: Palette | None = None
+        self._spans: list[tuple[int, int, str]] = []
+
+    def set(self, keys: list[str], labels: dict[str, Text], active: str) -> None:
+        self.keys, self.labels, self.active = keys, labels, active
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        base = self.rich_style
+        width = self.size.width
+        palette = self.palette
+        if palette is None or not self.keys:
+            return Strip.blank(width, base)
+        cells = [(key, self.labels.get(key) or Text(key)) for key in self.keys]
+        active = self.keys.index(self.active) if self.active in self.keys else 0
+        widths = [label.cell_len + 2 for _, label in cells]
+        # "all ranks" always shows; then a window of rank tabs around the active one.
+        lo = hi = max(1, active)
+        used = widths[0] + (widths[lo] if lo < len(cells) else 0)
+        room = width - 12  # for the "◂ N" / "N ▸" counts
+        while True:
+            grown = False
+            if hi + 1 < len(cells) and used + widths[hi + 1] <= room:
+                hi += 1
+                used += widths[hi]
+                grown = True
+            if lo - 1 >= 1 and used + widths[lo - 1] <= room:
+                lo -= 1
+                used += widths[lo]
+                grown = True
+            if not grown:
+                break
+        shown = [0, *range(lo, min(hi, len(cells) - 1) + 1)] if len(cells) > 1 else [0]
+        segments: list[Segment] = []
+        self._spans = []
+        x = 0
+        for n, i in enumerate(shown):
+            if n == 1 and lo > 1:
+                more = f" ◂{lo - 1} "
+                segments.append(Segment(more, base + palette.muted))
+                x += len(more)
+            key, label = cells[i]
+            label = label.copy()
+            style = base + (palette.tab_active if i == active else Style())
+            label.stylize_before(style)
+            segments.append(Segment(" ", style))
+            segments.extend(label.render(self.app.console))
+            segments.append(Segment(" ", style))
+            self._spans.append((x, x + widths[i], key))
+            x += widths[i]
+        if hi < len(cells) - 1:
+            segments.append(Segment(f" {len(cells) - 1 - hi}▸ (: more)", base + palette.muted))
+        return Strip(segments).crop_extend(0, width, base)
+
+    def on_click(self, event: Click) -> None:
+        for x0, x1, key in self._spans:
+            if x0 <= event.x < x1:
+                self.post_message(self.Clicked(key))
+                return
+
+
+class RankPanel(Vertical):
+    """The selected rank (or node): where it runs, how it is doing, its last error line,
+    and buttons that stop or kill it, its node or the job (each asks first)."""
+
+    BUTTONS = (  # id, label, app action, tooltip
+        ("stop-rank", "Stop rank k", "stop_rank", "SIGTERM the rank's process tree, SIGKILL after the grace"),
+        ("kill-rank", "Kill rank ^k", "kill_rank", "SIGKILL the rank's process tree now"),
+        ("stop-node", "Stop node K", "stop_node", "SIGTERM every rank on the rank's node"),
+        ("abort-job", "Abort job ^c", "confirm_abort", "SIGTERM every rank, SIGKILL after the grace"),
+    )
+
+    def compose(self):
+        yield Static(id="rank-info")
+        with Horizontal(id="rank-buttons"):
+            for ident, label, _, tooltip in self.BUTTONS:
+                button = Button(label, id=ident, compact=True,
+                                variant="error" if ident in ("kill-rank", "abort-job") else "warning")
+                button.tooltip = tooltip
+                yield button
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        action = {ident: action for ident, _, action, _ in self.BUTTONS}.get(event.button.id or "")
+        if action:
+            await self.app.run_action(action)
+
+    def show(self, info: Text, enabled: dict[str, bool]) -> None:
+        static = self.query_one("#rank-info", Static)
+        if getattr(self, "_info_key", None) != (info.plain, info.spans):
+            self._info_key = (info.plain, info.spans)
+            static.update(info)
+        for ident, on in enabled.items():
+            self.query_one(f"#{ident}", Button).disabled = not on
+
+
+def rank_detail(rank: RankState, ctx: Context, palette: Palette, last_error: str | None) -> Text:
+    info = rank.info
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"rank {rank.rank}", palette.bold)
+    text.append(f"  {info.host}  local {info.local_rank}  gpu {info.gpu}  pid {rank.pid or '-'}  ")
+    text.append(status_text(rank), palette.status[status_key(rank)] + palette.bold)
+    if rank.started_at is not None:
+        text.append(f"  {fmt_duration(rank.runtime(ctx.now))}")
+    if rank.status.value == "running":
+        text.append(f"  {fmt_rate(ctx.rate(rank))} lines/s", palette.muted)
+    text.append(f"  {rank.line_count:,} lines", palette.muted)
+    if last_error:
+        text.append("  last error: ", palette.muted)
+        text.append(plain(last_error).strip(), palette.error)
+    return text
+
+
+def node_detail(model: JobModel, node_rank: int, palette: Palette) -> Text:
+    node = model.nodes[node_rank]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"node {node.host}", palette.bold)
+    text.append(f"  node rank {node_rank}  ranks {node.ranks.start}-{node.ranks.stop - 1}  "
+                f"launcher pid {node.launcher_pid or '-'}  ")
+    for key, count in node_summary(model, node_rank):
+        text.append(f"{count} {'done' if key == 'exited' else key}  ", palette.status[key])
+    if node.error:
+        text.append(node.error, palette.status["lost" if node.lost else "failed"])
+    return text
