@@ -433,6 +433,12 @@ class Job:
         if 0 <= rank < len(ranks):
             self.send([ranks[rank].info.node_rank], {"cmd": "stop_rank", "rank": rank})
 
+    def kill_rank(self, rank: int) -> None:
+        """SIGKILL one rank's process tree now, no grace (the Kill rank button)."""
+        ranks = self.model.ranks
+        if 0 <= rank < len(ranks):
+            self.send([ranks[rank].info.node_rank], {"cmd": "kill_rank", "rank": rank})
+
     def stop_node(self, node_rank: int) -> None:
         """Stop a node's ranks (in --elastic: take the node out of the job)."""
         for command in self.mode.stop_node_commands(self.world, node_rank):

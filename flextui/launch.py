@@ -86,6 +86,7 @@ node N only (a shared stdin), the others ignore it:
     {"cmd": "stop", "reason": str}   SIGTERM every process tree, SIGKILL after the grace
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
+    {"cmd": "kill_rank", "rank": r}  SIGKILL one worker's tree (and process group) now
     {"cmd": "ping"}                  the console is alive (sent every few seconds); with
                                      "reply": true the launcher answers {"ev": "pong", "t": float},
                                      for channels with no keepalive of their own (MPI)
@@ -144,6 +145,7 @@ Commands (besides stop, kill and ping):
         when they appear: a peer node is gone, so they would fail or hang; the agent then
         restarts them and re-rendezvous with whoever is left
     {"cmd": "stop_rank", "rank": r}  stop a worker of the current group (the agent restarts)
+    {"cmd": "kill_rank", "rank": r}  SIGKILL a worker of the current group (the agent restarts)
 A worker that fails is the agent's business (restart up to --max-restarts), not a reason
 to stop; the launcher ends when the agent has, exiting with the agent's status.
 """
@@ -1064,12 +1066,17 @@ class FixedLauncher(NodeLauncher):
             self.begin_stop(f"rank {worker.rank} failed")
 
     def on_command(self, command: dict) -> None:
-        if command.get("cmd") != "stop_rank":
+        kind = command.get("cmd")
+        if kind not in ("stop_rank", "kill_rank"):
             return super().on_command(command)
         worker = next((w for w in self.workers if w.rank == command.get("rank") and not w.exited), None)
         if worker is not None:
             worker.stopped = True
-            self.stop_tree(lambda: self.group.tree(worker.pid))
+            if kind == "kill_rank":
+                signal_all(self.group.tree(worker.pid), signal.SIGKILL)
+                _killpg(worker.pid, signal.SIGKILL)
+            else:
+                self.stop_tree(lambda: self.group.tree(worker.pid))
 
     def tails(self) -> list[LogTail]:
         return [w.log for w in self.workers if not w.exited]
@@ -1263,11 +1270,15 @@ class ElasticLauncher(NodeLauncher):
             for group in self.groups:
                 if group.identity == identity and group.announced:
                     self.stop_group(group, reason)
-        elif kind == "stop_rank":
+        elif kind in ("stop_rank", "kill_rank"):
             for group in self.groups[-1:]:
                 for worker in group.workers.values():
                     if worker.rank == command.get("rank") and not worker.exited:
-                        self.stop_worker(worker)
+                        if kind == "kill_rank":
+                            worker.stopped = True
+                            signal_all(worker.tree(), signal.SIGKILL)
+                        else:
+                            self.stop_worker(worker)
         else:
             super().on_command(command)
 

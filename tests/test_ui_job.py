@@ -229,3 +229,29 @@ async def test_a_progress_bar_shows_as_one_live_line_while_it_is_drawn(local_job
         await pilot.press("ctrl+c")
         await wait_until(pilot, lambda: app.job_done, timeout=10, what="the job to stop")
     await stop_job_of(app)
+
+
+async def test_kill_rank_button_sigkills_one_rank_now(local_job):
+    """Kill rank (issue 13): SIGKILL at once, even for a rank that ignores SIGTERM; the
+    other ranks go on, and it counts as stopped by the user, not as a failure."""
+    job = await local_job("ignore-term", ranks=2, grace=60.0)
+    app = FlexApp(job, theme_dirs=[])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: all(r.line_count for r in job.model.ranks), what="ranks up")
+        await pilot.press("down")
+        await wait_until(pilot, lambda: not app.panel.query_one("#kill-rank").disabled, what="the button")
+        await pilot.click("#kill-rank")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"),
+                         what="the question")
+        started = time.monotonic()
+        await pilot.click("#yes")
+        await wait_until(pilot, lambda: job.model.ranks[1].status.finished, timeout=30,
+                         what="rank 1 to die")
+        assert time.monotonic() - started < 30, "no grace (60 s) for a kill"
+        rank = job.model.ranks[1]
+        assert rank.status is RankStatus.KILLED and rank.signal == 9 and rank.stopped
+        assert job.model.first_failure is None and job.model.ranks[0].status is RankStatus.RUNNING
+        assert not any("ignores SIGTERM" in line for line in rank.tail)  # never asked nicely
+        await pilot.press("ctrl+c", "ctrl+c")
+        await wait_until(pilot, lambda: app.job_done, timeout=30, what="the job to stop")
+    await stop_job_of(app)
