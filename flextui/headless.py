@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -88,6 +89,47 @@ async def run_headless(job: Job) -> int:
         await supervisor.closed(END_DRAIN + 1)
 
 
+class LiveStatus:
+    """On a terminal, the latest unfinished line (a `\\r` progress bar) drawn live as one
+    status line under the output, as pip and tqdm do; lines print above it. Off a
+    terminal nothing changes: a progress bar reaches the output when its line ends."""
+
+    INTERVAL = 0.1  # seconds between looks at the ranks' unfinished lines
+    CLEAR = "\r\x1b[K"
+
+    def __init__(self, model: JobModel, prefix: Callable[[int], str]) -> None:
+        self.model, self.prefix = model, prefix
+        self.text = ""  # what the status line shows now ("" = nothing drawn)
+        self._seen: dict[int, str] = {}
+        self._latest: int | None = None
+
+    def update(self) -> bool:
+        """Look for changed unfinished lines; True if the status line must be redrawn."""
+        for rank in self.model.ranks:
+            live = rank.live
+            if live != self._seen.get(rank.rank, ""):
+                self._seen[rank.rank] = live
+                if live:
+                    self._latest = rank.rank
+        live_ranks = [r for r, text in self._seen.items() if text]
+        if self._latest is None or not self._seen.get(self._latest):
+            self._latest = live_ranks[-1] if live_ranks else None
+        text = ""
+        if self._latest is not None:
+            text = self.prefix(self._latest) + _printable(self._seen[self._latest])
+            if len(live_ranks) > 1:
+                text += f"  (+{len(live_ranks) - 1} more ranks)"
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        text = text[:width]
+        changed = text != self.text
+        self.text = text
+        return changed
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text.rsplit("\r", 1)[-1])
+
+
 class HeadlessConsole:
     def __init__(self, job: Job, out: TextIO = sys.stdout) -> None:
         self.job = job
@@ -95,15 +137,35 @@ class HeadlessConsole:
         self.prefixes = [f"[{r.rank}|{r.host}] " for r in job.world.ranks]
         self.elastic = isinstance(job.model, ElasticJobModel)
         self._attempts_told = self._lost_told = 0
+        try:
+            tty = out.isatty()
+        except (AttributeError, ValueError, OSError):
+            tty = False
+        self.status = LiveStatus(job.model, self._prefix) if tty else None
         job.output_listeners.append(self.print_lines)
 
-    def print_lines(self, rank: int, lines: list[str]) -> None:
+    def _prefix(self, rank: int) -> str:
         if self.elastic:  # the current attempt's mapping
-            info = self.job.model.ranks[rank].info
-            prefix = f"[{rank}|{info.host}] "
-        else:
-            prefix = self.prefixes[rank]
-        self.out.write(prefix + ("\n" + prefix).join(lines) + "\n")
+            return f"[{rank}|{self.job.model.ranks[rank].info.host}] "
+        return self.prefixes[rank]
+
+    def print_lines(self, rank: int, lines: list[str]) -> None:
+        prefix = self._prefix(rank)
+        self._above(prefix + ("\n" + prefix).join(lines) + "\n")
+
+    def _above(self, text: str) -> None:
+        """Print whole lines; a live status line stays under them."""
+        if self.status is not None and self.status.text:
+            self.status.update()
+            text = LiveStatus.CLEAR + text + self.status.text
+        self.out.write(text)
+
+    async def _draw_status(self) -> None:
+        while True:
+            await asyncio.sleep(LiveStatus.INTERVAL)
+            if self.status.update():
+                self.out.write(LiveStatus.CLEAR + self.status.text)
+                self.out.flush()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -113,11 +175,17 @@ class HeadlessConsole:
         self.job.state_listeners.append(self._announce_once)
         if self.elastic:
             self.job.state_listeners.append(self._tell_elastic)
+        drawing = asyncio.ensure_future(self._draw_status()) if self.status is not None else None
         try:
             code = await self.job.run()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if drawing is not None:
+                drawing.cancel()
+                if self.status.text:
+                    self.out.write(LiveStatus.CLEAR)
+                    self.status.text = ""
         self.out.write(summary_table(model) + "\n")
         if self.elastic:
             self.out.write("".join(f"flextui: {line}\n" for line in elastic_summary_lines(model)))
@@ -128,7 +196,7 @@ class HeadlessConsole:
         self.job.state_listeners.remove(self._announce_once)
         if self.job.model.error is None:
             world = self.job.world
-            self.out.write(
+            self._above(
                 f"flextui: run {self.job.run_id}: {world.world_size} ranks on "
                 f"{len(world.nodes)} node(s), logs in {self.job.run_path}\n"
             )
@@ -137,14 +205,14 @@ class HeadlessConsole:
         """One line per new attempt and per lost node (--elastic)."""
         model = self.job.model
         for node_rank in model.lost_nodes[self._lost_told:]:
-            self.out.write(f"flextui: {model.nodes[node_rank].error}; the others go on "
-                           f"(--min_nodes {model.elastic.min_nodes})\n")
+            self._above(f"flextui: {model.nodes[node_rank].error}; the others go on "
+                        f"(--min_nodes {model.elastic.min_nodes})\n")
         self._lost_told = len(model.lost_nodes)
         # An attempt is told once it is the current one and settled (all its ranks placed).
         for attempt in model.attempts[self._attempts_told:]:
             if attempt is model.current_attempt and len(attempt.claimed()) < attempt.world_size:
                 break
-            self.out.write(f"flextui: {attempt_text(model, attempt)}\n")
+            self._above(f"flextui: {attempt_text(model, attempt)}\n")
             self._attempts_told += 1
 
     def _output_failed(self, exc: OSError) -> None:
@@ -157,11 +225,11 @@ class HeadlessConsole:
     def _on_signal(self, sig: int) -> None:
         deadline = self.job.model.stop_deadline()
         if deadline is None:
-            self.out.write(
+            self._above(
                 f"flextui: {signal.Signals(sig).name}: stopping all ranks "
                 f"(SIGKILL in {self.job.grace:g}s; again to kill now)\n"
             )
         else:
-            self.out.write(f"flextui: {signal.Signals(sig).name} again: killing all ranks now\n")
+            self._above(f"flextui: {signal.Signals(sig).name} again: killing all ranks now\n")
         self.job.abort(sig)
 
