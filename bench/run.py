@@ -42,8 +42,9 @@ from harness import (  # noqa: E402
 
 import ingest  # noqa: E402
 import launch_abort  # noqa: E402
+import scale  # noqa: E402
 
-SECTIONS = ["launch", "abort", "local", "ingest", "idle", "ui", "mpi"]
+SECTIONS = ["launch", "abort", "local", "ingest", "idle", "ui", "mpi", "scale"]
 RESULTS_JSON = BENCH / "results.json"
 RESULTS_MD = BENCH / "RESULTS.md"
 LAUNCHER_NAMES = {"flextui": "flextui", "pdsh": "pdsh -R ssh", "deepspeed": "DeepSpeed"}
@@ -161,6 +162,41 @@ def mpi_rows(raw: dict) -> list[dict]:
                             f"first line, flextui {MPI_LABEL[launcher]}"
                             + (f" (median of {len(runs)})" if len(runs) > 1 else ""),
                             text, target="beside --launcher ssh, same run", result="n/a"))
+    return rows
+
+
+def scale_rows(results: list[dict]) -> list[dict]:
+    """64 nodes × 8 (issue 13): every rank's first line, then Ctrl+C → 0 processes."""
+    rows = []
+    for nodes, slots in sorted({(r["nodes"], r["slots"]) for r in results}):
+        mine = [r for r in results if (r["nodes"], r["slots"]) == (nodes, slots)]
+
+        def cell(launcher: str, what: str) -> str:
+            runs = [r for r in mine if r["launcher"] == launcher]
+            if not runs:
+                return "—"
+            if what == "launch":
+                ok = [r["first_lines"] for r in runs if r.get("first_lines") is not None]
+                bad = [r for r in runs if r.get("first_lines") is None]
+                text = s(statistics.median(ok)) if ok else "**failed**"
+                return text + (f" ({len(bad)} of {len(runs)} failed: {bad[0].get('error')})" if bad else "")
+            gone = [r["gone"] for r in runs if r.get("gone") is not None]
+            left = [r for r in runs if r.get("first_lines") is not None and r.get("gone") is None]
+            if left:
+                r = left[0]
+                return (f"**{r['left_after_observe']} processes left** on {r['nodes_with_leftovers']}/{nodes} "
+                        f"nodes after {r['observed']:g} s (of {r['processes_before']})")
+            return f"{s(max(gone))}, nothing left (of {runs[0]['processes_before']} processes)" if gone else "—"
+
+        reps = max(sum(1 for r in mine if r["launcher"] == l) for l in ("flextui", "pdsh"))
+        label = f"{nodes} nodes × {slots} ranks ({nodes * slots}), trivial worker"
+        rows.append(row("scale", f"{label}: command → every rank's first line"
+                        + (f" (median of {reps})" if reps > 1 else ""),
+                        cell("flextui", "launch"), cell("pdsh", "launch"), target="(issue 13: measured)"))
+        ok = all(r.get("gone") is not None for r in mine if r["launcher"] == "flextui")
+        rows.append(row("scale", f"{label}: Ctrl+C → 0 processes on every node",
+                        cell("flextui", "stop"), cell("pdsh", "stop"), target="0 processes left",
+                        result=verdict(ok if any(r["launcher"] == "flextui" for r in mine) else None)))
     return rows
 
 
@@ -296,9 +332,12 @@ def run_ui(quick: bool, env: dict, root: Path = REPO) -> tuple[list[dict], dict]
         return [row("ui", "TUI key latency / frames under load; RSS after 10M lines × 64 ranks",
                     "not measured: bench/ui_load.py does not exist yet")], {"missing": True}
     configs = [(64, 1000, 4 if quick else 10)] + ([] if quick else [(8, 10000, 10), (64, 16000, 18)])
+    configs.append((512, 10, 10 if quick else 30))  # issue 13: 64 nodes x 8, a live training's rate
     rows, raw = [], []
     for ranks, rate, seconds in configs:
         argv = [PYTHON, str(script), "--ranks", str(ranks), "--rate", str(rate), "--seconds", str(seconds), "--json"]
+        if ranks == 512:  # the keys of a 512-rank console: next rank, table cursor, search, sort, group
+            argv += ["--keys", "tab,table,search,sort,group"]
         try:
             cp = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=seconds + 90)
             code, out, err = cp.returncode, cp.stdout, cp.stderr
@@ -316,6 +355,9 @@ def run_ui(quick: bool, env: dict, root: Path = REPO) -> tuple[list[dict], dict]
         ten_m = ranks * rate * seconds >= 5_000_000
         case = (f"TUI attached, {ranks} ranks × {rate / 1000:g}k lines/s fed for {seconds} s"
                 + (" (toward 10M lines)" if ten_m else ""))
+        if ranks == 512:
+            case = (f"TUI attached, 512 ranks (64 nodes × 8) × {rate:g} lines/s fed for {seconds} s; "
+                    "keys: next rank, table cursor, search, sort, group by node")
         if code != 0 or not isinstance(data, dict):
             why = (err or "").strip().splitlines()[-1:] or ["?"]
             rows.append(row("ui", case, f"**failed** ({code}): {why[0][:150]}"))
@@ -326,7 +368,13 @@ def run_ui(quick: bool, env: dict, root: Path = REPO) -> tuple[list[dict], dict]
                 f"{d.get('log_rows_rendered_per_s')} log rows rendered/s, "
                 f"{d.get('lines_per_s', 0) / 1000:.0f}k lines/s ingested, CPU {d.get('cpu_percent_of_core')}%, "
                 f"RSS {d.get('rss_mb')} MB after {d.get('lines_fed', 0) / 1e6:.1f}M lines")
-        if ten_m:
+        if ranks == 512:
+            by_key = ", ".join(f"{k} {v}" for k, v in (d.get("by_key_p95_ms") or {}).items())
+            text += f"; p95 by key (ms): {by_key}"
+            target = "key → screen p95 ≤ 100 ms, RSS ≤ 300 MB, CPU ≤ 1 core"
+            ok = ((d.get("key_p95_ms") or 1e9) <= 100 and (d.get("rss_mb") or 1e9) <= 300
+                  and (d.get("cpu_percent_of_core") or 1e9) <= 100)
+        elif ten_m:
             target, ok = "RSS ≤ 200 MB after 10M lines × 64 ranks", (d.get("rss_mb") or 1e9) <= 200
             if (d.get("lines_fed") or 0) < 10_000_000:
                 target += f" (reached {d.get('lines_fed', 0) / 1e6:.1f}M)"
@@ -480,6 +528,14 @@ METHODS = """\
 - **ui**: bench/ui_load.py (another engineer's): the Textual app headless (`App.run_test`, 200×50)
   fed synthetic launcher events on its own event loop; a key every 0.25 s timed until the
   screen shows its effect; refreshes/s and their interval; CPU and RSS of that process.
+  The 512-rank case (issue 13: 64 nodes × 8 at 10 lines/s each) sends, in turn: Tab (the
+  next rank's log drawn), ↓/↑ (the table's cursor moved), a search (the match drawn), o (the
+  table re-sorted and drawn) and b (grouped by node / ungrouped, drawn).
+- **scale**: bench/scale.py — 64 nodes × 8 ranks on the sshd cluster (`--scale NxS`),
+  bench/workers/sleeper.py as the worker (prints `ready rank R`, sleeps): command → every
+  rank's first line on the launcher's stdout, then SIGINT to its process group (pdsh: two,
+  0.3 s apart) → no job process (anything but sshd) in any node's PID namespace, polled;
+  processes still there after 20 s are counted, then killed by the benchmark.
 """
 
 
@@ -495,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 1; --quick 0 = skip)")
     ap.add_argument("--nodes", default="1,2,4,8", help="node counts for the launch benchmark")
     ap.add_argument("--abort-nodes", type=int, default=8)
+    ap.add_argument("--scale", default="64x8", help="NODESxSLOTS of the scale section (issue 13)")
     ap.add_argument("--grace", type=float, default=2.0, help="flextui --grace in the SIGTERM-ignoring abort")
     ap.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed launcher")
     ap.add_argument("--no-install", action="store_true", help="do not create bench/.ds-venv if missing")
@@ -556,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     tools_root = Path(args.flextui_path) if args.flextui_path else REPO
     sections: dict[str, dict] = {}
     all_rows: list[dict] = []
-    need_nodes = max([*node_counts, args.abort_nodes, 8])
+    scale_nodes, scale_slots = (int(x) for x in args.scale.split("x"))
+    need_nodes = max([*node_counts, args.abort_nodes, 8] + ([scale_nodes] if "scale" in only else []))
     try:
         with sshcluster.SSHCluster(need_nodes, work / "cluster", prefix="ftb", auto_prefix=True) as cluster:
             log(f"cluster up: {need_nodes} nodes ({cluster.nodes[0].name}..), work dir {work}")
@@ -591,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
                     elif name == "idle":
                         raw = ingest.run_idle(bench, args.quick)
                         rows = idle_rows(raw)
+                    elif name == "scale":
+                        raw = scale.run_scale(bench, launchers, scale_nodes, scale_slots, 1 if args.quick else reps)
+                        rows = scale_rows(raw)
                     elif name == "mpi":
                         notes.extend(mpi_launchers()[1])
                         raw = run_mpi(bench, reps, max(train_reps, 1))

@@ -9,6 +9,7 @@ new tab / the table moved its cursor).
 
     .venv/bin/python bench/ui_load.py                        # 64 ranks x 1000 lines/s, 10 s
     .venv/bin/python bench/ui_load.py --ranks 8 --rate 10000 --seconds 20 --tab rank
+    .venv/bin/python bench/ui_load.py --ranks 512 --rate 10 --seconds 30 --keys tab,table,search,sort,group
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class SyntheticJob:
             carry -= n
             if n:
                 for r in model.ranks:
-                    data = "".join(
-                        f"rank {r.rank} step {step + i} loss {((step + i) % 977) / 977:.4f} "
+                    data = "".join(  # ranks differ in more than their number: no collapsing
+                        f"rank {r.rank} step {step + i} loss {((step + i + r.rank) % 977) / 977:.4f} "
                         f"lr 3.0e-04 tokens/s {51234 + i} mem 12.3GB\n" for i in range(n)
                     )
                     line = json.dumps({"ev": "out", "rank": r.rank, "data": data})
@@ -90,6 +91,9 @@ class SyntheticJob:
         self._stop.set()
 
     def stop_rank(self, rank: int) -> None:
+        pass
+
+    def kill_rank(self, rank: int) -> None:
         pass
 
     def stop_node(self, node_rank: int) -> None:
@@ -116,23 +120,41 @@ class TimedApp(FlexApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tick_times: list[float] = []
+        self.tick_costs: list[float] = []  # seconds each refresh took (the app's own work)
 
     def _tick(self) -> None:
-        self.tick_times.append(perf_counter())
+        t = perf_counter()
+        self.tick_times.append(t)
         super()._tick()
+        self.tick_costs.append(perf_counter() - t)
+
+
+def count_table_renders(app: FlexApp) -> list[int]:
+    """A counter of the rank table's drawn rows (to see a sort or grouping on screen)."""
+    counter = [0]
+    draw = app.table.render_line
+
+    def render_line(y: int):
+        counter[0] += 1
+        return draw(y)
+
+    app.table.render_line = render_line
+    return counter
 
 
 async def bench(args: argparse.Namespace) -> dict:
     job = SyntheticJob(args.ranks, args.per_node, args.rate, args.tail)
     app = TimedApp(job, theme="dark")
     proc = psutil.Process()
-    latencies: dict[str, list[float]] = {"tab": [], "table": [], "search": []}
+    kinds = args.keys.split(",")
+    latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
     async with app.run_test(size=(200, 50)) as pilot:
         await pilot.pause(0.2)
         app.table.focus()
         if args.tab == "rank":
             app.open_rank(0)
         view = app.log_view
+        table_renders = count_table_renders(app)
         lags: list[float] = []
 
         async def probe() -> None:  # event-loop lag: how late a 10 ms sleep wakes up
@@ -145,6 +167,7 @@ async def bench(args: argparse.Namespace) -> dict:
         cpu0 = sum(proc.cpu_times()[:2])
         t_start = perf_counter()
         ticks0 = len(app.tick_times)
+        costs0 = len(app.tick_costs)
         lines0 = job.lines
         renders0 = view.renders
         deadline = t_start + args.seconds
@@ -152,7 +175,7 @@ async def bench(args: argparse.Namespace) -> dict:
         while perf_counter() < deadline:
             await asyncio.sleep(args.key_every)
             n += 1
-            kind = ("tab", "table", "tab", "search")[n % 4]
+            kind = kinds[n % len(kinds)]
             if os.environ.get("UI_LOAD_DEBUG"):
                 print(n, kind, file=sys.stderr)
             t0 = perf_counter()
@@ -169,6 +192,14 @@ async def bench(args: argparse.Namespace) -> dict:
                 app.post_message(events.Key("down" if cursor == 0 else "up", None))
                 while app.table.cursor == cursor and not late(t0):
                     await asyncio.sleep(0.001)
+            elif kind in ("sort", "group"):  # the table re-ordered and drawn
+                order = (app.table.order.sort, app.table.order.grouped)
+                drawn = table_renders[0]
+                app.post_message(events.Key("o" if kind == "sort" else "b", None))
+                while (app.table.order.sort, app.table.order.grouped) == order and not late(t0):
+                    await asyncio.sleep(0.001)
+                while table_renders[0] == drawn and not late(t0):
+                    await asyncio.sleep(0.001)
             else:  # a search over the shown tab's ring
                 renders = view.renders
                 view.set_search("step 1")
@@ -179,6 +210,7 @@ async def bench(args: argparse.Namespace) -> dict:
         elapsed = perf_counter() - t_start
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         ticks = app.tick_times[ticks0:]
+        costs = app.tick_costs[costs0:]
         intervals = [b - a for a, b in zip(ticks, ticks[1:])]
         renders = view.renders - renders0
         gc.collect()
@@ -200,6 +232,8 @@ async def bench(args: argparse.Namespace) -> dict:
         "tick_p50_ms": round(pct(intervals, 0.5) * 1000, 1),
         "tick_p95_ms": round(pct(intervals, 0.95) * 1000, 1),
         "ticks_per_s": round(len(ticks) / elapsed, 1),
+        "tick_cost_p50_ms": round(pct(costs, 0.5) * 1000, 1),
+        "tick_cost_p95_ms": round(pct(costs, 0.95) * 1000, 1),
         "log_rows_rendered_per_s": round(renders / elapsed),
         "loop_lag_p95_ms": round(pct(lags, 0.95) * 1000, 1),
         "cpu_percent_of_core": round(100 * cpu / elapsed),
@@ -217,6 +251,9 @@ def main() -> int:
     parser.add_argument("--key-every", type=float, default=0.25)
     parser.add_argument("--tail", type=int, default=5000, help="lines kept per rank")
     parser.add_argument("--tab", choices=("all", "rank"), default="all", help="tab shown first")
+    parser.add_argument("--keys", default="tab,table,tab,search",
+                        help="the keys sent in turn: tab (next rank's log), table (cursor), search "
+                             "(next match), sort (o), group (b)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(bench(args))

@@ -16,13 +16,19 @@ SIZE = (130, 42)
 
 
 async def toasts_settled(pilot) -> None:
-    """Toasts appear a moment after notify(): wait for them, so every run draws the same."""
+    """No toasts in snapshots: they come a moment after notify() and go after their timeout
+    (sooner than a busy machine takes a screenshot), so a screenshot would catch either."""
     from textual.widgets._toast import Toast
 
     app = pilot.app
-    for _ in range(200):
+    for _ in range(200):  # those notified so far are on screen (or expired)
         await pilot.pause(0.02)
         if len(app.screen.query(Toast)) == len(app._notifications):
+            break
+    app.clear_notifications()
+    for _ in range(200):
+        await pilot.pause(0.02)
+        if not app.screen.query(Toast):
             return
 
 

@@ -325,3 +325,12 @@ def test_matcher_is_a_regex_with_smart_case_and_negation():
     assert list(Matcher("!tick").spans("tick")) == []
     assert list(Matcher("a+").spans("xaaxa")) == [(1, 3), (4, 5)]
     assert Matcher.error("(unclosed") and Matcher.error("fine|ok") is None
+
+
+def test_feed_reads_at_most_its_budget_and_says_what_it_skipped():
+    combined: deque = deque(maxlen=1000)
+    rows = Collapser(max_rows=10000)
+    combined.extend((0, f"x{i}") for i in range(500))
+    rows.feed(combined, 500, budget=100)
+    texts = [r.text for r in kept(rows)]
+    assert texts[0].startswith("… 400 line(s) not shown") and texts[1:] == [f"x{i}" for i in range(400, 500)]

@@ -41,6 +41,7 @@ from flextui.ui.widgets import (
 
 TICK = 0.1  # seconds between UI refreshes from the model
 DIGIT_TIMEOUT = 0.8  # typing "1" then "2" within this opens rank 12
+BIG_JOB_TABLE_PERIOD = 0.5  # seconds between redraws of a >64-rank table's live columns
 
 
 class StatusLine(JobBar):
@@ -233,14 +234,13 @@ class FlexApp(App[int]):
         self.sources = {"all": CombinedSource(self.model, window=window,
                                               max_rows=max(20000, 200 * ranks))}
         self.current_tab = "all"
-        self.ticks = 0
-        self.tick_times: list[float] = []  # for benchmarks
         self.stopped_by_user: set[int] = set()  # ranks the user stopped one by one
         self.user_stop_note: str | None = None  # what the user stopped, for the verdict
         self._digits = ""
         self._digit_at = 0.0
-        self._tab_signature: tuple = ()
         self._table_signature: tuple = ()
+        self._table_states: tuple = ()
+        self._table_drawn = 0.0
         self._panel_key: tuple = ()
         self._last_error: dict[int, tuple[int, str | None]] = {}
         self._announced_failure = False
@@ -315,8 +315,7 @@ class FlexApp(App[int]):
         for widget in (self.rank_header, self.table, self.log_view, self.tabs):
             widget.palette = self.palette
             widget.refresh()
-        self._tab_signature = ()
-        self._table_signature = ()
+        self._table_signature = self._table_states = ()
         self._panel_key = ()
         self._tick()
 
@@ -394,14 +393,23 @@ class FlexApp(App[int]):
         self.rates.sample(now)
         self.table.rates = self.rates.rates
         self.table.now = now
-        # Redraw the table only when something in it changed (idle jobs cost ~nothing).
-        table_sig = (self.rates.rates, model.first_failure, [
-            (r.status, r.line_count, r.live, fmt_duration(r.runtime(now)) if r.started_at else "")
-            for r in model.ranks])
-        if table_sig != self._table_signature:
-            self._table_signature = table_sig
-            self.table.rebuild()
+        # Redraw the table only when something in it changed (idle jobs cost ~nothing); a
+        # big job's last lines and runtimes at most twice a second, statuses at once.
+        states = (model.first_failure, [(r.status, r.stopped) for r in model.ranks])
+        soft = self.rates.rates, [(r.line_count, r.live, fmt_duration(r.runtime(now)) if r.started_at else "")
+                                  for r in model.ranks]
+        period = TICK if len(model.ranks) <= 64 else BIG_JOB_TABLE_PERIOD
+        drawn_ago = time.monotonic() - self._table_drawn
+        if states != self._table_states or (soft != self._table_signature and drawn_ago >= period - TICK / 2):
+            self._table_states, self._table_signature = states, soft
+            self._table_drawn = time.monotonic()
+            order = self.table.order
+            if order.sort != "rank" or order.query:  # the rows' order or set may change
+                self.table.rebuild()
+            else:
+                self.table.refresh()
             self.rank_header.refresh()
+            self._update_tabs()
         self.job_bar.set(job_bar_lines(model, self.palette, now, self._run_dir(), self.rates.total,
                                        self.quitting, self.launch_error, self._stop_note()))
         # "All ranks" reads every line as it comes, also while a rank tab is shown, so its
@@ -410,7 +418,6 @@ class FlexApp(App[int]):
         if self.log_view.source is not all_ranks:
             all_ranks.sync()
         self.log_view.sync()
-        self._update_tabs()
         if model.first_failure is not None and not self._announced_failure:
             self._announced_failure = True
             first = model.first_failure
@@ -433,13 +440,10 @@ class FlexApp(App[int]):
         return ["all", *(f"r{rank}" for rank in self.table.ranks_in_order)]
 
     def _update_tabs(self) -> None:
-        keys = self._tab_keys()
-        statuses = tuple(status_key(r) for r in self.model.ranks)
-        signature = (tuple(keys), statuses, self.model.first_failure, self.current_tab)
-        if signature == self._tab_signature:
-            return
-        self._tab_signature = signature
-        self.tabs.set(keys, _TabLabels(self), self.current_tab)
+        """The tab strip: after the ranks' state, the table's order or the tab changed."""
+        first = self.model.first_failure
+        self.tabs.set(self._tab_keys(), self._tab_label, self.current_tab,
+                      f"r{first.rank}" if first is not None else None)
 
     def _tab_label(self, key: str) -> Text:
         if key == "all":
@@ -563,7 +567,7 @@ class FlexApp(App[int]):
         """The picker's choice of a host: the table shows just its ranks; its first opens."""
         node = self.model.nodes[node_rank]
         self.table.set_order(query=RankQuery(node.host, [n.host for n in self.model.nodes]))
-        self._table_signature = ()
+        self._table_states = ()
         self.open_rank(node.ranks.start)
 
     def on_tab_strip_clicked(self, event: TabStrip.Clicked) -> None:
@@ -972,17 +976,6 @@ class FlexApp(App[int]):
         index = names.index(self.theme) + 1 if self.theme in names else 0
         self.theme = names[index % len(names)]
         self.notify(f"theme: {self.theme}", timeout=2)
-
-
-class _TabLabels(dict):
-    """Tab labels made on demand: the strip asks only for the few it shows."""
-
-    def __init__(self, app: FlexApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def get(self, key, default=None):
-        return self.app._tab_label(key)
 
 
 _KEY_NAMES = {

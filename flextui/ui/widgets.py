@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -163,11 +165,25 @@ class RankTable(ScrollView, can_focus=True):
             node = (NODE, self.model.ranks[current[1]].info.node_rank)
             self.cursor = self.rows.index(node) if node in self.rows else 0
         self.cursor = max(0, min(self.cursor, len(self.rows) - 1))
-        self.virtual_size = Size(self.size.width, len(self.rows))
+        self._set_row_count(len(self.rows))
         self._scroll_to_cursor()
         self.refresh()
         if self.rows[self.cursor:self.cursor + 1] != [current]:
             self.post_message(self.Moved())
+
+    def _set_row_count(self, rows: int) -> None:
+        """The virtual size; a re-layout of the screen only when the table's own height can
+        change (it is capped by CSS: more rows than fit before and after leave it as is)."""
+        size = Size(self.size.width, rows)
+        if size == self.virtual_size:
+            return
+        height = self.size.height
+        scroll_update = getattr(self, "_scroll_update", None)
+        if scroll_update is not None and self.virtual_size.height > height and rows > height > 0:
+            self.set_reactive(Widget.virtual_size, size)
+            scroll_update(size)
+        else:
+            self.virtual_size = size
 
     def set_order(self, **changes) -> None:
         """The user changed the order: the table shows its top (the first failure, when
@@ -437,41 +453,47 @@ class TabStrip(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.keys: list[str] = ["all"]
-        self.labels: dict[str, Text] = {}
         self.active = "all"
         self.palette: Palette | None = None
         self._spans: list[tuple[int, int, str]] = []
 
-    def set(self, keys: list[str], labels: dict[str, Text], active: str) -> None:
-        self.keys, self.labels, self.active = keys, labels, active
+    def set(self, keys: list[str], label: Callable[[str], Text], active: str,
+            marked: str | None = None) -> None:
+        """`label(key)` draws a tab (asked only for the tabs shown); `marked` (the first
+        failure's key) is one cell wider."""
+        self.keys, self.label, self.active, self.marked = keys, label, active, marked
         self.refresh()
+
+    def _width(self, key: str) -> int:
+        if key == "all":
+            return len("all ranks") + 2
+        return len(key) + 1 + (1 if key == self.marked else 0)  # "r12" -> " 12 "
 
     def render_line(self, y: int) -> Strip:
         base = self.rich_style
         width = self.size.width
         palette = self.palette
-        if palette is None or not self.keys:
+        keys = self.keys
+        if palette is None or not keys or not hasattr(self, "label"):
             return Strip.blank(width, base)
-        cells = [(key, self.labels.get(key) or Text(key)) for key in self.keys]
-        active = self.keys.index(self.active) if self.active in self.keys else 0
-        widths = [label.cell_len + 2 for _, label in cells]
+        active = keys.index(self.active) if self.active in keys else 0
         # "all ranks" always shows; then a window of rank tabs around the active one.
         lo = hi = max(1, active)
-        used = widths[0] + (widths[lo] if lo < len(cells) else 0)
-        room = width - 12  # for the "◂ N" / "N ▸" counts
+        used = self._width(keys[0]) + (self._width(keys[lo]) if lo < len(keys) else 0)
+        room = width - 14  # for the "◂N" / "N▸ (: more)" counts
         while True:
             grown = False
-            if hi + 1 < len(cells) and used + widths[hi + 1] <= room:
+            if hi + 1 < len(keys) and used + self._width(keys[hi + 1]) <= room:
                 hi += 1
-                used += widths[hi]
+                used += self._width(keys[hi])
                 grown = True
-            if lo - 1 >= 1 and used + widths[lo - 1] <= room:
+            if lo - 1 >= 1 and used + self._width(keys[lo - 1]) <= room:
                 lo -= 1
-                used += widths[lo]
+                used += self._width(keys[lo])
                 grown = True
             if not grown:
                 break
-        shown = [0, *range(lo, min(hi, len(cells) - 1) + 1)] if len(cells) > 1 else [0]
+        shown = [0, *range(lo, min(hi, len(keys) - 1) + 1)] if len(keys) > 1 else [0]
         segments: list[Segment] = []
         self._spans = []
         x = 0
@@ -480,17 +502,17 @@ class TabStrip(Widget):
                 more = f" ◂{lo - 1} "
                 segments.append(Segment(more, base + palette.muted))
                 x += len(more)
-            key, label = cells[i]
-            label = label.copy()
+            key = keys[i]
+            label = self.label(key).copy()
             style = base + (palette.tab_active if i == active else Style())
             label.stylize_before(style)
             segments.append(Segment(" ", style))
             segments.extend(label.render(self.app.console))
             segments.append(Segment(" ", style))
-            self._spans.append((x, x + widths[i], key))
-            x += widths[i]
-        if hi < len(cells) - 1:
-            segments.append(Segment(f" {len(cells) - 1 - hi}▸ (: more)", base + palette.muted))
+            self._spans.append((x, x + self._width(key), key))
+            x += self._width(key)
+        if hi < len(keys) - 1:
+            segments.append(Segment(f" {len(keys) - 1 - hi}▸ (: more)", base + palette.muted))
         return Strip(segments).crop_extend(0, width, base)
 
     def on_click(self, event: Click) -> None:
@@ -530,7 +552,7 @@ class RankPanel(Vertical):
         static = self.query_one("#rank-info", Static)
         if getattr(self, "_info_key", None) != (info.plain, info.spans):
             self._info_key = (info.plain, info.spans)
-            static.update(info)
+            static.update(info, layout=False)  # one line, fixed by CSS: no re-layout
         for ident, on in enabled.items():
             self.query_one(f"#{ident}", Button).disabled = not on
 
