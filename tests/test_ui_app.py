@@ -35,6 +35,17 @@ async def until(pilot, condition, timeout: float = 10.0) -> None:
         await pilot.pause(0.02)
 
 
+def rendered(renderable, width: int = 76) -> str:
+    """A Rich renderable (a Static's content) as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
 def asking(app) -> bool:
     return isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#yes"))
 
@@ -586,6 +597,8 @@ async def test_group_by_node_folds_and_unfolds():
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        await pilot.press("p")  # nothing failed: the table stays as it is
+        assert len(app.table.ranks_in_order) == 32 and not app.table.order.query
         await pilot.press("b")
         assert app.table.rows[:2] == [(0, 0), (1, 0)] and len(app.table.rows) == 36
         assert "node0" in app.table.render_line(0).text and "8 running" in app.table.render_line(0).text
@@ -711,19 +724,37 @@ async def test_search_scrolls_to_a_match_beyond_the_right_edge_and_on_a_wrapped_
 async def test_summary_at_80x24_has_its_verdict_whole_and_uncovered():
     job = FakeJob({"node-a": 4, "node-b": 4}, run_forever=False)
     job.start_all()
+    job.exit(5, code=3)  # a long verdict: "job failed (exit code 3); first failure: rank 5 on ..."
+    job.end_all(signal=15, stopped=True)
+    app = make_app(job)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SummaryScreen))
+        await settle(pilot, 0.3)
+        dialog = app.screen.query_one("#dialog")
+        for part in ("#verdict", "#summary-table"):  # wrapped inside the dialog, not cut
+            widget = app.screen.query_one(part)
+            assert widget.size.width <= dialog.content_size.width, part
+        verdict = app.screen.query_one("#verdict").render()
+        assert "first failure: rank 5 on node-b, exit 3" in str(verdict).replace("\n", " ")
+        assert not app._notifications  # no toast over it
+        assert "x: first failure" in str(app.screen.query_one("#hint").render())
+        assert "■ 7 stopped" in bar_text(app) and "killed" not in bar_text(app)
+        await pilot.press("q")
+        await settle(pilot)
+
+
+async def test_summary_offers_no_first_failure_when_nothing_failed():
+    job = FakeJob({"node-a": 4, "node-b": 4}, run_forever=False)
+    job.start_all()
     job.end_all(signal=15, stopped=True)
     job.model.aborted_by_user = True
     app = make_app(job)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, 0.3)
-        assert isinstance(app.screen, SummaryScreen)
-        verdict = app.screen.query_one("#verdict")
-        assert verdict.size.height >= 2 or len(verdict.render().plain) <= verdict.size.width
-        assert verdict.region.right <= 80 and not app._notifications
-        text = app.screen.query_one("#summary-table").render()
+        await until(pilot, lambda: isinstance(app.screen, SummaryScreen))
         assert "x: first failure" not in str(app.screen.query_one("#hint").render())
+        table = rendered(app.screen.query_one("#summary-table").content)
+        assert "0-7  stopped by the user (SIGTERM)" in table  # one row for eight ranks
         assert "■ 8 stopped" in bar_text(app) and "killed" not in bar_text(app)
-        del text
         await pilot.press("q")
         await settle(pilot)
 

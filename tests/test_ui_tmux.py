@@ -166,3 +166,56 @@ def test_sigterm_to_the_console_stops_the_job_and_exits(terminal):
     consoles[0].terminate()
     assert terminal.exit_code() == 128 + 15  # as a shell reports a SIGTERMed command
     assert marked(terminal.marker) == []
+
+
+@pytest.mark.slow
+def test_64_ranks_at_80x24(tmp_path):
+    """Issue 13 as a user sees it at 80×24: 64 ranks, the table sorted by status, the
+    picker, stopping one rank from its dialog, Ctrl+C, a grouped summary that fits, the
+    exit code, and nothing left behind."""
+    (tmp_path / "hostfile").write_text("localhost slots=64\n")
+    (tmp_path / "worker.py").write_text(WORKER)
+    term = Terminal(tmp_path, width=80, height=24)
+    term.marker = f"flextui-tmux-test-{uuid.uuid4().hex[:8]}"
+    try:
+        term.start(flextui(term, "forever"))
+        screen = term.wait_for("● 64 running", timeout=120)
+        header = next(line for line in screen.splitlines() if "RANK" in line and "STATUS" in line)
+        first_row = screen.splitlines()[screen.splitlines().index(header) + 1]
+        assert first_row[header.index("RANK") + 3] == "0"  # right-aligned under its title
+        assert first_row[header.index("STATUS"):].startswith("running")
+        assert "more ▸ (:)" in screen  # the tab strip says where the other 48 are
+        term.keys(":")
+        term.wait_for("Go to")
+        time.sleep(1.0)  # the palette takes keys once it has settled, as a user would type
+        term.keys("3", "7")
+        term.wait_for("rank 37  localhost")
+        term.keys("Enter")
+        term.wait_for("rank 37 localhost gpu 37 running")
+        term.keys("k")
+        term.wait_for("Stop rank 37 on localhost")
+        term.keys("y")
+        screen = term.wait_for("■ 1 stopped", timeout=30)
+        term.keys("o")  # sort by status: the stopped rank sinks to the bottom, running on top
+        screen = term.wait_for("STATUS▲")
+        rows = screen.splitlines()
+        assert "running" in rows[[i for i, r in enumerate(rows) if "STATUS▲" in r][0] + 1]
+        term.keys("C-c")
+        screen = term.wait_for("ABORTED (exit code 130)", timeout=60)
+        screen = term.wait_for("stopped by the user")
+        summary = [line for line in screen.splitlines() if "│" in line]
+        assert any("0-63" in line and "stopped by the user" in line for line in summary), screen  # one row
+        verdict = next(line for line in summary if "job aborted" in line)
+        assert "aborted by user (SIGINT)" in verdict  # the whole verdict inside the dialog
+        assert marked(term.marker) == []
+        term.keys("q")
+        assert term.exit_code() == 130
+    finally:
+        term.close()  # if the test failed midway, the console stops the job on the hangup
+        deadline = time.monotonic() + 30
+        while marked(term.marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        leftovers = marked(term.marker)
+        for proc in leftovers:
+            proc.kill()
+        assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"

@@ -646,10 +646,13 @@ class FlexApp(App[int]):
                           self.table.order.query.text)
 
     def action_problems(self) -> None:
-        query = "" if self.table.order.query.text == "problem" else "problem"
-        self._set_rank_query(query)
-        if query and not self.table.matched:
+        """Only the ranks that failed, were killed or lost (again: every rank)."""
+        if self.table.order.query.text == "problem":
+            self._set_rank_query("")
+        elif not RankQuery("problem").select(self.model):
             self.notify("No rank has failed, been killed or been lost.", timeout=3)
+        else:
+            self._set_rank_query("problem")
 
     def _set_rank_query(self, text: str) -> None:
         self.table.set_order(query=RankQuery(text, [n.host for n in self.model.nodes]))

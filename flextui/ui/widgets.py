@@ -393,9 +393,9 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
     for rank in (model.current_ranks if isinstance(model, ElasticJobModel) else model.ranks):
         counts[status_key(rank)] += 1
     end = model.ended_at or now
+    # What matters first, so a narrow terminal cuts the run id, not the counts.
     head = Text()
     head.append("flextui ", palette.accent)
-    head.append(f"run {model.run_id}  ")
     nodes = len(model.nodes)
     if isinstance(model, ElasticJobModel):  # --elastic: the current attempt, world size, lost nodes
         head.append(elastic_bar_text(model) + "  ")
@@ -412,7 +412,8 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
         if n or key in ("running", "exited"):
             head.append(f"{glyph} {n} {word}  ", palette.status[key] if n else palette.muted)
     if total_rate >= 0.05:
-        head.append(f"{fmt_rate(total_rate)} lines/s", palette.muted)
+        head.append(f"{fmt_rate(total_rate)} lines/s  ", palette.muted)
+    head.append(f"run {model.run_id}", palette.muted)
 
     second = Text()
     v = verdict(model, now, launch_error)
@@ -480,7 +481,7 @@ class TabStrip(Widget):
         # "all ranks" always shows; then a window of rank tabs around the active one.
         lo = hi = max(1, active)
         used = self._width(keys[0]) + (self._width(keys[lo]) if lo < len(keys) else 0)
-        room = width - 14  # for the "◂N" / "N▸ (: more)" counts
+        room = width - 22  # for the " ◂31 more " / " 20 more ▸ (:) " counts
         while True:
             grown = False
             if hi + 1 < len(keys) and used + self._width(keys[hi + 1]) <= room:
@@ -499,7 +500,7 @@ class TabStrip(Widget):
         x = 0
         for n, i in enumerate(shown):
             if n == 1 and lo > 1:
-                more = f" ◂{lo - 1} "
+                more = f" ◂{lo - 1} more "
                 segments.append(Segment(more, base + palette.muted))
                 x += len(more)
             key = keys[i]
@@ -512,7 +513,7 @@ class TabStrip(Widget):
             self._spans.append((x, x + self._width(key), key))
             x += self._width(key)
         if hi < len(keys) - 1:
-            segments.append(Segment(f" {len(keys) - 1 - hi}▸ (: more)", base + palette.muted))
+            segments.append(Segment(f" {len(keys) - 1 - hi} more ▸ (:)", base + palette.muted))
         return Strip(segments).crop_extend(0, width, base)
 
     def on_click(self, event: Click) -> None:
