@@ -334,3 +334,18 @@ def test_feed_reads_at_most_its_budget_and_says_what_it_skipped():
     rows.feed(combined, 500, budget=100)
     texts = [r.text for r in kept(rows)]
     assert texts[0].startswith("… 400 line(s) not shown") and texts[1:] == [f"x{i}" for i in range(400, 500)]
+
+
+def test_a_rank_joins_a_row_only_after_its_own_last_one():
+    """Rank 5 checkpointed early; the others later: their "saved" must not join rank 5's
+    "saved" row above their own "saving" row."""
+    rows = Collapser(window=64)
+    rows.add([(5, "saving a checkpoint"), (5, "checkpoint saved")])
+    rows.add([(r, f"step 9 loss {r}") for r in range(4)])  # the others go on meanwhile
+    rows.add([(r, "saving a checkpoint") for r in range(4)])  # a new row: rank 5's is older
+    rows.add([(r, "checkpoint saved") for r in range(4)])
+    shown = [(r.text, format_ranks(r.ranks)) for r in kept(rows) if "step" not in r.text]
+    assert shown == [("saving a checkpoint", "5"), ("checkpoint saved", "5"),
+                     ("saving a checkpoint", "0-3"), ("checkpoint saved", "0-3")]
+    rows.add([(5, "step 10"), (1, "step 10")])  # no order to keep: one row
+    assert kept(rows)[-1].ranks == [5, 1]

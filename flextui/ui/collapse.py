@@ -3,7 +3,8 @@ from several ranks merged into one row ("[0-63] INFO trainer: config lr=0.1"). T
 
 It reads the model's bounded combined ring incrementally and keeps its own bounded set
 of rows, numbered absolutely like the rank tails. A line merges into an earlier row if
-that row is among the last `window` rows, does not hold that rank yet, and says the same
+that row is among the last `window` rows, comes after that rank's own last row (each
+rank's lines stay in their order), and says the same
 once a leading timestamp and the rank's own number ("rank 7", "[rank7]", "RANK=7",
 "[default7]") are set aside: blocks that every rank prints line by line (config dumps,
 warnings) become one block, even when their lines interleave.
@@ -124,6 +125,7 @@ class Collapser:
         self.evictions = 0  # bumped whenever rows were dropped (readers prune their lists)
         self._owned: dict[int, deque[int]] = {}  # rank -> its rows (by first rank), oldest first
         self._first = 0  # the oldest kept row
+        self._last_row: dict[int, int] = {}  # rank -> the newest row holding it
         self._recent: dict[str, int] = {}
 
     @property
@@ -179,7 +181,7 @@ class Collapser:
         return True
 
     def add(self, entries: list[tuple[int, str]]) -> None:
-        recent, rows, owned_by = self._recent, self.rows, self._owned
+        recent, rows, owned_by, last = self._recent, self.rows, self._owned, self._last_row
         end, window = self.end, self.window
         if not rows:
             self._first = end
@@ -190,14 +192,17 @@ class Collapser:
             else:
                 key, cut = text, 0
             index = recent.get(key)
-            if index is not None and index >= end - window:
+            # A rank's lines keep their order: it joins a row after its own last one only.
+            if index is not None and index >= end - window and index > last.get(rank, -1):
                 row = rows.get(index)
-                if row is not None and rank not in row.ranks:
+                if row is not None:
                     row.ranks.append(rank)
+                    last[rank] = index
                     if index < self.dirty_from:
                         self.dirty_from = index
                     continue
             rows[end] = Row(text, [rank], key, cut)
+            last[rank] = end
             owned = owned_by.get(rank)
             if owned is None:
                 owned = owned_by[rank] = deque()

@@ -47,6 +47,12 @@ class Column:
     drop: int = 0  # on a narrow screen, columns with the highest `drop` go first (0: never)
 
 
+def _status_order(rank: RankState, ctx: Context) -> tuple:
+    """What needs a look first; failures in the order they happened, the rest by rank."""
+    level = attention(rank, ctx.model)
+    return level, (rank.ended_at or 0.0) if level in (1, 2, 3) else 0.0, rank.rank
+
+
 def _runtime(rank: RankState, ctx: Context) -> str:
     return fmt_duration(rank.runtime(ctx.now)) if rank.started_at is not None else "-"
 
@@ -68,8 +74,7 @@ def columns_for(model: JobModel) -> list[Column]:
         Column("gpu", "GPU", max(3, *(len(str(r.info.gpu)) for r in ranks)), True,
                lambda r, c: str(r.info.gpu), drop=2),
         Column("pid", "PID", 7, True, lambda r, c: str(r.pid or "-"), drop=1),
-        Column("status", "STATUS", 15, False, lambda r, c: status_text(r),
-               lambda r, c: (attention(r, c.model), r.ended_at or 0.0, r.rank)),
+        Column("status", "STATUS", 15, False, lambda r, c: status_text(r), _status_order),
         Column("runtime", "RUNTIME", 8, True, _runtime,
                lambda r, c: (-r.runtime(c.now), r.rank)),
         Column("rate", "LINES/S", 7, True, _rate, lambda r, c: (-c.rate(r), r.rank)),
