@@ -168,6 +168,8 @@ class FlexApp(App[int]):
                         "(a click on it asks first)"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks first, then stops the job, if it runs)"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("D", "detach", "Detach", tooltip="close this console, leave the job running "
+                "(flextui attach brings it back)"),
         Binding("question_mark,f1", "help", "Help"),
         Binding("colon", "pick", "Go to", tooltip="go to a rank or host: 137, node12, failed"),
         Binding("x", "first_failure", "First failure"),
@@ -244,6 +246,7 @@ class FlexApp(App[int]):
         self._panel_key: tuple = ()
         self._last_error: dict[int, tuple[int, str | None]] = {}
         self._announced_failure = False
+        self._notices_shown = 0
         self._summary_shown = False
         self._prompt_mode: str | None = None
         self._signals: list[int] = []
@@ -418,6 +421,10 @@ class FlexApp(App[int]):
         if self.log_view.source is not all_ranks:
             all_ranks.sync()
         self.log_view.sync()
+        notices = getattr(self.job, "notices", ())
+        while self._notices_shown < len(notices):  # what other consoles did (client.py)
+            self.notify(notices[self._notices_shown], title="another console", timeout=6)
+            self._notices_shown += 1
         if model.first_failure is not None and not self._announced_failure:
             self._announced_failure = True
             first = model.first_failure
@@ -847,7 +854,8 @@ class FlexApp(App[int]):
             elif yes:
                 self.exit(self.model.exit_code)
 
-        self.push_screen(ConfirmScreen("The job is still running.\nStop every rank and quit?",
+        hint = "\n(D detaches instead: the job runs on.)" if hasattr(self.job, "detach") else ""
+        self.push_screen(ConfirmScreen("The job is still running.\nStop every rank and quit?" + hint,
                                        yes="Stop and quit"), answer)
 
     def _selected_rank(self):
@@ -913,6 +921,22 @@ class FlexApp(App[int]):
             "SIGTERM to each rank's process tree, SIGKILL after the grace.\n"
             "The other nodes' ranks go on (a collective with them will hang or fail).",
             yes=f"Stop {node.host}"), answer)
+
+    def action_detach(self) -> None:
+        """Close the console, the job runs on (a job in a supervisor: ClientJob.detach)."""
+        detach = getattr(self.job, "detach", None)
+        if self.job_done or detach is None:
+            self.notify("This console runs the job in its own process: it cannot detach."
+                        if detach is None else "The job has ended: q quits.", timeout=4)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes and not self.job_done:
+                detach()
+                self.exit(0)
+
+        self.push_screen(ConfirmScreen("Detach? The job keeps running without this console.\n"
+                                       f"Back with: flextui attach {self.job.run_id}", yes="Detach"), answer)
 
     def action_kill_job(self) -> None:
         if self.job_done:
@@ -1014,8 +1038,8 @@ async def run_app(job: JobProtocol, theme: str | None = None) -> int:
 async def stop_job_of(app: FlexApp, timeout: float | None = None) -> None:
     """Never leave the job running: if the app ended first (a crash), kill it and wait."""
     task = app.job_task
-    if task is None:
-        return
+    if task is None or getattr(app.job, "detached", False):
+        return  # detached: the job runs on in its supervisor
     if not task.done():
         app.job.kill()
         try:
