@@ -169,7 +169,8 @@ def _from_summary(run_id: str, path: str, summary: dict, card: dict | None) -> R
     if isinstance(first, int) and 0 <= first < len(ranks):
         r = ranks[first]
         outcome = (f"signal {r['signal']}" if r.get("signal") else f"exit {r.get('code')}")
-        failure = {"rank": first, "host": r.get("host"), "outcome": outcome}
+        failure = {"rank": first, "host": r.get("host"), "outcome": outcome,
+                   "exit_status": 128 + r["signal"] if r.get("signal") else r.get("code")}
     nodes = len({r.get("node_rank") for r in ranks}) if ranks else None
     return RunEntry(
         run_id=summary.get("run_id", run_id), path=path, state=summary.get("state", "unknown"),
