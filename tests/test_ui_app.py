@@ -363,13 +363,34 @@ async def test_help_lists_every_binding():
         from flextui.ui.logview import LogView
         from flextui.ui.widgets import RankTable
         for binding in [*FlexApp.BINDINGS, *RankTable.BINDINGS, *LogView.BINDINGS]:
+            if binding.action == "detach":
+                continue  # FakeJob runs in the console's process: nothing to detach from (below)
             for key in binding.key.split(","):
                 if not key.isdigit():
                     assert _key_display(key) in listed.split(), key
         assert "0-9" in listed
+        assert "D" not in listed.split()
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         await finish(app, pilot)
+
+
+async def test_detach_is_offered_only_for_a_job_that_can_detach():
+    class DetachableJob(FakeJob):
+        detached = False
+
+        def detach(self) -> None:
+            self.detached = True
+
+    for job, offered in ((FakeJob(), False), (DetachableJob(), True)):
+        app = make_app(job)
+        async with app.run_test(size=SIZE) as pilot:
+            footer_actions = {b.binding.action for b in app.screen.active_bindings.values()
+                              if b.binding.show and b.enabled}
+            assert ("detach" in footer_actions) is offered
+            listed = " ".join(keys for _, rows in app.help_sections() for keys, _ in rows)
+            assert ("D" in listed.split()) is offered
+            await finish(app, pilot)
 
 
 async def test_theme_cycles_and_status_colours_follow(tmp_path):

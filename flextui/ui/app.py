@@ -325,6 +325,8 @@ class FlexApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.MAIN_SCREEN_ONLY and self.screen is not self.screen_stack[0]:
             return False
+        if action == "detach" and not hasattr(self.job, "detach"):
+            return False  # a job in this console's own process (headless tests, FakeJob) cannot detach
         return True
 
     def simulate_key(self, key: str) -> None:
@@ -984,7 +986,7 @@ class FlexApp(App[int]):
                 out.append((" ".join(_key_display(k) for k in keys), b.tooltip or b.description))
             return out
 
-        app_rows = rows(self.BINDINGS)
+        app_rows = rows([b for b in self.BINDINGS if b.action != "detach" or hasattr(self.job, "detach")])
         app_rows.insert(4, ("0-9", "open rank N (type 1 2 quickly for rank 12)"))
         return [
             ("Console", app_rows),
