@@ -26,6 +26,8 @@ A node spec (built by the console) is
      "bind_cores": {"cores": [int, ..]|null},  optional: pin each worker to its share of cores
      "rank_log": {"dir": str, "prefix": str},  optional: copy rank r's output to
                                                <dir>/<prefix>_rank<r>.log (dir relative to cwd)
+     "sample_interval": float,                 optional: seconds between "sample" events
+                                               (default SAMPLE_INTERVAL, 2; 0: none)
      "preflight": {..}}                        optional, see below
 Worker i runs `head + ["--local_rank=<local rank>"] + tail` (the flag only with
 local_rank_arg), so the script's arguments are in the spec once, however many slots the
@@ -75,7 +77,37 @@ Events, stdout, one JSON object per line, in this order per rank:
                                                most ~2 MiB of text per event;
                                                undecodable bytes are surrogate-escaped
     {"ev": "exited", "rank": r, "code": int|null, "signal": int|null, "t": float,
-     "stopped": bool}                          stopped: it ended after we began stopping it
+     "stopped": bool}                          stopped: we signalled it while it ran (a
+                                               stop_rank, or the node's stop); a worker
+                                               that had ended on its own by then (died
+                                               with the first failure) is not stopped
+    {"ev": "sample", "t": float, "nvml": str|null,    every sample_interval s while ranks run
+     "ranks": [{"rank": r, "cpu": float|null, "rss": int, "threads": int, "procs": int,
+                "gpu": {"device": str, "util": int, "mem_used": int, "mem_total": int,
+                        "proc_mem": int}}, ..]}
+                                               each running rank's process tree (the worker,
+                                               its children, orphans of its session), by
+                                               psutil: cpu = % of one core since the last
+                                               sample (null in the first), rss in bytes and
+                                               threads summed. "gpu" only where NVML reads
+                                               the rank's GPU (the local_rank-th entry of
+                                               CUDA_VISIBLE_DEVICES, as NVML numbers them, or
+                                               a UUID): utilisation %, device memory used /
+                                               total, what the tree's pids hold on it
+                                               (proc_mem, when NVML says). nvml: null when
+                                               it reads GPUs, else why not ("nvidia-ml-py is
+                                               not installed for ..", "NVML: Driver Not Loaded")
+    {"ev": "stack", "id": n, "rank": r, "pid": int, "processes": [   answer to "stacks", one
+        {"pid": int, "ppid": int, "cmdline": str,                    per running rank
+         "threads": [{"name": str, "tid": int, "active": bool, "gil": bool,
+                      "frames": [[function, short file, line, file], ..]}, ..]}   innermost
+        | {"pid": int, "ppid": int, "cmdline": str, "error": str}, ..]}           frame first
+                                               the worker first, then its descendants (their
+                                               dataloader workers, ...)
+    {"ev": "stacks", "id": n, "ranks": int, "error": str|null, "t": float}
+                                               the dump is complete: "ranks" stack events
+                                               came before it; error: why none could be
+                                               taken (py-spy is not installed here)
     {"ev": "stopping", "reason": str, "grace": float, "t": float}
     {"ev": "killing", "count": int, "t": float}    grace over: SIGKILL to survivors
     {"ev": "error", "message": str, "rank": r|null}
@@ -87,6 +119,10 @@ node N only (a shared stdin), the others ignore it:
     {"cmd": "kill"}                  SIGKILL everything now
     {"cmd": "stop_rank", "rank": r}  SIGTERM one worker's tree (SIGKILL after the grace)
     {"cmd": "kill_rank", "rank": r}  SIGKILL one worker's tree (and process group) now
+    {"cmd": "stacks", "id": n, "timeout": s}   dump the Python stack of every process of
+                                     every running rank with py-spy (`py-spy dump --pid P
+                                     --json`, up to STACKS_PARALLEL at once, each given
+                                     `timeout` s); py-spy is found as find_py_spy() says
     {"cmd": "ping"}                  the console is alive (sent every few seconds); with
                                      "reply": true the launcher answers {"ev": "pong", "t": float},
                                      for channels with no keepalive of their own (MPI)
@@ -139,7 +175,9 @@ stopping, killing, error and done as above; no "started"):
      "t": float, "stopped": bool}              stopped: by us (stop, stop_attempt, stop_rank)
     {"ev": "stopping_attempt", "seq": s, "reason": str, "t": float}
     {"ev": "agent_exited", "code": int|null, "signal": int|null, "stopped": bool, "t": float}
-Commands (besides stop, kill and ping):
+    "sample" and "stack" as above, each rank entry with its "seq" (a rank's tree hangs
+    from the user's command, the shim's child)
+Commands (besides stop, kill, stacks and ping):
     {"cmd": "stop_attempt", "master": "addr:port", "world_size": W, "reason": str}
         stop (SIGTERM, SIGKILL after the grace) this node's workers of that round, now or
         when they appear: a peer node is gone, so they would fail or hang; the agent then
@@ -182,6 +220,7 @@ LAST_WORDS = 2.0  # seconds still given to unsent events once the console is kno
 MAX_UNSENT = 1 << 20  # log text beyond this much unsent is dropped once the console is known dead
 POLL_INTERVAL = 0.05
 ACTIVE_POLL_INTERVAL = 0.01  # while logs flow: less lag; when quiet: less idle CPU
+SAMPLE_INTERVAL = 2.0  # seconds between "sample" events (the spec's "sample_interval")
 READ_CHUNK = 1 << 20  # also about the most log text one "out" event carries
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -623,6 +662,7 @@ class ProcessGroup:
         self.on_exit = on_exit
         self.by_pid: dict[int, Child] = {}  # started and not reaped yet
         self.asked_to_stop: set[tuple[int, float]] = set()  # (pid, start time): had its SIGTERM
+        self.helpers: dict[int, asyncio.Future] = {}  # our own short-lived tools (py-spy): pid -> status
 
     def start(self, child: Child, env: dict[str, str], cwd: str | None) -> None:
         """Start it (OSError if it cannot be) and follow its log."""
@@ -643,6 +683,11 @@ class ProcessGroup:
                 return
             if pid == 0:
                 return
+            helper = self.helpers.pop(pid, None)
+            if helper is not None:
+                if not helper.done():
+                    helper.set_result(os.waitstatus_to_exitcode(status))
+                continue
             child = self.by_pid.pop(pid, None)
             if child is not None:
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
@@ -669,6 +714,40 @@ class ProcessGroup:
             return [root, *root.children(recursive=True)]
         except psutil.Error:
             return []
+
+    async def run_helper(self, argv: list[str], timeout: float) -> tuple[int | None, bytes, bytes]:
+        """Run one of our tools (py-spy) to its end: (exit status, stdout, stderr); status
+        None when it took longer than `timeout` (then it is killed). The reaper collects it
+        with the job's processes, so its status comes from there, not from a child watcher."""
+        loop = asyncio.get_running_loop()
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return 127, b"", f"{argv[0]}: {exc.strerror}".encode()
+        status = self.helpers[proc.pid] = loop.create_future()
+        readers = [asyncio.ensure_future(_read_all(stream)) for stream in (proc.stdout, proc.stderr)]
+        try:
+            done, _ = await asyncio.wait([status, *readers], timeout=timeout)
+            if len(done) < 3:
+                _killpg(proc.pid, signal.SIGKILL)
+                await asyncio.wait([status, *readers], timeout=2.0)
+                code = None
+            else:
+                code = status.result()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
+            proc.returncode = 0 if not status.done() else status.result()  # Popen must not wait on it again
+        out = readers[0].result() if readers[0].done() and not readers[0].cancelled() else b""
+        err = readers[1].result() if readers[1].done() and not readers[1].cancelled() else b""
+        return code, out, err
+
+    def kill_helpers(self) -> None:
+        for pid in self.helpers:
+            _killpg(pid, signal.SIGKILL)
 
     def terminate(self, processes: list[psutil.Process]) -> None:
         """SIGTERM each process once: a script that checkpoints on the first SIGTERM is cut
@@ -699,12 +778,244 @@ class ProcessGroup:
         return len(survivors)
 
 
+async def _read_all(stream) -> bytes:
+    """Everything a pipe of ours carries, read without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
 def signal_all(processes: list[psutil.Process], sig: int) -> None:
     for process in processes:
         try:
             process.send_signal(sig)  # psutil checks the pid was not reused
         except psutil.Error:
             pass
+
+
+# -- what the ranks use and where they are: samples and stacks ----------------------------
+
+
+class Target:
+    """A rank as sampling and stack dumps see it: the process its tree hangs from (the
+    worker), the tag its events carry ({"rank": r}, elastic adds "seq") and its GPU."""
+
+    def __init__(self, tag: dict, pid: int, gpu: str | None) -> None:
+        self.tag, self.pid, self.gpu = tag, pid, gpu
+
+
+def bound_gpu(env: Mapping[str, str], local_rank: int) -> str | None:
+    """The GPU a worker uses: the local_rank-th of its CUDA_VISIBLE_DEVICES (an index, as
+    NVML and nvidia-smi number them, or a GPU-/MIG- UUID), or its only one."""
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if len(visible) == 1:
+        return visible[0]
+    return visible[local_rank] if 0 <= local_rank < len(visible) else None
+
+
+def rank_owners(parents: dict[int, int], roots: set[int]) -> dict[int, int]:
+    """pid -> the root (a rank's worker) it belongs to, for the descendants in `parents`
+    (pid -> parent pid): the nearest root up its parents, else, for an orphan the launcher
+    adopted, the root whose session it is in (when that root leads its session)."""
+    leaders = {}
+    for root in roots:
+        try:
+            if os.getsid(root) == root:
+                leaders[root] = root
+        except OSError:
+            pass
+    owners = {}
+    for pid in parents:
+        up, hops = pid, 0
+        while up not in roots and up in parents and hops < 256:
+            up, hops = parents[up], hops + 1
+        if up not in roots:
+            try:
+                up = leaders.get(os.getsid(pid))
+            except OSError:
+                up = None
+        if up is not None:
+            owners[pid] = up
+    return owners
+
+
+class GpuTelemetry:
+    """The node's GPUs through NVML (nvidia-ml-py's pynvml), where the node has it and a
+    driver; else `unavailable` says why, and nothing is ever made up."""
+
+    def __init__(self) -> None:
+        self.nvml = None
+        self.unavailable: str | None = None
+        self.handles: dict[str, object] = {}
+        try:
+            import pynvml
+        except ImportError:
+            self.unavailable = f"nvidia-ml-py is not installed for {sys.executable}"
+            return
+        try:
+            pynvml.nvmlInit()
+        except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
+            self.unavailable = f"NVML: {_nvml_text(exc)}"
+            return
+        self.nvml = pynvml
+
+    def read(self, device: str, pids: set[int]) -> dict | None:
+        """One device: utilisation %, memory used/total (bytes), and what `pids` hold on it;
+        None if NVML cannot read it."""
+        nvml = self.nvml
+        if nvml is None:
+            return None
+        try:
+            handle = self.handles.get(device)
+            if handle is None:
+                handle = (nvml.nvmlDeviceGetHandleByIndex(int(device)) if device.isdigit()
+                          else nvml.nvmlDeviceGetHandleByUUID(device))
+                self.handles[device] = handle
+            util = nvml.nvmlDeviceGetUtilizationRates(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            reading = {"device": device, "util": util.gpu, "mem_used": memory.used, "mem_total": memory.total}
+        except Exception:  # noqa: BLE001 - an NVMLError of some kind: no reading, never a guess
+            return None
+        try:
+            processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except Exception:  # noqa: BLE001
+            return reading
+        held = [p.usedGpuMemory for p in processes if p.pid in pids and p.usedGpuMemory is not None]
+        if held:
+            reading["proc_mem"] = sum(held)
+        elif not any(p.pid in pids for p in processes):
+            reading["proc_mem"] = 0
+        return reading
+
+
+def _nvml_text(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Sampler:
+    """What each rank's process tree uses, with psutil: CPU % (of one core, summed over
+    the tree, since the previous sample), RSS and threads (summed) and how many processes;
+    and its GPU through NVML. One walk over the launcher's descendants per sample."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds: dict[tuple[int, float], float] = {}  # (pid, start time) -> user+system
+        self.last: float | None = None  # time.time() of the previous sample
+        self.gpus: GpuTelemetry | None = None
+
+    def sample(self, targets: list[Target]) -> list[dict]:
+        now = time.time()
+        parents, stats = {}, {}
+        for process in ProcessGroup.descendants():
+            try:
+                with process.oneshot():
+                    parents[process.pid] = process.ppid()
+                    times = process.cpu_times()
+                    stats[process.pid] = (process.create_time(), times.user + times.system,
+                                          process.memory_info().rss, process.num_threads())
+            except psutil.Error:
+                continue
+        by_root = {t.pid: t for t in targets if t.pid}
+        owners = rank_owners(parents, set(by_root))
+        totals = {root: [0.0, 0, 0, 0] for root in by_root}  # cpu seconds, rss, threads, procs
+        seconds = {}
+        for pid, root in owners.items():
+            created, cpu, rss, threads = stats[pid]
+            key = (pid, created)
+            before = self.cpu_seconds.get(key)
+            if before is None:  # new since the last sample: all it used was used since
+                before = 0.0 if self.last is not None and created >= self.last else cpu
+            seconds[key] = cpu
+            total = totals[root]
+            total[0] += max(0.0, cpu - before)
+            total[1] += rss
+            total[2] += threads
+            total[3] += 1
+        elapsed = now - self.last if self.last is not None else None
+        self.cpu_seconds, self.last = seconds, now
+        if self.gpus is None and any(t.gpu for t in targets):
+            self.gpus = GpuTelemetry()
+        samples = []
+        for root, target in by_root.items():
+            cpu, rss, threads, procs = totals[root]
+            if not procs:
+                continue  # gone meanwhile
+            entry = {**target.tag, "cpu": round(100.0 * cpu / elapsed, 1) if elapsed else None,
+                     "rss": rss, "threads": threads, "procs": procs}
+            if target.gpu and self.gpus is not None and self.gpus.nvml is not None:
+                reading = self.gpus.read(target.gpu, {p for p, r in owners.items() if r == root})
+                if reading is not None:
+                    entry["gpu"] = reading
+            samples.append(entry)
+        return samples
+
+    def gpu_unavailable(self) -> str | None:
+        return self.gpus.unavailable if self.gpus is not None else "no GPU bound to its ranks"
+
+
+STACKS_INSTALL = "pip install 'flextui[stacks]' (or py-spy) for that python"
+
+
+def find_py_spy() -> str | None:
+    """py-spy for this node: $FLEXTUI_PY_SPY, else on PATH, else beside this python (a
+    venv's bin/ is not on a login shell's PATH), else in the user's scripts directory."""
+    given = os.environ.get("FLEXTUI_PY_SPY")
+    if given is not None:
+        return given if given and os.access(given, os.X_OK) else None
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    import sysconfig
+
+    places = [os.path.dirname(sys.executable), sysconfig.get_path("scripts")]
+    try:
+        places.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    except KeyError:
+        pass
+    for place in places:
+        path = os.path.join(place or "", "py-spy")
+        if place and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+MAX_FRAMES = 200  # of one thread's stack (innermost kept): a deep recursion stays bounded
+STACKS_TIMEOUT = 10.0  # seconds py-spy may take on one process
+STACKS_PARALLEL = 8  # py-spy processes at once on a node
+
+
+async def dump_process(group: ProcessGroup, py_spy: str, pid: int, timeout: float) -> dict:
+    """py-spy's dump of one process: its threads, each with its frames innermost first as
+    [function, short file, line, file]; or an error (one line)."""
+    code, out, err = await group.run_helper([py_spy, "dump", "--pid", str(pid), "--json"], timeout)
+    if code is None:
+        return {"pid": pid, "error": f"py-spy took more than {timeout:g}s"}
+    if code == 0:
+        try:
+            threads = json.loads(out)
+        except ValueError:
+            threads = None
+        if isinstance(threads, list):
+            return {"pid": pid, "threads": [_thread(t) for t in threads if isinstance(t, dict)]}
+    message = err.decode("utf-8", "replace").strip().splitlines() or [f"py-spy exited with {code}"]
+    text = message[0].removeprefix("Error: ")
+    if "python version" in text.lower() or "python interpreter" in text.lower():
+        text = "not a Python process"
+    elif "permission" in text.lower():
+        text = ("py-spy may not trace it (ptrace): run as root, or allow it "
+                "(sysctl kernel.yama.ptrace_scope=0; in a container: CAP_SYS_PTRACE)")
+    return {"pid": pid, "error": text}
+
+
+def _thread(data: dict) -> dict:
+    frames = [[f.get("name"), f.get("short_filename") or f.get("filename"), f.get("line"), f.get("filename")]
+              for f in data.get("frames") or () if isinstance(f, dict)]
+    return {"name": data.get("thread_name"), "tid": data.get("os_thread_id") or data.get("thread_id"),
+            "active": bool(data.get("active")), "gil": bool(data.get("owns_gil")), "frames": frames[:MAX_FRAMES]}
 
 
 # -- the launcher: what every mode shares -------------------------------------------------
@@ -739,6 +1050,8 @@ class NodeLauncher:
         self.go = asyncio.Event()  # "go", or a stop while waiting
         self.last_word = time.monotonic()  # when the console last said anything (the spec)
         self.stdin_closed = False  # EOF: whoever holds the channel closed it
+        self.sample_interval = float(spec.get("sample_interval", SAMPLE_INTERVAL) or 0.0)
+        self.tasks: set[asyncio.Future] = set()  # sampling, stack dumps: cancelled at the end
 
     # -- what a mode provides ----------------------------------------------------------
 
@@ -772,10 +1085,19 @@ class NodeLauncher:
         """What in the spec this mode cannot do on this node (the preflight reports it)."""
         return []
 
+    def targets(self) -> list[Target]:
+        """The running ranks, for samples and stack dumps."""
+        return []
+
+    def before_stop(self) -> None:
+        """The stop's SIGTERMs go out next: a mode marks what they stop."""
+
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
         if kind == "go":
             self.go.set()
+        elif kind == "stacks":
+            self.tasks.add(asyncio.ensure_future(self.dump_stacks(command)))
         elif kind == "ping":
             if command.get("reply"):
                 self.emitter.emit({"ev": "pong", "t": time.time()})
@@ -808,8 +1130,13 @@ class NodeLauncher:
             os.makedirs(self.log_dir, exist_ok=True)
             self.start()
             self.reap()
+            if self.sample_interval > 0:
+                self.tasks.add(asyncio.ensure_future(self.sample_every(self.sample_interval)))
             await self.follow_until_done()
             code = self.exit_code()
+        for task in self.tasks:
+            task.cancel()
+        self.group.kill_helpers()
         self.emitter.emit({"ev": "done", "code": code, "t": time.time()})
         await self.emitter.close()  # still hearing pings meanwhile
         stdin_task.cancel()
@@ -906,6 +1233,7 @@ class NodeLauncher:
             return
         self.stopping = True
         self.emitter.emit({"ev": "stopping", "reason": reason, "grace": self.grace, "t": time.time()})
+        self.before_stop()
         processes = self.group.descendants()
         self.group.terminate(self.stop_targets(processes))
         self.group.terminate_children(processes)
@@ -925,6 +1253,59 @@ class NodeLauncher:
         count = self.group.kill()
         if count:
             self.emitter.emit({"ev": "killing", "count": count, "t": time.time()})
+
+    # -- what the ranks use, where they are ----------------------------------------------
+
+    async def sample_every(self, interval: float) -> None:
+        """A "sample" event every `interval` seconds while the ranks run (see the docs)."""
+        sampler = Sampler()
+        sampler.sample(self.targets())  # the baseline for CPU %
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            if self.stopping:
+                return
+            ranks = sampler.sample(self.targets())
+            if ranks:
+                self.emitter.emit({"ev": "sample", "t": time.time(), "ranks": ranks,
+                                   "nvml": sampler.gpu_unavailable()})
+
+    async def dump_stacks(self, command: dict) -> None:
+        """py-spy on every process of every running rank, all at once (bounded); one "stack"
+        event per rank, then "stacks" (see the docs)."""
+        request = command.get("id")
+        timeout = float(command.get("timeout") or STACKS_TIMEOUT)
+        targets = self.targets()
+        py_spy = find_py_spy()
+        if py_spy is None or psutil is None:
+            self.emitter.emit({"ev": "stacks", "id": request, "ranks": 0, "t": time.time(),
+                               "error": f"py-spy is not installed for {sys.executable}: {STACKS_INSTALL}"})
+            return
+        parents, names = {}, {}
+        for process in self.group.descendants():
+            try:
+                with process.oneshot():
+                    parents[process.pid] = process.ppid()
+                    names[process.pid] = " ".join(process.cmdline())[:200] or process.name()
+            except psutil.Error:
+                continue
+        by_root = {t.pid: t for t in targets if t.pid in parents}
+        owners = rank_owners(parents, set(by_root))
+        limit = asyncio.Semaphore(STACKS_PARALLEL)
+
+        async def one(pid: int) -> dict:
+            async with limit:
+                dump = await dump_process(self.group, py_spy, pid, timeout)
+            return {**dump, "ppid": parents.get(pid), "cmdline": names.get(pid, "")}
+
+        async def rank(root: int, target: Target) -> None:
+            pids = [root] + sorted(p for p, r in owners.items() if r == root and p != root)
+            processes = await asyncio.gather(*(one(pid) for pid in pids))
+            self.emitter.emit({"ev": "stack", "id": request, **target.tag, "pid": root,
+                               "processes": list(processes)})
+
+        await asyncio.gather(*(rank(root, target) for root, target in by_root.items()))
+        self.emitter.emit({"ev": "stacks", "id": request, "ranks": len(by_root), "t": time.time(),
+                           "error": None})
 
     # -- logs ------------------------------------------------------------------------
 
@@ -958,7 +1339,7 @@ class NodeLauncher:
                 more = self.flush(tail) or more
             await self.emitter.drain()
             if self.done():
-                left = self.group.descendants()
+                left = [p for p in self.group.descendants() if p.pid not in self.group.helpers]
                 if not left:
                     break
                 if self.stopping:  # born since the stop began (or left to a mode's process
@@ -982,6 +1363,7 @@ class Worker(Child):
 
     def __init__(self, spec: dict, log_dir: str, command: dict | None) -> None:
         self.rank: int = spec["rank"]
+        self.local_rank: int = spec.get("local_rank", 0)
         argv = spec["argv"] if "argv" in spec else command_argv(command, spec["local_rank"])
         log = LogTail(os.path.join(log_dir, f"rank-{self.rank}.log"), {"ev": "out", "rank": self.rank})
         super().__init__(argv, log, spec.get("env", {}))
@@ -1056,14 +1438,28 @@ class FixedLauncher(NodeLauncher):
 
     def on_exit(self, worker: Worker) -> None:
         self.flush(worker.log, final=True)
-        stopped = worker.stopped or self.stopping
+        stopped = worker.stopped  # we signalled it while it ran (stop_rank, or the job's stop)
         self.emitter.emit(
             {"ev": "exited", "rank": worker.rank, "code": worker.code, "signal": worker.signal,
              "t": time.time(), "stopped": stopped}
         )
-        if exit_status(worker.code, worker.signal) != 0 and not stopped and self.first_failure is None:
+        if (exit_status(worker.code, worker.signal) != 0 and not stopped and not self.stopping
+                and self.first_failure is None):
             self.first_failure = worker
             self.begin_stop(f"rank {worker.rank} failed")
+
+    def before_stop(self) -> None:
+        """Every worker still running is stopped by us from here on; one that has already
+        ended (a zombie not reaped yet: it died with the first failure, say, of its lost
+        peer) ended on its own, and its exit says so."""
+        for worker in self.workers:
+            if worker.pid and not worker.exited and not _is_zombie(worker.pid):
+                worker.stopped = True
+
+    def targets(self) -> list[Target]:
+        visible = {**os.environ, **self.env}
+        return [Target({"rank": w.rank}, w.pid, bound_gpu({**visible, **w.env}, w.local_rank))
+                for w in self.workers if w.pid and not w.exited]
 
     def on_command(self, command: dict) -> None:
         kind = command.get("cmd")
@@ -1320,6 +1716,16 @@ class ElasticLauncher(NodeLauncher):
         for worker in list(self.live_workers()):
             self.check_exit(worker)
 
+    def targets(self) -> list[Target]:
+        visible = {**os.environ, **self.env}
+        targets = []
+        for worker in self.live_workers():
+            pid = worker.pid or (worker.shim.pid if worker.shim else None)
+            if pid:
+                targets.append(Target({"rank": worker.rank, "seq": worker.seq}, pid,
+                                      bound_gpu(visible, worker.local_rank)))
+        return targets
+
     def tails(self) -> list[LogTail]:
         own = [] if self.agent.exited else [self.agent.log]
         return own + [w.log for w in self.live_workers()]
@@ -1472,6 +1878,13 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True  # gone: it ended before we got to it
 
 
 def _pgid(pid: int) -> int | None:

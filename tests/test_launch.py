@@ -319,7 +319,8 @@ def test_worker_environment_cwd_and_logs_dir(tmp_path, marker, worker):
 
 
 def test_launcher_is_self_contained():
-    """The SSH transport ships launch.py alone: it may import only stdlib and psutil."""
+    """The SSH transport ships launch.py alone: it may import only stdlib and psutil (and
+    pynvml, nvidia-ml-py, where a node has it: imported guarded, only to read GPUs)."""
     tree = ast.parse(Path(flextui.launch.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -330,7 +331,7 @@ def test_launcher_is_self_contained():
     imported -= {"__future__"}
     import sys
 
-    assert imported - set(sys.stdlib_module_names) == {"psutil"}
+    assert imported - set(sys.stdlib_module_names) == {"psutil", "pynvml"}
     out = subprocess.run([PY, "-c", "import sys, flextui.launch; print(sorted(m for m in sys.modules "
                           "if m.startswith(('torch', 'flextui.'))))"], capture_output=True, text=True)
     assert out.stdout.strip() == "['flextui.launch']"
