@@ -7,33 +7,31 @@ verdict reads the same in a CI log, on the job bar and in the summary screen:
 - job_state_text and verdict / verdict_line: the job's state (with the SIGKILL
   countdown while it stops), exit code, and why: the first failure (by time across
   nodes, decided by the model), the error that ended it, or why it was stopped;
-- ERROR_RE / TRACEBACK: lines worth jumping to (tracebacks, errors);
+- ERROR_RE / TRACEBACK: lines worth jumping to (tracebacks, errors; from rootcause.py,
+  which also finds a failed rank's last error line and tells a lost peer's error);
+- root_cause_lines: the cascade in words (root cause, collateral ranks);
+- what ranks use and whether they are stuck: cpu_text, mem_text, gpu_text, silent_text,
+  stall_text / stall_warning (the decisions are the model's), gpu_telemetry_note;
 - RateMeter: lines per second per rank, from the model's counters;
 - the elastic mode's words: attempts, the bar text, the end-of-run lines.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flextui.model import JobModel, JobState, RankState, RankStatus
+from flextui.model import JobModel, JobState, RankState, RankStatus, Usage
+from flextui.rootcause import ERROR_RE, TRACEBACK, is_error_line  # noqa: F401 - the console's names for them
+from flextui.stacks import rank_spans
 
 if TYPE_CHECKING:
     from flextui.modes.elastic import Attempt, ElasticJobModel
 
-#: A line worth jumping to: a traceback header or an error/exception.
-ERROR_RE = re.compile(
-    r"Traceback \(most recent call last\)|\b[A-Za-z_]*(?:Error|Exception)\b(?!\w)"
-    r"|\bERROR\b|\bFATAL\b|\bCRITICAL\b|\berror:|Segmentation fault|core dumped"
-)
-TRACEBACK = "Traceback (most recent call last)"
-
-
-def is_error_line(text: str) -> bool:
-    return ERROR_RE.search(text) is not None
+#: A running rank's silence is shown (SILENT) once it is this long: a rank that writes a
+#: line every second or two is not news.
+SILENT_SHOWN = 5.0
 
 
 # -- one rank ------------------------------------------------------------------------------
@@ -47,20 +45,22 @@ def signal_name(number: int | None) -> str:
 
 
 def status_text(rank: RankState) -> str:
-    """pending, running, exited 0, failed 3, killed SIGKILL, lost — "stopped" when we did it."""
+    """pending, running, exited 0, failed 3, killed SIGKILL, lost — "stopped" when we did
+    it, "collateral" when a lost peer's error ended it."""
     status = rank.status
     if status is RankStatus.EXITED:
         return f"exited {rank.code or 0}"
+    word = "collateral" if rank.collateral else "stopped" if rank.stopped else None
     if status is RankStatus.FAILED:
-        return f"{'stopped' if rank.stopped else 'failed'} {rank.code}"
+        return f"{word or 'failed'} {rank.code}"
     if status is RankStatus.KILLED:
-        return f"{'stopped' if rank.stopped else 'killed'} {signal_name(rank.signal)}"
+        return f"{word or 'killed'} {signal_name(rank.signal)}"
     return status.value
 
 
 def outcome_text(rank: RankState) -> str:
     """How a rank ended, as the summary and the verdict say it: `exit 3`,
-    `signal 9 (SIGKILL) (stopped)`, `lost`, `running`."""
+    `signal 9 (SIGKILL) (stopped)`, `exit 1 (collateral)`, `lost`, `running`."""
     if rank.status is RankStatus.KILLED:
         try:
             name = signal.Signals(rank.signal).name
@@ -71,7 +71,23 @@ def outcome_text(rank: RankState) -> str:
         text = f"exit {rank.code}"
     else:
         text = rank.status.value
+    if rank.collateral:
+        return text + " (collateral)"
     return text + (" (stopped)" if rank.stopped else "")
+
+
+def error_text(rank: RankState) -> str | None:
+    """What a rank that failed died of (its last error line), also when it is collateral;
+    none for a rank flextui stopped (its error is the stop's)."""
+    if rank.error_line and (rank.collateral or not rank.stopped):
+        return rank.error_line
+    return None
+
+
+def rank_status_text(model: JobModel, rank: RankState, now: float) -> str:
+    """The table's STATUS: status_text, or "stalled?" for a running rank silent for
+    --stall_after seconds."""
+    return "stalled?" if model.is_stalled(rank, now) else status_text(rank)
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -105,6 +121,7 @@ class Verdict:
     kind: str | None  # what `reason` is: "first_failure", "error", "stop" (None: no reason)
     reason: str  # "first failure: rank 5 on node-b, exit 1", the error, or why it stopped
     first_failure: RankState | None
+    error_line: str | None = None  # what the first failure died of: "RuntimeError: boom"
 
 
 def verdict(model: JobModel, now: float, error: str | None = None) -> Verdict:
@@ -114,22 +131,142 @@ def verdict(model: JobModel, now: float, error: str | None = None) -> Verdict:
     exit_code = model.exit_code if model.state.finished else None
     first = model.first_failure
     if first is not None:
-        kind, reason = "first_failure", (f"first failure: rank {first.rank} on {first.info.host}, "
-                                         f"{outcome_text(first)}")
+        kind, reason = "first_failure", failure_text(model, first, with_error=False)
     elif error or model.error:
         kind, reason = "error", error or model.error
     elif model.stop_reason:
         kind, reason = "stop", model.stop_reason
     else:
         kind, reason = None, ""
-    return Verdict(state, key, exit_code, kind, reason, first)
+    return Verdict(state, key, exit_code, kind, reason, first, error_text(first) if first else None)
+
+
+def failure_text(model: JobModel, first: RankState, with_error: bool = True) -> str:
+    """`first failure: rank 5 on n2, exit 1: RuntimeError: boom` — "root cause" when other
+    ranks failed of it (collateral); with_error=False leaves out what it died of."""
+    collateral = any(r.collateral for r in model.current_ranks)
+    text = (f"{'root cause' if collateral else 'first failure'}: rank {first.rank} on {first.info.host}, "
+            f"{outcome_text(first).removesuffix(' (collateral)')}")
+    error = error_text(first) if with_error else None
+    return text + (f": {error}" if error else "")
+
+
+def collateral_text(model: JobModel) -> str | None:
+    """`collateral: ranks 0-2,4-7 failed after rank 3 with a peer-connection error`."""
+    collateral = [r.rank for r in model.current_ranks if r.collateral]
+    if not collateral:
+        return None
+    first = model.first_failure
+    lost = [n.host for n in model.nodes if n.lost]
+    if first is not None:
+        cause = f"rank {first.rank}"
+    elif lost:
+        cause = f"node {', '.join(lost)} was lost"
+    else:
+        cause = "the job was stopped"
+    return (f"collateral: {'rank' if len(collateral) == 1 else 'ranks'} {rank_spans(collateral)} "
+            f"failed after {cause} with a peer-connection error")
+
+
+def root_cause_lines(model: JobModel) -> list[str]:
+    """The cascade after a failure, for the summary: which rank is the root cause and
+    why, which ranks failed only because of it."""
+    first = model.first_failure
+    lines = [failure_text(model, first)] if first is not None else []
+    collateral = collateral_text(model)
+    return lines + ([collateral] if collateral else [])
 
 
 def verdict_line(model: JobModel, now: float, error: str | None = None) -> str:
-    """`job failed (exit code 3); first failure: rank 2 on node1, exit 3`."""
+    """`job failed (exit code 3); first failure: rank 2 on node1, exit 3: ValueError: bad`."""
     v = verdict(model, now, error)
     text = f"job {v.state}" + (f" (exit code {v.exit_code})" if v.exit_code is not None else "")
-    return text + (f"; {v.reason}" if v.reason else "")
+    text += f"; {v.reason}" if v.reason else ""
+    return text + (f": {v.error_line}" if v.error_line else "")
+
+
+# -- activity, resources, stalls -----------------------------------------------------------
+
+
+def short_duration(seconds: float) -> str:
+    """`45s`, `5m`, `5m30s`, `2h05m`: a silence, a stall threshold."""
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def silent_text(model: JobModel, rank: RankState, now: float) -> str:
+    """The table's SILENT: how long a running rank has written nothing, once that is
+    SILENT_SHOWN seconds or more; else empty."""
+    silent = model.silent_for(rank, now)
+    return short_duration(silent) if silent is not None and silent >= SILENT_SHOWN else ""
+
+
+def stall_text(model: JobModel, now: float) -> str | None:
+    """For the job bar: `⚠ 3 silent > 5m`, or when every running rank is: `⚠ all 8 ranks
+    silent > 5m: a collective hang?`; None when nothing is stalled."""
+    stalled = model.stalled(now)
+    if not stalled:
+        return None
+    limit = short_duration(model.stall_after)
+    if model.collective_hang(now):
+        return f"⚠ all {len(stalled)} ranks silent > {limit}: a collective hang? (d: stacks)"
+    return f"⚠ {len(stalled)} silent > {limit} (d: stacks)"
+
+
+def stall_warning(model: JobModel, rank: RankState, now: float) -> str:
+    """One line when a rank is first flagged: `rank 5 on n2: silent for 5m (--stall_after
+    300): stalled? (it keeps running)`."""
+    silent = model.silent_for(rank, now) or 0.0
+    return (f"rank {rank.rank} on {rank.info.host}: silent for {short_duration(silent)} "
+            f"(--stall_after {model.stall_after:g}): stalled? (it keeps running)")
+
+
+def cpu_text(usage: Usage | None) -> str:
+    """`97%` of one core (over the rank's process tree); `-` before the first sample."""
+    if usage is None or usage.cpu is None:
+        return "-"
+    return f"{usage.cpu:.0f}%"
+
+
+def mem_text(size: int | None) -> str:
+    """Bytes in 4 characters or so: `812M`, `1.2G`, `14G`."""
+    if size is None:
+        return "-"
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return f"{size}B"
+
+
+def gpu_text(rank: RankState) -> str:
+    """The GPU column: the binding, and with telemetry its use: `3 87% 12G/80G` (busy %,
+    what the rank's processes hold / the device's total)."""
+    text = str(rank.info.gpu)
+    gpu = rank.usage.gpu if rank.usage is not None else None
+    if gpu is None or rank.status is not RankStatus.RUNNING:
+        return text
+    held = gpu.proc_mem if gpu.proc_mem is not None else gpu.mem_used
+    util = f" {gpu.util:.0f}%" if gpu.util is not None else ""
+    memory = f" {mem_text(held)}/{mem_text(gpu.mem_total)}" if held is not None and gpu.mem_total else ""
+    return text + util + memory
+
+
+def gpu_telemetry_note(model: JobModel) -> str | None:
+    """`no GPU telemetry on n1, n2 (nvidia-ml-py is not installed for /usr/bin/python3)`:
+    once the nodes without it have said so; None when every node has it."""
+    without = [n for n in model.nodes if n.sampled and n.no_gpu_telemetry]
+    if not without:
+        return None
+    reasons = list(dict.fromkeys(n.no_gpu_telemetry for n in without))
+    why = reasons[0] if len(reasons) == 1 else "; ".join(f"{n.host}: {n.no_gpu_telemetry}" for n in without)
+    return f"no GPU telemetry on {', '.join(n.host for n in without)} ({why})"
 
 
 # -- output ------------------------------------------------------------------------------

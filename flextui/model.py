@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 
+from flextui.rootcause import error_line, is_peer_error, is_signalled_error
 from flextui.world import RankInfo, World
 
 DEFAULT_TAIL_LINES = 5000
+#: Seconds a running rank may write nothing before it is flagged "stalled?" (--stall_after).
+DEFAULT_STALL_AFTER = 300.0
 MAX_LIVE_CHARS = 1 << 16  # of an unfinished line kept for display
 DEFAULT_COMBINED_LINES = 50000  # the "all ranks" ring: (rank, line) across every rank
 
@@ -52,6 +55,40 @@ class JobState(enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTED)
 
 
+@dataclass(frozen=True)
+class GpuUsage:
+    """A rank's bound GPU as its node launcher read it through NVML (None: not reported)."""
+
+    device: str  # its CUDA_VISIBLE_DEVICES entry: an index, or a GPU-/MIG- UUID
+    util: float | None = None  # percent of the last sample period the GPU was busy
+    mem_used: int | None = None  # bytes used on the device, by every process
+    mem_total: int | None = None
+    proc_mem: int | None = None  # bytes the rank's own processes hold on it
+
+    @classmethod
+    def from_event(cls, data: dict) -> GpuUsage:
+        return cls(str(data.get("device", "?")), data.get("util"), data.get("mem_used"),
+                   data.get("mem_total"), data.get("proc_mem"))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a rank's process tree used at its node launcher's last sample (every ~2 s)."""
+
+    t: float  # when it arrived (the model's clock)
+    cpu: float | None  # percent of one core, summed over the tree, since the previous sample
+    rss: int  # bytes resident, summed over the tree
+    threads: int
+    procs: int  # processes in the tree: the rank and its children
+    gpu: GpuUsage | None = None
+
+    @classmethod
+    def from_event(cls, data: dict, t: float) -> Usage:
+        gpu = data.get("gpu")
+        return cls(t, data.get("cpu"), int(data.get("rss") or 0), int(data.get("threads") or 0),
+                   int(data.get("procs") or 0), GpuUsage.from_event(gpu) if isinstance(gpu, dict) else None)
+
+
 def exit_status(code: int | None, signal: int | None) -> int:
     """One number per outcome, as a shell reports it: 128 + N for signal N."""
     return 128 + signal if signal else (code or 0)
@@ -76,6 +113,11 @@ class RankState:
     tail: deque[str] = field(init=False)
     live: str = ""  # the line being written (no newline yet), e.g. a tqdm bar; bounded
     cpus: str | None = None  # the CPUs it is pinned to ("0-3"), with --bind_cores_to_rank
+    last_heard: float | None = None  # the model's clock when it started or last wrote anything
+    usage: Usage | None = None  # its process tree at the last sample
+    error_line: str | None = None  # after a non-zero exit: its last error (rootcause.error_line)
+    peer_error: bool = False  # that error was a lost peer's, not its own (rootcause.is_peer_error)
+    collateral: bool = False  # it died of a lost peer's error: another rank, a node or the stop went first
 
     def __post_init__(self) -> None:
         self.tail = deque(maxlen=self.tail_lines)
@@ -148,6 +190,9 @@ class RankState:
             self.status = RankStatus.FAILED
         else:
             self.status = RankStatus.EXITED
+        if self.status is not RankStatus.EXITED:
+            self.error_line = error_line(self.tail, killed=self.status is RankStatus.KILLED)
+            self.peer_error = is_peer_error(self.error_line)
 
     def finish_output(self) -> list[str]:
         """The rank is done: its unfinished last line is a line now (returned, if any)."""
@@ -182,6 +227,10 @@ class NodeState:
     #: why the node stopped its running ranks before the console asked it to (it heard
     #: nothing from the console for --node_timeout, its launcher was signalled)
     stopped_job: str | None = None
+    sampled: bool = False  # its launcher reported what its ranks use (a "sample" event)
+    #: why its launcher cannot read its GPUs (no nvidia-ml-py, no driver); None: it can,
+    #: or it has not said yet (see `sampled`)
+    no_gpu_telemetry: str | None = None
 
 
 class JobModel:
@@ -214,6 +263,8 @@ class JobModel:
         self.aborted_by_user = False
         self.abort_signal = 2  # SIGINT: what the user's abort counts as in the exit code
         self.error: str | None = None  # why the job could not start / was cut short
+        self.stall_after = DEFAULT_STALL_AFTER  # seconds of silence that flag a running rank
+        self._flagged: set[int] = set()  # id() of the ranks update_stalls flagged, while they stay silent
 
     @property
     def current_ranks(self) -> list[RankState]:
@@ -228,7 +279,9 @@ class JobModel:
         kind = event.get("ev")
         if kind == "out":
             rank_no = event["rank"]
-            lines = self.ranks[rank_no].add_output(event["data"])
+            rank = self.ranks[rank_no]
+            rank.last_heard = self.clock()
+            lines = rank.add_output(event["data"])
             if lines:
                 self.combined.extend(zip(repeat(rank_no), lines))
                 self.combined_count += len(lines)
@@ -238,12 +291,15 @@ class JobModel:
             rank = self.ranks[event["rank"]]
             rank.status, rank.pid, rank.started_at = RankStatus.RUNNING, event["pid"], event["t"]
             rank.cpus = event.get("cpus")
+            rank.last_heard = self.clock()
             if self.state is JobState.LAUNCHING and all(
                 r.status is not RankStatus.PENDING for r in self.ranks
             ):
                 self.state = JobState.RUNNING
         elif kind == "exited":
             return self._rank_exited(self.ranks[event["rank"]], event)
+        elif kind == "sample":
+            self.apply_sample(node_rank, event)
         elif kind == "hello":
             node.launcher_pid, node.hostname = event.get("pid"), event.get("host")
         elif kind == "stopping":
@@ -256,6 +312,23 @@ class JobModel:
             node.done, node.code = True, event.get("code")
         return None
 
+    def apply_sample(self, node_rank: int, event: dict) -> None:
+        """A launcher's "sample": what each of its ranks' process trees uses now."""
+        node = self.nodes[node_rank]
+        node.sampled, node.no_gpu_telemetry = True, event.get("nvml")
+        now = self.clock()
+        for entry in event.get("ranks", ()):
+            rank = self._sampled_rank(node_rank, entry)
+            if rank is not None and not rank.status.finished:
+                rank.usage = Usage.from_event(entry, now)
+
+    def _sampled_rank(self, node_rank: int, entry: dict) -> RankState | None:
+        number = entry.get("rank")
+        if isinstance(number, int) and 0 <= number < len(self.ranks):
+            rank = self.ranks[number]
+            return rank if rank.info.node_rank == node_rank else None
+        return None
+
     def _finish_output(self, rank: RankState, shown: bool = True) -> list[str]:
         finished = rank.finish_output()
         if finished and shown:
@@ -266,11 +339,44 @@ class JobModel:
     def _rank_exited(self, rank: RankState, event: dict) -> list[str]:
         finished = self._finish_output(rank)
         rank.record_exit(event)
-        if rank.status is not RankStatus.EXITED and not rank.stopped:
-            first = self.first_failure
-            if first is None or (rank.ended_at or 0) < (first.ended_at or 0):
-                self.first_failure = rank  # by time across nodes, not by arrival
+        self._find_root_cause()
         return finished
+
+    def _find_root_cause(self) -> None:
+        """The first failure is the cascade's root cause: the earliest failure (by time
+        across nodes, not by arrival) that is not a lost peer's error. Failures that are
+        (gloo's "Connection closed by peer", NCCL's "remote process exited") are collateral
+        of it; if every failure is, the earliest is the cause, unless a lost node or a stop
+        came first: then no rank is."""
+        failures = [r for r in self.ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
+        if failures:
+            for rank in self.ranks:
+                if self._failed_while_stopped(rank):
+                    rank.stopped = False
+                    failures.append(rank)
+        own = [r for r in failures if not r.peer_error]
+        root = min(own or failures, key=lambda r: r.ended_at or 0.0, default=None)
+        if root is not None and not own and self._cause_before(root):
+            root = None
+        self.first_failure = root
+        for rank in self.ranks:  # also a rank we stopped while it died of its lost peer
+            rank.collateral = rank.peer_error and rank is not root and rank.status in (
+                RankStatus.FAILED, RankStatus.KILLED)
+
+    @staticmethod
+    def _failed_while_stopped(rank: RankState) -> bool:
+        """A rank stopped after a failure that exited with an error of its own (not the
+        stop's: no signal, no KeyboardInterrupt or SignalException; not a lost peer's): it
+        was dying of it when the stop came, so it failed on its own, later than the cause."""
+        return (rank.stopped and rank.status is RankStatus.FAILED and rank.error_line is not None
+                and not rank.peer_error and not is_signalled_error(rank.error_line))
+
+    def _cause_before(self, failure: RankState) -> bool:
+        """Whether something other than a rank ended the job's peers before this failure:
+        a node was lost, or the job was being stopped."""
+        if any(n.lost for n in self.nodes):
+            return True
+        return self.stop_started_at is not None and self.stop_started_at <= (failure.ended_at or 0.0)
 
     def node_lost(self, node_rank: int, reason: str) -> None:
         node = self.nodes[node_rank]
@@ -282,6 +388,7 @@ class JobModel:
             if not rank.status.finished:
                 self._finish_output(rank)
                 rank.status, rank.ended_at = RankStatus.LOST, self.clock()
+        self._find_root_cause()
 
     def interrupted(self, reason: str) -> None:
         """A node's launcher was ended from outside the job (scancel, a time limit): the job
@@ -292,10 +399,40 @@ class JobModel:
         for rank in self.ranks:
             if rank.status is RankStatus.KILLED and rank.signal in (signal.SIGTERM, signal.SIGKILL):
                 rank.stopped = True
-        failures = [r for r in self.ranks if r.status in (RankStatus.FAILED, RankStatus.KILLED) and not r.stopped]
-        self.first_failure = min(failures, key=lambda r: r.ended_at or 0, default=None)
+        self._find_root_cause()
 
     # -- decisions ---------------------------------------------------------------------
+
+    def silent_for(self, rank: RankState, now: float) -> float | None:
+        """Seconds a running rank has written nothing (since it started); None if it is
+        not running."""
+        if rank.status is not RankStatus.RUNNING or rank.last_heard is None:
+            return None
+        return max(0.0, now - rank.last_heard)
+
+    def is_stalled(self, rank: RankState, now: float) -> bool:
+        """A running rank silent for --stall_after seconds, while the job runs: "stalled?"."""
+        if self.state is not JobState.RUNNING or not self.stall_after:
+            return False
+        silent = self.silent_for(rank, now)
+        return silent is not None and silent >= self.stall_after
+
+    def stalled(self, now: float) -> list[RankState]:
+        return [r for r in self.current_ranks if self.is_stalled(r, now)]
+
+    def collective_hang(self, now: float) -> bool:
+        """Every running rank (two or more) is stalled: they wait on each other, typically
+        in a collective one of them never reached."""
+        running = [r for r in self.current_ranks if r.status is RankStatus.RUNNING]
+        return len(running) > 1 and all(self.is_stalled(r, now) for r in running)
+
+    def update_stalls(self, now: float) -> list[RankState]:
+        """The ranks stalled now that were not at the last call (each flagged once per
+        silence: a rank that writes again can be flagged again later)."""
+        stalled = self.stalled(now)
+        new = [r for r in stalled if id(r) not in self._flagged]
+        self._flagged = {id(r) for r in stalled}
+        return new
 
     @property
     def must_stop(self) -> bool:
@@ -372,6 +509,8 @@ class JobModel:
                     "status": r.status.value, "code": r.code, "signal": r.signal,
                     "stopped": r.stopped, "duration": round(r.runtime(now), 3),
                     "lines": r.line_count, **({"cpus": r.cpus} if r.cpus else {}),
+                    **({"error": r.error_line} if r.error_line else {}),
+                    **({"collateral": True} if r.collateral else {}),
                 }
                 for r in self.ranks
             ],

@@ -97,46 +97,72 @@ def all_exit_0() -> list[tuple]:
     return [exited(r) for r in range(4)] + [("done", 0, 0), ("done", 1, 0)]
 
 
-def play(steps: list[tuple], clock: FakeClock | None = None) -> JobModel:
+def play(steps: list[tuple], clock: FakeClock | None = None, stall_after: float | None = None) -> JobModel:
     clock = clock or FakeClock()
     model = JobModel(World.from_slots({"n1": [0, 1], "n2": [0, 1]}), "run", clock=clock)
+    if stall_after is not None:
+        model.stall_after = stall_after
     for step in steps:
-        kind, *args = step
-        if kind == "started":
-            (rank,) = args
-            model.apply(rank // 2, {"ev": "started", "rank": rank, "pid": 100 + rank, "t": clock()})
-        elif kind == "exited":
-            rank, code, sig, t, stopped = args
-            model.apply(rank // 2, {"ev": "exited", "rank": rank, "code": code, "signal": sig, "t": t,
-                                    "stopped": stopped})
-        elif kind == "done":
-            node, code = args
-            model.apply(node, {"ev": "done", "code": code})
-        elif kind == "lost":
-            (node,) = args
-            model.node_lost(node, f"node n{node + 1} lost: connection closed")
-        elif kind == "stop":
-            reason, by_user = args
-            model.begin_stop(reason, 10.0, by_user)
-        elif kind == "abort":
-            (signum,) = args
-            model.abort_signal = signum
-            model.begin_stop("aborted by user", 10.0, by_user=True)
-        elif kind == "error":
-            (message,) = args
-            model.error = message
-        elif kind == "node_stops":  # its launcher stopped its ranks on its own
-            node, reason = args
-            model.apply(node, {"ev": "stopping", "reason": reason, "grace": 10.0, "t": clock()})
-        elif kind == "interrupted":
-            (reason,) = args
-            model.interrupted(reason)
-        elif kind == "tick":
-            (seconds,) = args
-            clock.now += seconds
-        else:
-            raise ValueError(kind)
+        apply_step(model, clock, step)
     return model
+
+
+def apply_step(model: JobModel, clock: FakeClock, step: tuple) -> None:
+    kind, *args = step
+    if kind == "started":
+        (rank,) = args
+        model.apply(rank // 2, {"ev": "started", "rank": rank, "pid": 100 + rank, "t": clock()})
+    elif kind == "out":
+        rank, text = args
+        model.apply(rank // 2, {"ev": "out", "rank": rank, "data": text})
+    elif kind == "exited":
+        rank, code, sig, t, stopped = args
+        model.apply(rank // 2, {"ev": "exited", "rank": rank, "code": code, "signal": sig, "t": t,
+                                "stopped": stopped})
+    elif kind == "done":
+        node, code = args
+        model.apply(node, {"ev": "done", "code": code})
+    elif kind == "lost":
+        (node,) = args
+        model.node_lost(node, f"node n{node + 1} lost: connection closed")
+    elif kind == "stop":
+        reason, by_user = args
+        model.begin_stop(reason, 10.0, by_user)
+    elif kind == "abort":
+        (signum,) = args
+        model.abort_signal = signum
+        model.begin_stop("aborted by user", 10.0, by_user=True)
+    elif kind == "error":
+        (message,) = args
+        model.error = message
+    elif kind == "node_stops":  # its launcher stopped its ranks on its own
+        node, reason = args
+        model.apply(node, {"ev": "stopping", "reason": reason, "grace": 10.0, "t": clock()})
+    elif kind == "interrupted":
+        (reason,) = args
+        model.interrupted(reason)
+    elif kind == "tick":
+        (seconds,) = args
+        clock.now += seconds
+    else:
+        raise ValueError(kind)
+
+
+def traceback(rank: int, exception: str) -> tuple:
+    """A rank printing a traceback the way torch does ("[rankN]: " before every line)."""
+    return ("out", rank, f"[rank{rank}]: Traceback (most recent call last):\n"
+                         f"[rank{rank}]:   File \"train.py\", line 60, in main\n"
+                         f"[rank{rank}]:     dist.all_reduce(value)\n"
+                         f"[rank{rank}]: {exception}\n")
+
+
+GLOO = "RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:4302"
+OWN = "RuntimeError: rank hit a simulated fault"
+
+
+def died_of(rank: int, exception: str, t: float = 1010.0, code: int | None = 1, signal: int | None = None,
+            stopped: bool = False) -> list[tuple]:
+    return [traceback(rank, exception), exited(rank, code=code, signal=signal, t=t, stopped=stopped)]
 
 
 DECISIONS = [
@@ -177,19 +203,119 @@ DECISIONS = [
     ("interrupted from outside with nothing failed: the job failed, exit 1",
      started() + [exited(0, code=None, signal=9), ("interrupted", "Slurm job 7 was cancelled")],
      None, False, JobState.FAILED, 1),
+    # -- cascades: the root cause, and the ranks that died of it (COLLATERAL below)
+    ("a cascade: rank 3 raises, the others die of gloo errors: rank 3 is the root cause",
+     started() + died_of(3, OWN, t=1010.0) + died_of(0, GLOO, t=1010.2) + died_of(1, GLOO, t=1010.3)
+     + died_of(2, GLOO, t=1010.1), 3, True, JobState.FAILED, 1),
+    ("a peer's error is not the root cause, even when it comes first or earlier",
+     started() + died_of(0, GLOO, t=1009.0) + died_of(3, OWN, t=1010.0, code=7), 3, True, JobState.FAILED, 7),
+    ("only peers' errors: the earliest is the cause",
+     started() + died_of(1, GLOO, t=1011.0, code=2) + died_of(0, GLOO, t=1010.0, code=4), 0, True,
+     JobState.FAILED, 4),
+    ("peers' errors after a lost node: the node is the cause, not a rank",
+     started() + [("lost", 1)] + died_of(0, GLOO), None, True, JobState.FAILED, 255),
+    ("peers' errors after the user's stop: the stop is the cause",
+     started() + [("abort", 2)] + died_of(0, GLOO), None, False, JobState.ABORTED, 130),
+    ("a rank the stop killed while it died of its lost peer is collateral",
+     started() + died_of(3, OWN) + [("stop", "rank 3 failed", False)]
+     + died_of(0, GLOO, t=1010.5, code=None, signal=15, stopped=True)
+     + [exited(1, code=None, signal=15, t=1010.6, stopped=True)], 3, False, JobState.FAILED, 1),
+    ("a rank dying of an error of its own as the stop came failed on its own: not the cause",
+     started() + died_of(3, OWN, code=5) + [("stop", "rank 3 failed", False)]
+     + died_of(0, "ValueError: bad batch", t=1010.2, stopped=True)
+     + died_of(1, "KeyboardInterrupt", t=1010.2, stopped=True), 3, False, JobState.FAILED, 5),
 ]
 
+#: The ranks each DECISIONS row leaves collateral (none where it is not named).
+COLLATERAL = {
+    "a cascade: rank 3 raises, the others die of gloo errors: rank 3 is the root cause": {0, 1, 2},
+    "a peer's error is not the root cause, even when it comes first or earlier": {0},
+    "only peers' errors: the earliest is the cause": {1},
+    "peers' errors after a lost node: the node is the cause, not a rank": {0},
+    "peers' errors after the user's stop: the stop is the cause": {0},
+    "a rank the stop killed while it died of its lost peer is collateral": {0},
+}
 
-@pytest.mark.parametrize("steps, first, must_stop, state, exit_code",
-                         [row[1:] for row in DECISIONS], ids=[row[0] for row in DECISIONS])
-def test_decisions(steps, first, must_stop, state, exit_code):
+
+@pytest.mark.parametrize("name, steps, first, must_stop, state, exit_code", DECISIONS, ids=[row[0] for row in DECISIONS])
+def test_decisions(name, steps, first, must_stop, state, exit_code):
     model = play(steps)
     assert (model.first_failure.rank if model.first_failure else None) == first
+    assert {r.rank for r in model.ranks if r.collateral} == COLLATERAL.get(name, set())
     assert model.must_stop is must_stop
     model.finish()
     assert (model.state, model.exit_code) == (state, exit_code)
     assert model.must_stop is False  # a finished job never needs stopping
     assert model.summary()["exit_code"] == exit_code
+
+
+# -- stalls: a running rank silent for --stall_after, checked as the job's watch does -------
+#
+# ("check",) is the job's periodic look (model.update_stalls); the row gives the ranks each
+# check newly flags, the ranks stalled at the end, and whether that is a collective hang.
+
+def everyone_writes() -> list[tuple]:
+    return [("out", r, f"rank {r} step 1\n") for r in range(4)]
+
+
+STALLS = [
+    # name, stall_after, steps, flagged per check, stalled at the end, collective hang
+    ("a rank silent for --stall_after is flagged, once",
+     5.0, started() + [("tick", 3)] + [("out", r, "step\n") for r in (0, 1, 2)] + [("tick", 3), ("check",), ("check",)],
+     [[3], []], {3}, False),
+    ("silence counts from the start for a rank that never wrote",
+     5.0, started() + [("tick", 4.9), ("check",), ("tick", 0.1), ("check",)], [[], [0, 1, 2, 3]], {0, 1, 2, 3},
+     True),
+    ("a progress bar (no newline) is not silence",
+     5.0, started() + [("tick", 4)] + [("out", r, "\r 40%") for r in range(4)] + [("tick", 4), ("check",)],
+     [[]], set(), False),
+    ("a rank that writes again is cleared, and flagged again after another silence",
+     5.0, started() + [("tick", 6), ("check",)] + [("out", 1, "back\n"), ("check",), ("tick", 6), ("check",)],
+     [[0, 1, 2, 3], [], [1]], {0, 1, 2, 3}, True),
+    ("finished ranks are never stalled; one running rank alone is no collective hang",
+     5.0, started() + [exited(r) for r in (0, 1, 2)] + [("tick", 6), ("check",)], [[3]], {3}, False),
+    ("nothing is flagged while the job stops",
+     5.0, started() + [("stop", "quit by user", True), ("tick", 6), ("check",)], [[]], set(), False),
+    ("--stall_after 0: never", 0.0, started() + [("tick", 1000), ("check",)], [[]], set(), False),
+]
+
+
+def test_a_rank_that_failed_as_the_stop_came_is_not_stopped():
+    model = play(next(row[1] for row in DECISIONS if row[0].startswith("a rank dying of an error of its own")))
+    assert [(r.rank, r.stopped, r.collateral) for r in model.ranks[:2]] == [(0, False, False), (1, True, False)]
+
+
+@pytest.mark.parametrize("stall_after, steps, flagged, stalled, collective", [row[1:] for row in STALLS],
+                         ids=[row[0] for row in STALLS])
+def test_stall_decisions(stall_after, steps, flagged, stalled, collective):
+    clock = FakeClock()
+    model = play([], clock, stall_after=stall_after)
+    checks = []
+    for step in steps:
+        if step == ("check",):
+            checks.append([r.rank for r in model.update_stalls(clock())])
+        else:
+            apply_step(model, clock, step)
+    assert checks == flagged
+    assert {r.rank for r in model.stalled(clock())} == stalled
+    assert model.collective_hang(clock()) is collective
+
+
+def test_samples_reach_the_ranks_of_their_node_only():
+    clock = FakeClock()
+    model = play(started(), clock)
+    model.apply(1, {"ev": "sample", "t": 1.0, "nvml": None, "ranks": [
+        {"rank": 2, "cpu": 97.5, "rss": 3 << 30, "threads": 12, "procs": 3,
+         "gpu": {"device": "0", "util": 80, "mem_used": 5 << 30, "mem_total": 80 << 30, "proc_mem": 4 << 30}},
+        {"rank": 0, "cpu": 1.0, "rss": 1, "threads": 1, "procs": 1},  # not node 1's: ignored
+    ]})
+    usage = model.ranks[2].usage
+    assert (usage.t, usage.cpu, usage.rss, usage.threads, usage.procs) == (1000.0, 97.5, 3 << 30, 12, 3)
+    assert (usage.gpu.device, usage.gpu.util, usage.gpu.proc_mem, usage.gpu.mem_total) == ("0", 80, 4 << 30, 80 << 30)
+    assert model.ranks[0].usage is None
+    assert (model.nodes[1].sampled, model.nodes[1].no_gpu_telemetry) == (True, None)
+    model.apply(0, {"ev": "sample", "t": 1.0, "nvml": "nvidia-ml-py is not installed for python3", "ranks": []})
+    assert model.nodes[0].no_gpu_telemetry == "nvidia-ml-py is not installed for python3"
 
 
 def test_every_time_comes_from_the_clock():

@@ -251,7 +251,9 @@ class ElasticJobModel(JobModel):
             attempt = self._by_group.get((node_rank, event.get("seq")))
             if attempt is None or not 0 <= event["rank"] < attempt.world_size:
                 return None
-            lines = attempt.ranks[event["rank"]].add_output(event["data"])
+            rank = attempt.ranks[event["rank"]]
+            rank.last_heard = self.clock()
+            lines = rank.add_output(event["data"])
             if attempt is not self.current_attempt:
                 return None  # a late flush of an older attempt: kept there, not shown live
             if lines:
@@ -266,6 +268,8 @@ class ElasticJobModel(JobModel):
             attempt = self._by_group.get((node_rank, event.get("seq")))
             if attempt is not None and 0 <= event["rank"] < attempt.world_size:
                 return self._elastic_rank_exited(attempt, attempt.ranks[event["rank"]], event)
+        elif kind == "sample":
+            self.apply_sample(node_rank, event)
         elif kind == "agent":
             self.agent_pids[node_rank] = event.get("pid")
         elif kind == "agent_exited":
@@ -297,10 +301,18 @@ class ElasticJobModel(JobModel):
             state.info = RankInfo(r["rank"], node.host, node_rank, local, gpu)
             if state.status is RankStatus.PENDING:
                 state.status, state.started_at = RankStatus.RUNNING, event.get("t")
+                state.last_heard = self.clock()
             state.pid = r.get("pid") or state.pid
         if self.state is JobState.LAUNCHING:
             self.state = JobState.RUNNING
         return attempt
+
+    def _sampled_rank(self, node_rank: int, entry: dict) -> RankState | None:
+        attempt = self._by_group.get((node_rank, entry.get("seq")))
+        number = entry.get("rank")
+        if attempt is None or not isinstance(number, int) or not 0 <= number < attempt.world_size:
+            return None
+        return attempt.ranks[number]
 
     def _match(self, node_rank: int, event: dict, ranks: list[int]) -> Attempt | None:
         """The earliest attempt this node's group belongs to: the same round identity, this
