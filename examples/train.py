@@ -1,11 +1,14 @@
 """A small torch.distributed job (gloo, CPU) for trying flextui and for its tests.
 
-Each step all-reduces a tensor across every rank and prints a progress line. Options
-make it misbehave the way real jobs do: one rank failing, floods of log lines, a rank
-ignoring SIGTERM, a child process (like a dataloader worker), a tqdm-style progress bar.
+Each step takes a batch from a (fake) data loader, all-reduces a tensor across every rank
+and prints a progress line. Options make it misbehave the way real jobs do: one rank
+failing, floods of log lines, a rank ignoring SIGTERM, a child process (like a dataloader
+worker), a tqdm-style progress bar, and a hang: one rank stuck in its data loader while
+the others wait for it in all_reduce (one of them from another place in the code).
 """
 
 import argparse
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -30,7 +33,55 @@ def parse_args():
     parser.add_argument("--spawn-child", action="store_true", help="start a child process per rank")
     parser.add_argument("--progress", action="store_true", help="draw a carriage-return progress bar")
     parser.add_argument("--no-dist", action="store_true", help="skip torch.distributed (log tests)")
+    parser.add_argument("--hang-rank", type=int, default=None,
+                        help="this rank's data loader never delivers from --hang-step on (the others "
+                             "then wait for it in all_reduce)")
+    parser.add_argument("--hang-step", type=int, default=2)
+    parser.add_argument("--stray-rank", type=int, default=None,
+                        help="at --hang-step this rank all-reduces from sync_metrics, not train_step")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="worker processes of each rank's data loader (children of the rank)")
     return parser.parse_args()
+
+
+def loader_worker(rank, index):
+    """A data loader worker process: it waits for work that the fake loader never sends."""
+    while True:
+        time.sleep(3600)
+
+
+class FakeLoader:
+    """Batches as a DataLoader hands them out; on the hanging rank, from --hang-step on,
+    a batch that never comes."""
+
+    def __init__(self, args, rank):
+        self.args, self.rank, self.step = args, rank, 0
+        self.workers = []
+        for index in range(args.loader_workers):
+            worker = multiprocessing.Process(target=loader_worker, args=(rank, index), daemon=True)
+            worker.start()
+            self.workers.append(worker)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.args.hang_rank == self.rank and self.step >= self.args.hang_step:
+            while True:  # waiting on a worker's queue that stays empty
+                time.sleep(3600)
+        self.step += 1
+        time.sleep(self.args.step_time)  # "compute"
+        return torch.ones(4)
+
+
+def train_step(value, world_size):
+    dist.all_reduce(value)
+    return value / world_size
+
+
+def sync_metrics(value, world_size):
+    dist.all_reduce(value)
+    return value / world_size
 
 
 def main():
@@ -49,16 +100,19 @@ def main():
     if not args.no_dist:
         dist.init_process_group("gloo")
     value = torch.ones(4)
+    loader = FakeLoader(args, rank)
     for step in range(args.steps):
-        time.sleep(args.step_time)
+        next(loader)
         if args.fail_rank == rank and step == args.fail_step:
             print(f"rank {rank}: failing at step {step}", flush=True)
             if args.exit_code == 1:
                 raise RuntimeError(f"rank {rank} hit a simulated fault at step {step}")
             sys.exit(args.exit_code)
         if not args.no_dist:
-            dist.all_reduce(value)
-            value /= world_size
+            if args.stray_rank == rank and step == args.hang_step:
+                value = sync_metrics(value, world_size)
+            else:
+                value = train_step(value, world_size)
         for i in range(args.lines_per_step - 1):
             print(f"rank {rank} step {step} detail {i}")
         if args.progress:

@@ -24,6 +24,7 @@ from flextui.environment import EnvFileError, worker_environment
 from flextui.errors import UsageError
 from flextui.hostfile import HostfileError, select_slots
 from flextui.job import DEFAULT_GRACE, DEFAULT_NODE_TIMEOUT, Job, JobConfig, LaunchError
+from flextui.model import DEFAULT_STALL_AFTER
 from flextui.modes import RunMode, mode_classes, mode_from_args
 from flextui.transport import ALIASES, DEFAULT_BACKEND, Backend, backend_class, backend_names
 from flextui.transport.local import LocalBackend, is_local_host
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     for mode in mode_classes():
         mode.add_arguments(parser)
     deepspeed.add_arguments(parser)
+    diag = parser.add_argument_group("finding hangs (stacks need py-spy on the nodes: pip install 'flextui[stacks]')")
+    diag.add_argument("--stall_after", "--stall-after", type=float, default=DEFAULT_STALL_AFTER, metavar="S",
+                      help="a running rank that writes nothing for S seconds is flagged 'stalled?' "
+                           f"(it keeps running; 0: never) (default {DEFAULT_STALL_AFTER:g})")
+    diag.add_argument("--stacks_on_stall", "--stacks-on-stall", action="store_true",
+                      help="when a rank is first flagged, dump every rank's Python stack (py-spy) into "
+                           "the run directory, once")
     out = parser.add_argument_group("console")
     out.add_argument("--headless", action="store_true", help="plain text (default when stdout is not a terminal)")
     out.add_argument("--detach", action="store_true",
@@ -107,6 +115,8 @@ def check_durations(args: argparse.Namespace) -> None:
         raise UsageError(f"--grace {args.grace:g}: expected seconds >= 0")
     if not (math.isfinite(args.node_timeout) and args.node_timeout > 0):
         raise UsageError(f"--node_timeout {args.node_timeout:g}: expected seconds > 0")
+    if not (math.isfinite(args.stall_after) and args.stall_after >= 0):
+        raise UsageError(f"--stall_after {args.stall_after:g}: expected seconds >= 0")
 
 
 def resolve_world(args: argparse.Namespace, hosts: dict[str, int]) -> World:
@@ -276,6 +286,7 @@ def _main(args: argparse.Namespace, backend: Backend, env: dict[str, str],
         world=world, command=command, log_root=args.log_dir, grace=args.grace,
         cwd=cwd, env=environment.env, node_timeout=args.node_timeout,
         mode=mode, node_options={**environment.spec(), **deepspeed.node_options(args, time.time())},
+        stall_after=args.stall_after, stacks_on_stall=args.stacks_on_stall,
     )
     job = Job(config, backend)
     # --save_pid: named after the command the user ran; holds the pid of the process that

@@ -10,10 +10,16 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from flextui.diagnosis import attempt_text, elastic_summary_lines, outcome_text, verdict_line
+from flextui.diagnosis import (
+    attempt_text, collateral_text, elastic_summary_lines, error_text, gpu_telemetry_note, outcome_text, stall_warning,
+    verdict_line,
+)
 from flextui.job import Job
-from flextui.model import JobModel
+from flextui.model import JobModel, RankState
 from flextui.modes.elastic import ElasticJobModel
+from flextui.stacks import StackDump
+
+ERROR_CELL = 120  # characters of a failed rank's error line in the summary table
 
 
 def summary_table(model: JobModel) -> str:
@@ -27,9 +33,27 @@ def summary_table(model: JobModel) -> str:
     if any(r.cpus for r in model.current_ranks):  # --bind_cores_to_rank
         header = (*header[:3], "CPUS", *header[3:])
         rows = [(*row[:3], r.cpus or "-", *row[3:]) for row, r in zip(rows, model.current_ranks)]
+    errors = [error_text(r) or "" for r in model.current_ranks]
+    if any(errors):  # what each failed rank died of
+        header = (*header, "LAST ERROR")
+        rows = [(*row, _cell(error)) for row, error in zip(rows, errors)]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    return "\n".join([*lines, verdict_line(model, now)])
+    notes = [collateral_text(model), gpu_telemetry_note(model)]
+    return "\n".join([*lines, verdict_line(model, now), *(f"flextui: {n}" for n in notes if n)])
+
+
+def _cell(text: str) -> str:
+    return text if len(text) <= ERROR_CELL else text[: ERROR_CELL - 1] + "…"
+
+
+def stacks_lines(dump: StackDump) -> list[str]:
+    """A stack dump for a text console: the groups, smallest first, what was missing, where
+    the whole dump is."""
+    lines = [dump.headline()] + [f"  {group.line()}" for group in dump.groups] + dump.problem_lines()
+    if dump.path:
+        lines.append(f"every stack: {dump.path}")
+    return lines
 
 
 class ConsoleOutput:
@@ -142,6 +166,7 @@ class HeadlessConsole:
         except (AttributeError, ValueError, OSError):
             tty = False
         self.status = LiveStatus(job.model, self._prefix) if tty else None
+        self._hang_told = False
         job.output_listeners.append(self.print_lines)
 
     def _prefix(self, rank: int) -> str:
@@ -173,6 +198,8 @@ class HeadlessConsole:
             loop.add_signal_handler(sig, self._on_signal, sig)
         model = self.job.model
         self.job.state_listeners.append(self._announce_once)
+        self.job.stall_listeners.append(self._tell_stalls)
+        self.job.stacks_listeners.append(self._tell_stacks)
         if self.elastic:
             self.job.state_listeners.append(self._tell_elastic)
         drawing = asyncio.ensure_future(self._draw_status()) if self.status is not None else None
@@ -191,6 +218,20 @@ class HeadlessConsole:
             self.out.write("".join(f"flextui: {line}\n" for line in elastic_summary_lines(model)))
         self.out.flush()
         return code
+
+    def _tell_stalls(self, ranks: list[RankState]) -> None:
+        """One line per rank when it is first flagged, and once that it is every rank."""
+        model = self.job.model
+        now = model.clock()
+        for rank in ranks:
+            self._above(f"flextui: ⚠ {stall_warning(model, rank, now)}\n")
+        if model.collective_hang(now) and not self._hang_told:
+            self._hang_told = True
+            self._above("flextui: ⚠ every running rank is silent: a collective hang? "
+                        "(their stacks: --stacks_on_stall, or `d` in the console)\n")
+
+    def _tell_stacks(self, dump: StackDump) -> None:
+        self._above("".join(f"flextui: {line}\n" for line in stacks_lines(dump)))
 
     def _announce_once(self) -> None:
         self.job.state_listeners.remove(self._announce_once)

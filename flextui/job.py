@@ -20,15 +20,23 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from flextui.errors import LaunchError  # the job layer's error: `from flextui.job import LaunchError`
-from flextui.model import DEFAULT_TAIL_LINES, Clock, JobModel, JobState
+from flextui.model import DEFAULT_STALL_AFTER, DEFAULT_TAIL_LINES, Clock, JobModel, JobState, RankState, RankStatus
 from flextui.modes import RunMode
 from flextui.modes.fixed import FixedMode
 from flextui.rundir import RunDir
+from flextui.stacks import StackDump, build_dump, dump_text, rank_stack
 from flextui.transport import Backend, NodeChannel
 from flextui.world import Command, Node, World
 
 #: Called with (rank, completed display lines) for every chunk of output.
 OutputListener = Callable[[int, list[str]], None]
+
+
+#: Seconds between a node launcher's samples of what its ranks use (CPU, memory, GPU).
+SAMPLE_INTERVAL = 2.0
+#: Seconds py-spy may take on one process; the job waits this much longer for a node.
+STACKS_TIMEOUT = 10.0
+STACKS_SLACK = 5.0
 
 
 @runtime_checkable
@@ -70,6 +78,10 @@ class JobProtocol(Protocol):
     def stop_node(self, node_rank: int) -> None:
         """Stop a node's ranks."""
 
+    async def dump_stacks(self, timeout: float = STACKS_TIMEOUT) -> StackDump:
+        """The Python stack of every running rank, grouped (flextui.stacks); also written
+        to the run directory."""
+
 #: Seconds from SIGTERM to SIGKILL when the job stops (--grace). Launchers get it in their spec.
 DEFAULT_GRACE = 10.0
 #: A node that hears nothing from the console for this long stops its job (--node_timeout).
@@ -97,6 +109,9 @@ class JobConfig:
     # More of every node's spec, as flextui.launch documents it: the env files' "exports"
     # and "env_file", DeepSpeed's "bind_cores" and "rank_log".
     node_options: dict = field(default_factory=dict)
+    stall_after: float = DEFAULT_STALL_AFTER  # a running rank silent this long is "stalled?"
+    stacks_on_stall: bool = False  # dump every rank's stack once, when a stall is first flagged
+    sample_interval: float = SAMPLE_INTERVAL  # seconds between node launchers' samples
 
 
 def new_run_id(now: float) -> str:
@@ -112,6 +127,7 @@ class Job:
         self.run_id = run_id or new_run_id(clock())
         self.mode = config.mode
         self.model: JobModel = self.mode.new_model(self.world, self.run_id, config.tail_lines, clock)
+        self.model.stall_after = config.stall_after
         self.run_dir = RunDir(config.log_root, self.run_id, on_failure=self._run_dir_failed)
         self.backend = backend
         #: Whether the console keeps a node's rank logs from its events (the node writes
@@ -124,6 +140,12 @@ class Job:
         self._heartbeat_task: asyncio.Future | None = None
         self.output_listeners: list[OutputListener] = []
         self.state_listeners: list[Callable[[], None]] = []
+        self.stall_listeners: list[Callable[[list[RankState]], None]] = []  # ranks flagged just now
+        self.stacks_listeners: list[Callable[[StackDump], None]] = []  # every dump, once taken
+        self._stack_requests: dict[int, _StackRequest] = {}
+        self._stacks_asked = 0
+        self._stall_dumped = False
+        self._tasks: set[asyncio.Future] = set()  # the stall watch, dumps: cancelled at the end
         self._finished = asyncio.Event()
         self._preflighted = False
         self._kill_requested = False
@@ -178,9 +200,12 @@ class Job:
                 channel.send({"cmd": "go"})
         self.model.state = JobState.LAUNCHING
         self.notify()
+        self._tasks.add(asyncio.ensure_future(self._watch_stalls()))
         try:
             await asyncio.gather(*(self._follow(n, ch) for n, ch in self.channels.items()))
         finally:
+            for task in self._tasks:
+                task.cancel()
             self._stop_heartbeat()
             await self._close_channels()
             self.model.finish()
@@ -291,6 +316,7 @@ class Job:
             "grace": self.config.grace,
             "console_timeout": self.config.node_timeout,
             "command": cmd.node_command(),  # the script's arguments once, not once per rank
+            "sample_interval": self.config.sample_interval,
             **self.config.node_options,
             **mode_spec,
             "env": {**self.config.env, **mode_spec["env"]},
@@ -300,9 +326,16 @@ class Job:
         """Feed the node's events to the mode until its channel ends (see flextui.modes)."""
         on_event = self.mode.on_event
         async for event in self._node_events(node_rank):
-            if on_event(self, node_rank, event):
+            kind = event.get("ev")
+            if kind == "sample":  # every few seconds: the model only (not events.jsonl)
+                self.model.apply(node_rank, event)
+            elif kind in ("stack", "stacks"):
+                self._stack_answer(node_rank, event)
+            elif on_event(self, node_rank, event):
                 self.notify()
         self.mode.on_channel_end(self, node_rank, channel)
+        for request in self._stack_requests.values():
+            request.answered(node_rank)
 
     async def _node_events(self, node_rank: int) -> AsyncIterator[dict]:
         """The node's events until its channel ends. Only an error reading the channel is
@@ -443,3 +476,96 @@ class Job:
         """Stop a node's ranks (in --elastic: take the node out of the job)."""
         for command in self.mode.stop_node_commands(self.world, node_rank):
             self.send([node_rank], command)
+
+    # -- diagnosis: stalls and stacks ------------------------------------------------------
+
+    async def _watch_stalls(self) -> None:
+        """Flag ranks silent for --stall_after (model.update_stalls) as it happens: tell the
+        stall listeners (headless prints a line per rank), record it, and with
+        --stacks_on_stall dump every rank's stack, once."""
+        stall_after = self.model.stall_after
+        if not stall_after or stall_after <= 0:
+            return
+        period = min(1.0, max(0.1, stall_after / 5))
+        while True:
+            await asyncio.sleep(period)
+            now = self.clock()
+            flagged = self.model.update_stalls(now)
+            if not flagged:
+                continue
+            self.record({"ev": "stalled", "ranks": [r.rank for r in flagged],
+                         "collective": self.model.collective_hang(now), "t": now})
+            for listener in self.stall_listeners:
+                listener(flagged)
+            if self.config.stacks_on_stall and not self._stall_dumped:
+                self._stall_dumped = True
+                self._tasks.add(asyncio.ensure_future(self.dump_stacks()))
+            self.notify()
+
+    async def dump_stacks(self, timeout: float = STACKS_TIMEOUT) -> StackDump:
+        """Every running rank's Python stack: each node's launcher runs py-spy on its own
+        workers and their children (all nodes at once, `timeout` s per process); grouped
+        by stack (flextui.stacks), written to the run directory as stacks-HHMMSS.txt and
+        handed to the stacks listeners. Never raises for a node that cannot: the dump says
+        which nodes gave nothing and why (py-spy missing, no answer in time)."""
+        model = self.model
+        asked_at = self.clock()
+        running = [r for r in model.current_ranks if r.status is RankStatus.RUNNING and r.info.node_rank >= 0]
+        nodes = sorted({r.info.node_rank for r in running
+                        if r.info.node_rank in self.channels and not model.nodes[r.info.node_rank].done})
+        self._stacks_asked += 1
+        request_id = self._stacks_asked
+        request = self._stack_requests[request_id] = _StackRequest(nodes)
+        self.send(nodes, {"cmd": "stacks", "id": request_id, "timeout": timeout})
+        waited = timeout + STACKS_SLACK
+        try:
+            await asyncio.wait_for(request.complete.wait(), waited)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            del self._stack_requests[request_id]
+        errors = dict(request.errors)
+        for node_rank in nodes:
+            host = model.nodes[node_rank].host
+            if node_rank not in request.done and host not in errors:
+                errors[host] = f"no answer within {waited:g}s"
+        stacks = [rank_stack(event, model.nodes[node_rank].host) for node_rank, event in request.stacks]
+        dump = build_dump(asked_at, stacks, errors, [r.rank for r in running])
+        name = time.strftime("stacks-%H%M%S", time.localtime(asked_at))
+        dump.path = self.run_dir.write_text(name, ".txt", dump_text(dump, self.run_id))
+        self.record({"ev": "stacks", "file": os.path.basename(dump.path) if dump.path else None,
+                     "groups": [g.ranks for g in dump.groups], "errors": errors, "t": self.clock()})
+        for listener in self.stacks_listeners:
+            listener(dump)
+        return dump
+
+    def _stack_answer(self, node_rank: int, event: dict) -> None:
+        request = self._stack_requests.get(event.get("id"))
+        if request is None:
+            return  # a late answer to a dump already taken
+        if event["ev"] == "stack":
+            request.stacks.append((node_rank, event))
+            return
+        if event.get("error"):
+            request.errors[self.model.nodes[node_rank].host] = event["error"]
+        request.answered(node_rank)
+
+
+class _StackRequest:
+    """One dump_stacks: the nodes asked, what came back."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.asked = set(nodes)
+        self.done: set[int] = set()
+        self.stacks: list[tuple[int, dict]] = []
+        self.errors: dict[str, str] = {}
+        self.complete = asyncio.Event()
+        if not nodes:
+            self.complete.set()
+
+    def answered(self, node_rank: int) -> None:
+        """That node is finished with it (it answered, or its channel ended)."""
+        if node_rank in self.asked:
+            self.done.add(node_rank)
+            if self.done >= self.asked:
+                self.complete.set()

@@ -4,6 +4,7 @@
         rank-<N>.log      everything rank N wrote, byte for byte
         events.jsonl      lifecycle events from every node launcher (not log text)
         summary.json      every rank's outcome, written when the job ends
+        stacks-<HHMMSS>.txt   every stack dump (`d`, --stacks_on_stall): grouped, then whole
         summary.json.tmp  while the job runs: space kept for summary.json (below)
     and with --elastic, instead of rank-<N>.log:
         attempt-<k>/rank-<N>.log   what global rank N wrote in attempt k (rendezvous round)
@@ -99,6 +100,24 @@ class RunDir:
                     log.flush()
             except OSError as exc:
                 self._failed(exc)
+
+    def write_text(self, stem: str, suffix: str, text: str) -> str | None:
+        """A file of its own in the run directory (`stem` + `suffix`, or `stem-2` + `suffix`
+        if taken): its path, or None if it could not be written (a failure is reported)."""
+        if self.failure is not None or not os.path.isdir(self.path):
+            return None
+        for n in range(1, 1000):
+            path = os.path.join(self.path, f"{stem}{'' if n == 1 else f'-{n}'}{suffix}")
+            try:
+                with open(path, "x", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(text)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                self._failed(exc)
+                return None
+        return None
 
     def write_summary(self, summary: dict) -> None:
         """Into the reserved space, then renamed: also on a full disk (a failure is reported)."""

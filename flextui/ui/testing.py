@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import signal as signals
 
-from flextui.job import DEFAULT_GRACE, LaunchError
-from flextui.model import JobModel
+from flextui.job import DEFAULT_GRACE, STACKS_TIMEOUT, LaunchError
+from flextui.model import JobModel, RankStatus
+from flextui.stacks import StackDump, build_dump, rank_stack
 from flextui.world import World
 
 
@@ -32,6 +33,9 @@ class FakeJob:
         self.launch_error = launch_error
         self.run_forever = run_forever
         self._done = asyncio.Event()
+        # What dump_stacks answers: launcher "stack" events by node rank, and per-host errors.
+        self.stack_events: list[tuple[int, dict]] = []
+        self.stack_errors: dict[str, str] = {}
 
     # -- the Job surface ----------------------------------------------------------------
 
@@ -73,6 +77,14 @@ class FakeJob:
 
     def stop_node(self, node_rank: int) -> None:
         self.calls.append(("stop_node", node_rank))
+
+    async def dump_stacks(self, timeout: float = STACKS_TIMEOUT) -> StackDump:
+        self.calls.append(("dump_stacks",))
+        running = [r.rank for r in self.model.ranks if r.status is RankStatus.RUNNING]
+        stacks = [rank_stack(event, self.model.nodes[node].host) for node, event in self.stack_events]
+        dump = build_dump(self.t0 + 20, stacks, self.stack_errors, running)
+        dump.path = f"{self.run_path}/stacks-120020.txt"
+        return dump
 
     # -- driving the model ---------------------------------------------------------------
 
