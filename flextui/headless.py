@@ -39,8 +39,9 @@ def summary_table(model: JobModel) -> str:
         rows = [(*row, _cell(error)) for row, error in zip(rows, errors)]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    notes = [collateral_text(model), gpu_telemetry_note(model)]
-    return "\n".join([*lines, verdict_line(model, now), *(f"flextui: {n}" for n in notes if n)])
+    # What explains the table comes before it: the verdict stays the last line.
+    notes = [f"flextui: {n}" for n in (gpu_telemetry_note(model), collateral_text(model)) if n]
+    return "\n".join([*notes, *lines, verdict_line(model, now)])
 
 
 def _cell(text: str) -> str:

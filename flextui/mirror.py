@@ -48,9 +48,12 @@ from itertools import islice
 from flextui.model import JobModel, RankState, _after_carriage_return
 
 #: RankState fields that are output: never in a state message, only in diffs/snapshots.
-RANK_OUTPUT_FIELDS = frozenset({"tail", "_unfinished", "live", "line_count", "byte_count", "log_bytes"})
-#: JobModel attributes a replica keeps as its own: output, and what it was built with.
-MODEL_LOCAL_FIELDS = frozenset({"combined", "combined_count", "clock", "world"})
+#: (last_heard: when it last wrote, which changes with every output as the counters do.)
+RANK_OUTPUT_FIELDS = frozenset({"tail", "_unfinished", "live", "line_count", "byte_count", "log_bytes",
+                                "last_heard"})
+#: JobModel attributes a replica keeps as its own: output, and what it was built with
+#: (and the supervisor's own bookkeeping of which ranks its stall watch has flagged).
+MODEL_LOCAL_FIELDS = frozenset({"combined", "combined_count", "clock", "world", "_flagged"})
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -63,8 +66,8 @@ class ConsoleView:
     """What one console has been sent so far."""
 
     state_version: int = -1
-    #: RankState key -> (line_count, byte_count, live) as last sent
-    output: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    #: RankState key -> (line_count, byte_count, live, last_heard) as last sent
+    output: dict[int, tuple[int, int, str, float | None]] = field(default_factory=dict)
     combined_count: int = 0
     combined_len: int = 0  # entries the console's ring holds
 
@@ -136,9 +139,9 @@ class Publisher:
             logs[key] = {
                 "file": files.get(id(state)), "offset": state.log_bytes, "tail": len(state.tail),
                 "line_count": state.line_count, "byte_count": state.byte_count, "live": state.live,
-                "unfinished": bool(state._unfinished),
+                "unfinished": bool(state._unfinished), "last_heard": state.last_heard,
             }
-            view.output[key] = (state.line_count, state.byte_count, state.live)
+            view.output[key] = (state.line_count, state.byte_count, state.live, state.last_heard)
         model = self.model
         view.state_version = self.version
         view.combined_count, view.combined_len = model.combined_count, len(model.combined)
@@ -154,12 +157,12 @@ class Publisher:
         outputs = []
         for key, state in enumerate(self.states):
             sent = view.output.get(key)
-            now = (state.line_count, state.byte_count, state.live)
+            now = (state.line_count, state.byte_count, state.live, state.last_heard)
             if sent == now:
                 continue
             new = state.line_count - (sent[0] if sent else 0)
             lines = _last(state.tail, new) if new > 0 else []
-            outputs.append((key, lines, *now, state.log_bytes))
+            outputs.append((key, lines, *now[:3], state.log_bytes, state.last_heard))
             view.output[key] = now
         if outputs:
             message["output"] = outputs
@@ -237,6 +240,7 @@ class Replica:
             vars(model).update(attrs)
             model.clock, model.world = self.clock, self.world
             model.combined, model.combined_count = deque(), 0
+            model._flagged = set()
             self.model = model
         else:
             vars(self.model).update(attrs)
@@ -256,6 +260,7 @@ class Replica:
             state.tail.clear()
             state.tail.extend(lines)
             state.line_count, state.byte_count, state.log_bytes = log["line_count"], log["byte_count"], log["offset"]
+            state.last_heard = log.get("last_heard")
             _set_live(state, log["live"])
         model.combined = deque(snapshot["combined"], maxlen=snapshot["combined_max"])
         model.combined_count = snapshot["combined_count"]
@@ -271,7 +276,7 @@ class Replica:
         outputs = diff.get("output", ())
         if outputs:
             current = {id(state): rank for rank, state in enumerate(model.ranks)}
-            for key, lines, line_count, byte_count, live, log_bytes in outputs:
+            for key, lines, line_count, byte_count, live, log_bytes, last_heard in outputs:
                 state = self.states[key]
                 if lines:
                     state.tail.extend(lines)
@@ -279,6 +284,7 @@ class Replica:
                     if rank is not None:
                         published.append((rank, lines))
                 state.line_count, state.byte_count, state.log_bytes = line_count, byte_count, log_bytes
+                state.last_heard = last_heard
                 _set_live(state, live)
         if "combined_reset" in diff:
             model.combined.clear()
@@ -296,6 +302,7 @@ def _new_rank_state(fields: dict) -> RankState:
     state.tail = deque(maxlen=fields.get("tail_lines"))
     state._unfinished, state.live = [], ""
     state.line_count = state.byte_count = state.log_bytes = 0
+    state.last_heard = None
     return state
 
 

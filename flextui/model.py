@@ -190,7 +190,12 @@ class RankState:
             self.status = RankStatus.FAILED
         else:
             self.status = RankStatus.EXITED
-        if self.status is not RankStatus.EXITED:
+        self.recheck_error()
+
+    def recheck_error(self) -> None:
+        """Its last error line and whether a lost peer caused it, from its output (after
+        a non-zero exit)."""
+        if self.status in (RankStatus.FAILED, RankStatus.KILLED):
             self.error_line = error_line(self.tail, killed=self.status is RankStatus.KILLED)
             self.peer_error = is_peer_error(self.error_line)
 
@@ -370,6 +375,13 @@ class JobModel:
         was dying of it when the stop came, so it failed on its own, later than the cause."""
         return (rank.stopped and rank.status is RankStatus.FAILED and rank.error_line is not None
                 and not rank.peer_error and not is_signalled_error(rank.error_line))
+
+    def recheck_errors(self) -> None:
+        """Each ended rank's error line again from its tail, then the root cause: for a
+        model whose ranks' output came after their exits (a run rebuilt from its files)."""
+        for rank in self.ranks:
+            rank.recheck_error()
+        self._find_root_cause()
 
     def _cause_before(self, failure: RankState) -> bool:
         """Whether something other than a rank ended the job's peers before this failure:

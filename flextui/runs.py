@@ -31,9 +31,11 @@ from dataclasses import dataclass
 
 from flextui.diagnosis import outcome_text
 from flextui.errors import UsageError
+from flextui.job import STACKS_TIMEOUT
 from flextui.mirror import read_tail
 from flextui.model import DEFAULT_TAIL_LINES, JobModel, JobState, RankState
 from flextui.modes import RunMode, mode_from_plan
+from flextui.stacks import StackDump, build_dump
 from flextui.world import Node, World
 
 CARD = "run.json"
@@ -309,6 +311,7 @@ class RecordedJob:
         self.model.started_at = (self.summary or self.card).get("started_at") or _first_time(events)
         _replay(self.model, events[1:], now, self.summary)
         self.files = dict(self._read_logs())
+        self.model.recheck_errors()  # events.jsonl has no log text: the error lines come from the logs
         self.model.clock = time.time
 
     def _read_logs(self):
@@ -370,6 +373,9 @@ class RecordedJob:
 
     def kill_rank(self, rank: int) -> None:
         pass
+
+    async def dump_stacks(self, timeout: float = STACKS_TIMEOUT) -> StackDump:
+        return build_dump(time.time(), [], {"run": "the job has ended: no process to look at"}, [])
 
 
 def world_from_plan(plan: dict) -> World:

@@ -307,6 +307,12 @@ class ElasticJobModel(JobModel):
             self.state = JobState.RUNNING
         return attempt
 
+    def recheck_errors(self) -> None:
+        """Error lines only: a failed rank is the agents' business, never a root cause here."""
+        for attempt in self.attempts:
+            for rank in attempt.ranks:
+                rank.recheck_error()
+
     def _sampled_rank(self, node_rank: int, entry: dict) -> RankState | None:
         attempt = self._by_group.get((node_rank, entry.get("seq")))
         number = entry.get("rank")
