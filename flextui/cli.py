@@ -34,7 +34,7 @@ USAGE_ERROR = 2
 LAUNCH_ERROR = 1
 #: `flextui WORD ...` with these words runs a command of commands.py (a hostfile of that
 #: name: ./ls).
-SUBCOMMANDS = ("attach", "ls", "open", "stop")
+SUBCOMMANDS = ("attach", "ls", "open", "stop", "stacks")
 
 
 class _Parser(argparse.ArgumentParser):

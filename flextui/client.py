@@ -26,8 +26,10 @@ import socket
 from collections.abc import Callable
 
 from flextui import wire
+from flextui.job import STACKS_SLACK, STACKS_TIMEOUT
 from flextui.mirror import Replica
-from flextui.model import JobModel, RankState
+from flextui.model import JobModel, RankState, RankStatus
+from flextui.stacks import StackDump, build_dump
 
 
 class AttachError(Exception):
@@ -58,6 +60,7 @@ class ClientJob:
         self.detached = False
         self.ended = False
         self.lost: str | None = None  # why the supervisor is gone, if it went without "ended"
+        self._stack_dumps: dict[int, asyncio.Future] = {}  # dump_stacks requests awaiting their answer
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -153,6 +156,10 @@ class ClientJob:
         elif kind == "notice":
             self.notices.append(str(body))
             self._notify()
+        elif kind == "stacks" and isinstance(body, dict):
+            waiting = self._stack_dumps.pop(body.get("id"), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(body.get("dump"))
         elif kind == "ended":
             self.ended = True
             self._notify()
@@ -201,6 +208,27 @@ class ClientJob:
 
     def stop_node(self, node_rank: int) -> None:
         self._request({"op": "stop_node", "node_rank": node_rank})
+
+    async def dump_stacks(self, timeout: float = STACKS_TIMEOUT) -> StackDump:
+        """The supervisor's job takes the dump (its nodes run py-spy) and sends it here."""
+        running = [r.rank for r in self.model.current_ranks if r.status is RankStatus.RUNNING]
+        if self.finished or self.detached or self.writer.is_closing():
+            return build_dump(self.model.clock(), [], {"console": "not attached to a running job"}, running)
+        request = len(self._stack_dumps) + 1
+        while request in self._stack_dumps:
+            request += 1
+        answer = self._stack_dumps[request] = asyncio.get_running_loop().create_future()
+        self._request({"op": "stacks", "id": request, "timeout": timeout})
+        try:
+            dump = await asyncio.wait_for(asyncio.shield(answer), timeout + 2 * STACKS_SLACK)
+            if dump.path:  # where this console finds it
+                dump.path = os.path.join(self.run_path, os.path.basename(dump.path))
+            return dump
+        except asyncio.TimeoutError:
+            return build_dump(self.model.clock(), [], {"supervisor": "no stacks within "
+                                                       f"{timeout + 2 * STACKS_SLACK:g}s"}, running)
+        finally:
+            self._stack_dumps.pop(request, None)
 
     def detach(self) -> None:
         """Leave the job running; this console's run() returns."""

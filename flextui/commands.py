@@ -6,6 +6,7 @@
     flextui ls [--json]              the runs under --log-dir and their states
     flextui open RUN                 the console on a finished run, from its directory
     flextui stop RUN [--kill]        stop a running job as Ctrl+C would; wait until it has
+    flextui stacks RUN [--all]       every rank's Python stack (py-spy on the nodes), grouped
 
 RUN is a run id, a unique prefix of one, or a run directory's path (runs.resolve_run).
 """
@@ -26,6 +27,7 @@ import time
 from flextui import wire
 from flextui.client import AttachError, ClientJob
 from flextui.errors import UsageError
+from flextui.job import STACKS_TIMEOUT
 from flextui.runs import RecordedJob, RunError, describe_run, format_table, list_runs, resolve_run
 
 USAGE_ERROR = 2
@@ -64,13 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     stop = command("stop", "stop a running job as Ctrl+C in its console would; wait until every node stopped")
     stop.add_argument("run", metavar="RUN", help="run id, unique prefix or run directory")
     stop.add_argument("--kill", action="store_true", help="SIGKILL every rank now (no grace)")
+    stacks = command("stacks", "every running rank's Python stack, grouped (py-spy on each node; also written "
+                               "to the run directory as stacks-HHMMSS.txt)")
+    stacks.add_argument("run", nargs="?", metavar="RUN", help="run id, unique prefix or run directory "
+                                                              "(default: the newest running job)")
+    stacks.add_argument("--all", action="store_true", help="every rank's every process and thread, not only the groups")
+    stacks.add_argument("--timeout", type=float, default=STACKS_TIMEOUT, metavar="S",
+                        help=f"seconds py-spy may take on one process (default {STACKS_TIMEOUT:g})")
     return parser
 
 
 def run_subcommand(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"attach": attach, "ls": ls, "open": open_run, "stop": stop}[args.command](args)
+        return {"attach": attach, "ls": ls, "open": open_run, "stop": stop, "stacks": stacks}[args.command](args)
     except (RunError, AttachError, UsageError) as exc:
         print(f"flextui {args.command}: {exc}", file=sys.stderr)
         return FAILED
@@ -187,6 +196,29 @@ async def _attach_headless(path: str) -> int:
     if job.lost:
         print(f"flextui: {job.lost}; its nodes stopped their processes", file=sys.stderr)
     return code
+
+
+def stacks(args: argparse.Namespace) -> int:
+    path = _running(args)
+    return asyncio.run(_stacks(path, args.timeout, args.all))
+
+
+async def _stacks(path: str, timeout: float, everything: bool) -> int:
+    from flextui.headless import stacks_lines
+    from flextui.stacks import dump_text
+
+    job = await _connect(path, role="stacks", read_logs=False)
+    following = asyncio.ensure_future(job.run())  # the supervisor's answer comes in there
+    try:
+        dump = await job.dump_stacks(timeout)
+    finally:
+        job.detach()
+        await following
+    if everything:
+        print(dump_text(dump, job.run_id), end="")
+    else:
+        print("\n".join(stacks_lines(dump)))
+    return 0 if dump.ranks else FAILED
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ import time
 import traceback
 
 from flextui import wire
+from flextui.job import STACKS_TIMEOUT
 from flextui.mirror import ConsoleView, Publisher
 from flextui.runs import first_failure_of, process_start_time, write_card
 
@@ -223,6 +224,9 @@ class Supervisor:
         if op == "detach":
             console.detached = True
             return
+        if op == "stacks":
+            self._spawn(self._stacks(console, request))
+            return
         said = self._act(op, request)
         if said:
             self._dirty = True
@@ -257,6 +261,15 @@ class Supervisor:
         except (KeyError, TypeError, ValueError):
             return None
         return None
+
+    async def _stacks(self, console: Console, request: dict) -> None:
+        """`d` / `flextui stacks`: the job's dump of every rank's stack, to that console."""
+        try:
+            timeout = float(request.get("timeout") or STACKS_TIMEOUT)
+        except (TypeError, ValueError):
+            timeout = STACKS_TIMEOUT
+        dump = await self.job.dump_stacks(min(max(timeout, 1.0), 120.0))
+        console.send(wire.pickle_frame(("stacks", {"id": request.get("id"), "dump": dump})))
 
     def _tell_others(self, actor: Console, said: str) -> None:
         text = f"another console (pid {actor.pid}) {said}"

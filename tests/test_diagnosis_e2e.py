@@ -231,19 +231,19 @@ def test_stacks_on_stall_dumps_once(tmp_path, marker):
 def cascade_summary(stdout: str) -> list[str]:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("RANK "))
-    return lines[start:]
+    return lines[start - 1:]
 
 
 def assert_cascade(result: subprocess.CompletedProcess, host_of_3: str) -> None:
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr
-    table = cascade_summary(result.stdout)
+    collateral, *table = cascade_summary(result.stdout)
+    assert collateral == "flextui: collateral: ranks 0-2 failed after rank 3 with a peer-connection error"
     rows = {int(line.split()[0]): line for line in table[1:5]}
     assert "  exit 1  " in rows[3] and "RuntimeError: rank 3 hit a simulated fault at step 2" in rows[3]
     for rank in (0, 1, 2):  # exit 1, or the stop's SIGTERM as Python shut down after the error
         assert "(collateral)" in rows[rank] and "RuntimeError: Connection closed by peer" in rows[rank], rows[rank]
-    assert table[5] == (f"job failed (exit code 1); root cause: rank 3 on {host_of_3}, exit 1: "
-                        "RuntimeError: rank 3 hit a simulated fault at step 2")
-    assert table[6] == "flextui: collateral: ranks 0-2 failed after rank 3 with a peer-connection error"
+    assert table[5:] == [f"job failed (exit code 1); root cause: rank 3 on {host_of_3}, exit 1: "
+                         "RuntimeError: rank 3 hit a simulated fault at step 2"]
 
 
 CASCADE = ("--steps", "50", "--step-time", "0.2", "--fail-rank", "3", "--fail-step", "2", "--ignore-sigterm")
@@ -300,14 +300,21 @@ async def test_cpu_memory_and_gpu_figures_reach_the_model(tmp_path, monkeypatch,
     model: JobModel = job.model
     task = asyncio.ensure_future(job.run())
     busy, idle = [], []
+    idle_since = None
     try:
         deadline = time.monotonic() + 60
-        while not (all("idle" in r.last_line for r in model.ranks) and len(idle) >= 2):
+        while len(idle) < 2:
             assert time.monotonic() < deadline and not task.done()
             usages = [r.usage for r in model.ranks]
-            if all(usages):
-                (idle if all("idle" in r.last_line for r in model.ranks) else busy).append(usages)
-            await asyncio.sleep(0.5)
+            if idle_since is None and all("idle" in r.last_line for r in model.ranks):
+                idle_since = model.clock()
+            if not all(usages):
+                pass
+            elif idle_since is None:
+                busy.append(usages)
+            elif min(u.t for u in usages) > idle_since + 0.6:  # a sample of the idle time only
+                idle.append(usages)
+            await asyncio.sleep(0.25)
     finally:
         job.stop("test over")
         await asyncio.wait_for(task, 30)
@@ -321,3 +328,57 @@ async def test_cpu_memory_and_gpu_figures_reach_the_model(tmp_path, monkeypatch,
             str(rank), 50 + rank, (10 + rank) * GIB, 80 * GIB, (1 + rank) * GIB)
     assert model.nodes[0].no_gpu_telemetry is None
     assert all(r.status is not RankStatus.RUNNING for r in model.ranks)
+
+
+def start_silent_job(tmp_path: Path, seconds: float, env: dict | None = None) -> subprocess.Popen:
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT_WORKER)
+    (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    proc = subprocess.Popen(
+        [PY, "-m", "flextui", "--headless", "--log-dir", str(tmp_path / "runs"), "--no_local_rank",
+         "--master_port", str(free_port()), str(tmp_path / "hostfile"), str(script), str(seconds)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "runs").is_dir() or not any(
+            "ready" in log.read_text() for log in (tmp_path / "runs").glob("*/rank-1.log")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the job did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def flextui_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "flextui", *args, "--log-dir", str(tmp_path / "runs")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_flextui_stacks_run_from_another_shell(tmp_path, marker):
+    proc = start_silent_job(tmp_path, 60)
+    try:
+        result = flextui_command(tmp_path, "stacks")
+        assert result.returncode == 0, result.stderr
+        dump = next((tmp_path / "runs").glob("*/stacks-*.txt"))
+        assert result.stdout.splitlines() == [
+            "stacks of 2 ranks: 1 group", "  ranks 0-1 (2): <module> (silent.py:4)",
+            f"every stack: {dump.relative_to(tmp_path)}"]
+        full = flextui_command(tmp_path, "stacks", "--all")
+        assert full.returncode == 0 and "rank 1 on localhost: pid" in full.stdout and "silent.py:4)" in full.stdout
+    finally:
+        stop = flextui_command(tmp_path, "stop", the_run_dir(tmp_path / "runs").name)
+        proc.communicate(timeout=60)
+    assert stop.returncode == 0 and proc.returncode == 130
+
+
+def test_flextui_stacks_says_where_py_spy_is_missing(tmp_path, marker):
+    proc = start_silent_job(tmp_path, 60, env={"FLEXTUI_PY_SPY": ""})
+    try:
+        result = flextui_command(tmp_path, "stacks")
+    finally:
+        flextui_command(tmp_path, "stop", the_run_dir(tmp_path / "runs").name)
+        proc.communicate(timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:2] == [
+        "stacks of 0 ranks: 0 groups; no stack from ranks 0-1",
+        "py-spy is missing on localhost: pip install 'flextui[stacks]' (or pip install py-spy) for the nodes' python",
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
