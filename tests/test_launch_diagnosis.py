@@ -77,9 +77,10 @@ def test_samples_measure_each_ranks_process_tree(tmp_path, marker):
     latest = by_rank(samples(launcher, first + 3)[-1])
     spinning, sleeping = latest[0], latest[1]
     # Two processes spinning (the rank and its child) share 2 loaded cores: well above one
-    # sleeper's, whatever else the machine runs.
+    # sleeper's, whatever else the machine runs (seen as low as 20% with 5 test suites on
+    # the 2 cores).
     assert spinning["procs"] == 2 and sleeping["procs"] == 1
-    assert spinning["cpu"] > 25 and sleeping["cpu"] < 10, latest
+    assert spinning["cpu"] > 10 and sleeping["cpu"] < 5, latest
     assert spinning["cpu"] > 3 * sleeping["cpu"]
     for entry in latest.values():
         assert entry["rss"] > 5 << 20 and entry["threads"] >= 1
