@@ -8,6 +8,7 @@ signals. The cluster fixtures fail a test that leaves any job process on any nod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -96,7 +97,11 @@ def job_processes(cluster) -> int:
 def test_tui_exits_when_its_terminal_closes(make_cluster, tmp_path):
     """Defect 2: `tmux kill-session` hangs the terminal up. Textual's driver restarted
     application mode on the SIGCONT that comes with the hangup and its writer thread died
-    on EIO, so the next write blocked the event loop forever after the job had stopped."""
+    on EIO, so the next write blocked the event loop forever after the job had stopped.
+
+    The TUI is a client of its supervisor (issue 11): the console exits at once, and its
+    supervisor, seeing its console gone without detaching, then stops the job on every node
+    and exits. Both must happen, within bounds."""
     cluster = make_cluster(2)
     argv = ssh_job_argv(cluster, tmp_path)
     pid_file = tmp_path / "console.pid"
@@ -104,28 +109,49 @@ def test_tui_exits_when_its_terminal_closes(make_cluster, tmp_path):
               + " ".join(map(shlex.quote, argv))
     socket = f"flextui-faults-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmux = ["tmux", "-L", socket]
-    console = None
+    console = supervisor = None
     subprocess.run([*tmux, "new-session", "-d", "-s", "t", "-x", "120", "-y", "40", "-c", str(tmp_path),
                     "-e", "LANG=C.UTF-8", "sh", "-c", command], check=True, timeout=10)
     try:
         console = psutil.Process(int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(),
                                                 10, "the console's pid")))
         wait_until(lambda: all_ready(tmp_path), 60, "every rank ready")
+        supervisor = the_supervisor_of(console)
         assert job_processes(cluster) == 2 * (1 + 2 * 2)  # a launcher, 2 workers with a child each
         closed_at = time.monotonic()
         subprocess.run([*tmux, "kill-session", "-t", "t"], check=True, timeout=10)
         wait_until(lambda: has_exited(console), 10, "the console's exit after its terminal closed")
-        assert time.monotonic() - closed_at < 5
+        console_exit = time.monotonic() - closed_at
+        assert console_exit < 5
+        # the console does not wait for the job: its supervisor stops it, then exits
+        wait_until(lambda: has_exited(supervisor) and job_processes(cluster) == 0, 15,
+                   f"the supervisor's exit with 0 job processes on every node (left: {job_processes(cluster)})")
+        print(f"console exited {console_exit:.2f}s, supervisor and job {time.monotonic() - closed_at:.2f}s "
+              "after the terminal closed")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
-        if console is not None and not has_exited(console):
-            console.kill()  # hung: the failure above says so; leave nothing behind
+        for process in (console, supervisor):  # only after a failure above, which is what fails the test
+            if process is not None and not has_exited(process):
+                process.send_signal(signal.SIGTERM if process is supervisor else signal.SIGKILL)
+        if supervisor is not None:
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: has_exited(supervisor), 15, "the supervisor's exit after SIGTERM")
     assert job_processes(cluster) == 0
     run_dir = the_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["state"], summary["exit_code"]) == ("aborted", 128 + signal.SIGHUP)
+    # the console's SIGHUP handler asks its supervisor to abort, unless the console is gone first
+    assert summary["stop_reason"] in ("aborted by user (SIGHUP)", f"console gone (pid {console.pid}) without detaching")
     for rank in range(4):
         assert (run_dir / f"rank-{rank}.log").read_bytes() == (tmp_path / "copies" / f"rank-{rank}.log").read_bytes()
+
+
+def the_supervisor_of(console: psutil.Process) -> psutil.Process:
+    """The TUI's supervisor: `python -m flextui.supervisor`, started by the console in a
+    session of its own."""
+    supervisors = [p for p in console.children() if "flextui.supervisor" in p.cmdline()]
+    assert len(supervisors) == 1, [p.cmdline() for p in console.children()]
+    return supervisors[0]
 
 
 def test_headless_output_to_a_closed_pipe_does_not_touch_the_job(make_cluster, tmp_path):
