@@ -145,8 +145,8 @@ def failure_text(model: JobModel, first: RankState, with_error: bool = True) -> 
     """`first failure: rank 5 on n2, exit 1: RuntimeError: boom` — "root cause" when other
     ranks failed of it (collateral); with_error=False leaves out what it died of."""
     collateral = any(r.collateral for r in model.current_ranks)
-    text = (f"{'root cause' if collateral else 'first failure'}: rank {first.rank} on {first.info.host}, "
-            f"{outcome_text(first).removesuffix(' (collateral)')}")
+    text = (f"{'root cause' if collateral else 'first failure'}: rank {model.world.global_rank(first.rank)} "
+            f"on {first.info.host}, {outcome_text(first).removesuffix(' (collateral)')}")
     error = error_text(first) if with_error else None
     return text + (f": {error}" if error else "")
 

@@ -32,7 +32,7 @@ from flextui.job import JobProtocol, LaunchError
 from flextui.ui.driver import ConsoleDriver
 from flextui.ui.format import fmt_duration, status_key
 from flextui.ui.logview import CombinedSource, LogView, RankSource
-from flextui.ui.rankview import SORTS, RankQuery
+from flextui.ui.rankview import SORTS, RankQuery, shown_rank
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
 from flextui.ui.widgets import (
@@ -107,16 +107,17 @@ class RankPicker(Provider):
             query = words[1]  # "rank 6"
 
         def rank_hit(score: float, r) -> tuple[float, str, Callable, str]:
-            return (score, f"rank {r.rank}  {r.info.host}  gpu {r.info.gpu}",
+            return (score, f"rank {shown_rank(model, r.rank)}  {r.info.host}  gpu {r.info.gpu}",
                     partial(app.go_to_rank, r.rank), status_text(r))
 
-        if query.isdigit():
-            n = int(query)
-            if n < len(model.ranks):
+        if query.isdigit():  # the job's RANK (with --no_ssh, not this console's index)
+            n = int(query) - shown_rank(model, 0)
+            if 0 <= n < len(model.ranks):
                 hits.append(rank_hit(1.0, model.ranks[n]))
             for r in model.ranks:
-                if r.rank != n and str(r.rank).startswith(query):
-                    hits.append(rank_hit(0.8 - len(str(r.rank)) / 100, r))
+                number = str(shown_rank(model, r.rank))
+                if r.rank != n and number.startswith(query):
+                    hits.append(rank_hit(0.8 - len(number) / 100, r))
         fold = query == query.lower()
         for node in model.nodes:
             host = node.host.lower() if fold else node.host
@@ -138,7 +139,7 @@ class RankPicker(Provider):
         app: FlexApp = self.app  # type: ignore[assignment]
         first = app.model.first_failure
         if first is not None:
-            yield DiscoveryHit(f"first failure: rank {first.rank} on {first.info.host}",
+            yield DiscoveryHit(f"first failure: rank {shown_rank(app.model, first.rank)} on {first.info.host}",
                                app.action_first_failure, help=status_text(first))
         yield DiscoveryHit("all ranks", app.action_show_all, help="the combined log")
         yield DiscoveryHit("type a rank (137), a host (node12) or a status (failed)",
@@ -431,7 +432,7 @@ class FlexApp(App[int]):
             self._announced_failure = True
             first = model.first_failure
             if not isinstance(self.screen, SummaryScreen):
-                self.notify(f"rank {first.rank} on {first.info.host}: {status_text(first)}. "
+                self.notify(f"rank {shown_rank(model, first.rank)} on {first.info.host}: {status_text(first)}. "
                             "Press x to see it.", title="first failure", severity="error", timeout=8)
         self._update_panel()
         self._update_status_line()
@@ -458,9 +459,10 @@ class FlexApp(App[int]):
         if key == "all":
             return Text("all ranks")
         rank = self.model.ranks[int(key[1:])]
+        number = str(shown_rank(self.model, rank.rank))
         if self.model.first_failure is rank:
-            return Text("▶" + key[1:], style=self.palette.first_failure)
-        return Text(key[1:], style=self.palette.status[status_key(rank)])
+            return Text("▶" + number, style=self.palette.first_failure)
+        return Text(number, style=self.palette.status[status_key(rank)])
 
     def _update_status_line(self) -> None:
         view, palette = self.log_view, self.palette
@@ -473,7 +475,7 @@ class FlexApp(App[int]):
             text.append("▌", palette.accent)
         if isinstance(source, RankSource):
             rank = source.state
-            text.append(f"rank {rank.rank}", palette.bold)
+            text.append(f"rank {shown_rank(self.model, rank.rank)}", palette.bold)
             text.append(f" {rank.info.host} gpu {rank.info.gpu} ")
             if rank.cpus:  # --bind_cores_to_rank
                 text.append(f"cpus {rank.cpus} ")
@@ -624,12 +626,13 @@ class FlexApp(App[int]):
         if now - self._digit_at > DIGIT_TIMEOUT:
             self._digits = ""
         self._digit_at = now
-        world = len(self.model.ranks)
+        first = shown_rank(self.model, 0)  # digits name the job's RANK (--no_ssh: a share)
+        end = first + len(self.model.ranks)
         self._digits += str(digit)
-        if int(self._digits) >= world:
+        if int(self._digits) >= end:
             self._digits = str(digit)
-        if int(self._digits) < world:
-            self.go_to_rank(int(self._digits))
+        if first <= int(self._digits) < end:
+            self.go_to_rank(int(self._digits) - first)
 
     def action_pick(self) -> None:
         if isinstance(self.screen, CommandPalette):
@@ -876,30 +879,31 @@ class FlexApp(App[int]):
         rank = self._selected_rank()
         if rank is None:
             return
+        shown = shown_rank(self.model, rank.rank)
         if rank.status.finished or self.job_done:
-            self.notify(f"Rank {rank.rank} is not running ({status_text(rank)}).", timeout=3)
+            self.notify(f"Rank {shown} is not running ({status_text(rank)}).", timeout=3)
             return
 
         def answer(yes: bool | None) -> None:
             if not yes:
                 return
             self.stopped_by_user.add(rank.rank)
-            self.user_stop_note = f"rank {rank.rank} on {rank.info.host} {how}ed by the user" \
-                if how == "kill" else f"rank {rank.rank} on {rank.info.host} stopped by the user"
+            self.user_stop_note = f"rank {shown} on {rank.info.host} {how}ed by the user" \
+                if how == "kill" else f"rank {shown} on {rank.info.host} stopped by the user"
             if how == "kill":
                 self.job.kill_rank(rank.rank)
-                self.notify(f"SIGKILL to rank {rank.rank} (pid {rank.pid}).", timeout=4)
+                self.notify(f"SIGKILL to rank {shown} (pid {rank.pid}).", timeout=4)
             else:
                 self.job.stop_rank(rank.rank)
-                self.notify(f"SIGTERM to rank {rank.rank} (pid {rank.pid}).", timeout=4)
+                self.notify(f"SIGTERM to rank {shown} (pid {rank.pid}).", timeout=4)
 
         if how == "kill":
-            question = (f"Kill rank {rank.rank} on {rank.info.host} (pid {rank.pid})?\n"
+            question = (f"Kill rank {shown} on {rank.info.host} (pid {rank.pid})?\n"
                         "SIGKILL to its process tree now: no chance to clean up.")
         else:
-            question = (f"Stop rank {rank.rank} on {rank.info.host} (pid {rank.pid})?\n"
+            question = (f"Stop rank {shown} on {rank.info.host} (pid {rank.pid})?\n"
                         "SIGTERM to its process tree, SIGKILL after the grace.")
-        self.push_screen(ConfirmScreen(question, yes=f"{how.capitalize()} rank {rank.rank}"), answer)
+        self.push_screen(ConfirmScreen(question, yes=f"{how.capitalize()} rank {shown}"), answer)
 
     def action_stop_node(self) -> None:
         node_rank = self.table.selected_node()

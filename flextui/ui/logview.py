@@ -232,10 +232,11 @@ class CombinedSource(Source):
         if row is None or row.ranks[0] == GAP:
             return ""
         ranks = row.ranks if shown is None else [r for r in row.ranks if r in shown]
+        number = self.model.world.global_rank  # the job's RANK (--no_ssh runs a share of it)
         if len(ranks) == 1:
             rank = ranks[0]
-            return f"[{rank}|{self.hosts[rank] if rank < len(self.hosts) else '?'}] "
-        return f"[{format_ranks(ranks)}] "
+            return f"[{number(rank)}|{self.hosts[rank] if rank < len(self.hosts) else '?'}] "
+        return f"[{format_ranks([number(r) for r in ranks])}] "
 
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
         return ((i, row.display) for i, row in self.rows.scan(start, stop))

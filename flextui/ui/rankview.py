@@ -47,6 +47,12 @@ class Column:
     drop: int = 0  # on a narrow screen, columns with the highest `drop` go first (0: never)
 
 
+def shown_rank(model: JobModel, rank: int) -> int:
+    """The number a rank goes by on screen: its RANK in the whole job (with DeepSpeed's
+    --no_ssh --node_rank N this console runs one node's share, numbered from 0 inside)."""
+    return model.world.global_rank(rank)
+
+
 def _status_order(rank: RankState, ctx: Context) -> tuple:
     """What needs a look first; failures in the order they happened, the rest by rank."""
     level = attention(rank, ctx.model)
@@ -66,8 +72,8 @@ def columns_for(model: JobModel) -> list[Column]:
     ranks = model.ranks
     host_width = min(24, max(5, *(len(r.info.host) for r in ranks)))
     columns = [
-        Column("rank", "RANK", max(4, len(str(len(ranks) - 1))), True,
-               lambda r, c: str(r.rank), lambda r, c: r.rank),
+        Column("rank", "RANK", max(4, len(str(shown_rank(model, len(ranks) - 1)))), True,
+               lambda r, c: str(shown_rank(c.model, r.rank)), lambda r, c: r.rank),
         Column("host", "HOST", host_width, False,
                lambda r, c: r.info.host, lambda r, c: (r.info.host, r.rank)),
         Column("local", "LOCAL", 5, True, lambda r, c: str(r.info.local_rank), drop=3),
@@ -155,7 +161,7 @@ class RankQuery:
         if numbers:
             lo = int(numbers.group(1))
             hi = int(numbers.group(2)) if numbers.group(2) else lo
-            return "rank", lambda r, m: lo <= r.rank <= hi
+            return "rank", lambda r, m: lo <= shown_rank(m, r.rank) <= hi
         word = body.lower()
         if word in STATUS_WORDS:
             return "status", STATUS_WORDS[word]

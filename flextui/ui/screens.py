@@ -92,7 +92,7 @@ def summary_renderable(model: JobModel, palette: Palette, now: float,
         hosts = group.hosts
         table.add_row(
             Text("▶", palette.first_failure) if group.first_failure else "",
-            format_ranks(group.ranks),
+            format_ranks([model.world.global_rank(r) for r in group.ranks]),  # --no_ssh: the job's RANK
             Text(group.outcome, palette.status[status_key(group.rank)]),
             ", ".join(hosts) if len(hosts) <= 3 else f"{len(hosts)} hosts",
             lo if lo == hi else f"{lo}–{hi}", f"{group.lines:,}",

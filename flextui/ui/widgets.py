@@ -23,7 +23,7 @@ from flextui.modes.elastic import ElasticJobModel
 from flextui.ui.format import fmt_duration, fmt_rate, status_key
 from flextui.ui.logview import plain
 from flextui.ui.rankview import (
-    NODE, RANK, Column, Context, TableOrder, build_rows, columns_for, fit, fitting, node_summary,
+    NODE, RANK, Column, Context, TableOrder, build_rows, columns_for, fit, fitting, node_summary, shown_rank,
 )
 from flextui.ui.theming import Palette
 
@@ -325,7 +325,7 @@ class RankTable(ScrollView, can_focus=True):
         idle = rank.info.node_rank < 0  # --elastic: a planned slot outside the current world
         for column in self.shown_columns():
             if idle:
-                text = {"rank": str(rank.rank), "status": "idle"}.get(column.name, "-")
+                text = {"rank": str(shown_rank(model, rank.rank)), "status": "idle"}.get(column.name, "-")
             else:
                 text = column.cell(rank, ctx)
             style = row_style
@@ -561,8 +561,11 @@ class RankPanel(Vertical):
 def rank_detail(rank: RankState, ctx: Context, palette: Palette, last_error: str | None) -> Text:
     info = rank.info
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"rank {rank.rank}", palette.bold)
-    text.append(f"  {info.host}  local {info.local_rank}  gpu {info.gpu}  pid {rank.pid or '-'}  ")
+    text.append(f"rank {shown_rank(ctx.model, rank.rank)}", palette.bold)
+    text.append(f"  {info.host}  local {info.local_rank}  gpu {info.gpu}  ")
+    if rank.cpus:  # --bind_cores_to_rank
+        text.append(f"cpus {rank.cpus}  ")
+    text.append(f"pid {rank.pid or '-'}  ")
     text.append(status_text(rank), palette.status[status_key(rank)] + palette.bold)
     if rank.started_at is not None:
         text.append(f"  {fmt_duration(rank.runtime(ctx.now))}")
@@ -579,7 +582,9 @@ def node_detail(model: JobModel, node_rank: int, palette: Palette) -> Text:
     node = model.nodes[node_rank]
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"node {node.host}", palette.bold)
-    text.append(f"  node rank {node_rank}  ranks {node.ranks.start}-{node.ranks.stop - 1}  "
+    share = model.world.share
+    text.append(f"  node rank {share.node_rank if share else node_rank}  "
+                f"ranks {shown_rank(model, node.ranks.start)}-{shown_rank(model, node.ranks.stop - 1)}  "
                 f"launcher pid {node.launcher_pid or '-'}  ")
     for key, count in node_summary(model, node_rank):
         text.append(f"{count} {'done' if key == 'exited' else key}  ", palette.status[key])
