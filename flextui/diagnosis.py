@@ -202,9 +202,12 @@ def short_duration(seconds: float) -> str:
 
 def silent_text(model: JobModel, rank: RankState, now: float) -> str:
     """The table's SILENT: how long a running rank has written nothing, once that is
-    SILENT_SHOWN seconds or more; else empty."""
+    SILENT_SHOWN seconds or more (or it is flagged stalled: a short --stall_after); else
+    empty."""
     silent = model.silent_for(rank, now)
-    return short_duration(silent) if silent is not None and silent >= SILENT_SHOWN else ""
+    if silent is None or silent < min(SILENT_SHOWN, model.stall_after or SILENT_SHOWN):
+        return ""
+    return short_duration(silent)
 
 
 def stall_text(model: JobModel, now: float) -> str | None:
@@ -373,10 +376,13 @@ def outcome_words(rank: RankState, model: JobModel, stopped_by_user=frozenset())
     if status is RankStatus.RUNNING:
         return "running"
     how = f"exit {rank.code}" if status is RankStatus.FAILED else signal_name(rank.signal)
+    if rank.collateral:  # its own error line differs by peer address: one group for all
+        return f"collateral: {how} (a lost peer's error)"
     if rank.stopped:
         who = "the user" if rank.rank in stopped_by_user or model.aborted_by_user else "flextui"
         return f"stopped by {who} ({how})"
-    return f"failed: {how}" if status is RankStatus.FAILED else f"killed by {how}"
+    words = f"failed: {how}" if status is RankStatus.FAILED else f"killed by {how}"
+    return f"{words}: {rank.error_line}" if rank.error_line else words
 
 
 @dataclass

@@ -27,13 +27,14 @@ from textual.binding import Binding
 from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider
 from textual.widgets import Footer, Input
 
-from flextui.diagnosis import ERROR_RE, RateMeter, status_text
+from flextui.diagnosis import ERROR_RE, RateMeter, gpu_telemetry_note, status_text
 from flextui.job import JobProtocol, LaunchError
 from flextui.ui.driver import ConsoleDriver
 from flextui.ui.format import fmt_duration, status_key
 from flextui.ui.logview import CombinedSource, LogView, RankSource
-from flextui.ui.rankview import SORTS, RankQuery, shown_rank
+from flextui.ui.rankview import SORTS, RankQuery, columns_for, has_gpu_telemetry, shown_rank
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
+from flextui.ui.stacksview import StacksScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
 from flextui.ui.widgets import (
     JobBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
@@ -59,6 +60,7 @@ class FlexCommands(Provider):
             ("Go to rank or host", app.action_pick, ": then a rank number or a host name"),
             ("All ranks", app.action_show_all, "the combined log of every rank"),
             ("Jump to first failure", app.action_first_failure, "its tab, at its traceback"),
+            ("Stacks of every rank (d)", app.action_stacks, "py-spy on every node, ranks grouped by stack"),
             ("Abort job (Ctrl+C)", app.action_abort, "SIGTERM every rank; again: SIGKILL"),
             ("Kill job now", app.action_kill_job, "SIGKILL every rank at once"),
             ("Stop selected rank", app.action_stop_rank, "SIGTERM the rank under the table cursor"),
@@ -174,6 +176,8 @@ class FlexApp(App[int]):
         Binding("question_mark,f1", "help", "Help"),
         Binding("colon", "pick", "Go to", tooltip="go to a rank or host: 137, node12, failed"),
         Binding("x", "first_failure", "First failure"),
+        Binding("d", "stacks", "Stacks", show=False,
+                tooltip="every running rank's Python stack (py-spy), ranks with the same stack grouped"),
         Binding("t", "toggle_focus", "Table/log", tooltip="move the focus between table and log"),
         Binding("slash", "search", "Search", tooltip="search the log (regex, smart case)"),
         Binding("ampersand", "filter", "Filter log",
@@ -247,6 +251,7 @@ class FlexApp(App[int]):
         self._panel_key: tuple = ()
         self._last_error: dict[int, tuple[int, str | None]] = {}
         self._announced_failure = False
+        self._gpu_columns = False  # the table's GPU column is wide enough for NVML figures
         self._notices_shown = 0
         self._summary_shown = False
         self._prompt_mode: str | None = None
@@ -401,7 +406,12 @@ class FlexApp(App[int]):
         self.table.now = now
         # Redraw the table only when something in it changed (idle jobs cost ~nothing); a
         # big job's last lines and runtimes at most twice a second, statuses at once.
-        states = (model.first_failure, [(r.status, r.stopped) for r in model.ranks])
+        states = (model.first_failure, [(r.status, r.stopped, model.is_stalled(r, now)) for r in model.ranks])
+        if not self._gpu_columns and has_gpu_telemetry(model):  # NVML figures came: a wider GPU column
+            self._gpu_columns = True
+            self.table.set_columns(columns_for(model))
+            self.rank_header.refresh()
+            self._table_states = None
         soft = self.rates.rates, [(r.line_count, r.live, fmt_duration(r.runtime(now)) if r.started_at else "")
                                   for r in model.ranks]
         period = TICK if len(model.ranks) <= 64 else BIG_JOB_TABLE_PERIOD
@@ -650,6 +660,44 @@ class FlexApp(App[int]):
         self.log_view.focus()
         if not self.log_view.jump_to_traceback():
             self.log_view.set_follow(True)
+        else:
+            self._show_exception_line(first)
+
+    def _show_exception_line(self, rank) -> None:
+        """After a jump to a traceback's top: its end (the exception line, what the rank
+        died of) must be on screen too — the traceback from its top if it fits, else its
+        last lines."""
+        view = self.log_view
+        start = view.cursor
+        error = (rank.error_line or "").strip()
+        if start is None or not error:
+            return
+        end = view.find(lambda t: error in t, forward=True, start=start)
+        if end is None:
+            return
+        layout = view.layout_
+        top, bottom = (layout.item_row(layout.abs_to_item(i)) for i in (start, end))
+        height = view.scrollable_content_region.height or view.size.height or 1
+        if view.scroll_y <= bottom < view.scroll_y + height:
+            return
+        target = top if bottom - top < height else bottom - height + 2
+        view.scroll_to(y=max(0, target), animate=False, immediate=True)
+        view.refresh()
+
+    def action_stacks(self) -> None:
+        """d: every running rank's stack, grouped (the job asks every node's py-spy)."""
+        if isinstance(self.screen, StacksScreen):
+            self.pop_screen()
+            return
+        if not hasattr(self.job, "dump_stacks"):
+            self.notify("This job cannot take stacks.", timeout=3)
+            return
+        if self.job_done or self.model.state.finished:
+            self.notify("The job has ended: no process to take a stack of.", timeout=3)
+            return
+        self._close_overlays()
+        self.clear_notifications()
+        self.push_screen(StacksScreen(self.job, self.palette))
 
     # -- the rank table -------------------------------------------------------------------
 
@@ -978,6 +1026,21 @@ class FlexApp(App[int]):
         self._close_overlays()
         self.push_screen(HelpScreen(self.help_sections()))
 
+    def _diagnosis_help(self) -> list[tuple[str, str]]:
+        model = self.model
+        rows = [
+            ("SILENT", "time since the rank's last line (shown after 5 s); 'stalled?' after "
+                       f"--stall_after {model.stall_after:g} s, counted in the job bar"),
+            ("CPU MEM", "the rank's process tree (with its children): % of one core, resident memory"),
+            ("GPU", "the binding; with NVML on the node also busy %, memory held / total"),
+            ("d", "stacks of every running rank (py-spy), grouped, the odd one out first"),
+            ("x", "the root cause's traceback; 'collateral' ranks died of a lost peer"),
+        ]
+        note = gpu_telemetry_note(model)
+        if note:
+            rows.append(("", note))
+        return rows
+
     def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         def rows(bindings) -> list[tuple[str, str]]:
             out, seen = [], set()
@@ -1000,6 +1063,7 @@ class FlexApp(App[int]):
                 ("mouse wheel", "scroll"),
             ]),
             ("Rank panel", [("buttons", "Stop rank, Kill rank, Stop node, Abort job: each asks first")]),
+            ("Diagnosis", self._diagnosis_help()),
             ("Prompts", [("Enter", "apply"), ("Esc", "cancel")]),
             ("Other", [("ctrl+p", "command palette (also: themes, go to a rank or host)")]),
         ]

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from flextui.diagnosis import attention, status_text
+from flextui.diagnosis import attention, cpu_text, gpu_text, mem_text, rank_status_text, silent_text
 from flextui.model import JobModel, RankState, RankStatus
 from flextui.ui.format import fmt_duration, fmt_rate, status_key
 
@@ -67,28 +67,73 @@ def _rate(rank: RankState, ctx: Context) -> str:
     return fmt_rate(ctx.rate(rank)) if rank.status is RankStatus.RUNNING else "-"
 
 
+def _running_usage(rank: RankState):
+    return rank.usage if rank.status is RankStatus.RUNNING else None
+
+
+def _cpu(rank: RankState, ctx: Context) -> str:
+    return cpu_text(_running_usage(rank))
+
+
+def _mem(rank: RankState, ctx: Context) -> str:
+    usage = _running_usage(rank)
+    return mem_text(usage.rss) if usage is not None else "-"
+
+
+def _usage_order(value: Callable[[object], float | None]):
+    """Biggest first; ranks with no sample after those that have one."""
+    def key(rank: RankState, ctx: Context) -> tuple:
+        usage = _running_usage(rank)
+        figure = value(usage) if usage is not None else None
+        return (figure is None, -(figure or 0.0), rank.rank)
+    return key
+
+
+def _silent_order(rank: RankState, ctx: Context) -> tuple:
+    """The longest silence first."""
+    silent = ctx.model.silent_for(rank, ctx.now)
+    return (silent is None, -(silent or 0.0), rank.rank)
+
+
+def has_gpu_telemetry(model: JobModel) -> bool:
+    """Some rank's launcher has reported its GPU (NVML): the GPU column shows its use."""
+    return any(r.usage is not None and r.usage.gpu is not None for r in model.ranks)
+
+
+#: The GPU column with telemetry: `3 87% 12G/80G` (binding, busy %, held / total).
+GPU_TELEMETRY_WIDTH = 14
+
+
 def columns_for(model: JobModel) -> list[Column]:
-    """Each column is at least as wide as its title and the sort arrow."""
+    """Each column is at least as wide as its title and the sort arrow. On a narrow screen
+    what a rank uses (MEM, CPU, SILENT) goes first, then local rank, GPU and PID (the panel
+    above the log shows them all for the selected rank)."""
     ranks = model.ranks
     host_width = min(24, max(5, *(len(r.info.host) for r in ranks)))
+    gpu_width = max(3, *(len(str(r.info.gpu)) for r in ranks))
+    if has_gpu_telemetry(model):
+        gpu_width = max(gpu_width, GPU_TELEMETRY_WIDTH)
     columns = [
         Column("rank", "RANK", max(4, len(str(shown_rank(model, len(ranks) - 1)))), True,
                lambda r, c: str(shown_rank(c.model, r.rank)), lambda r, c: r.rank),
         Column("host", "HOST", host_width, False,
                lambda r, c: r.info.host, lambda r, c: (r.info.host, r.rank)),
         Column("local", "LOCAL", 5, True, lambda r, c: str(r.info.local_rank), drop=3),
-        Column("gpu", "GPU", max(3, *(len(str(r.info.gpu)) for r in ranks)), True,
-               lambda r, c: str(r.info.gpu), drop=2),
+        Column("gpu", "GPU", gpu_width, True, lambda r, c: gpu_text(r),
+               _usage_order(lambda u: u.gpu.util if u.gpu is not None else None), drop=2),
         Column("pid", "PID", 7, True, lambda r, c: str(r.pid or "-"), drop=1),
-        Column("status", "STATUS", 15, False, lambda r, c: status_text(r), _status_order),
+        Column("status", "STATUS", 15, False, lambda r, c: rank_status_text(c.model, r, c.now), _status_order),
         Column("runtime", "RUNTIME", 8, True, _runtime,
                lambda r, c: (-r.runtime(c.now), r.rank)),
         Column("rate", "LINES/S", 7, True, _rate, lambda r, c: (-c.rate(r), r.rank)),
+        Column("silent", "SILENT", 6, True, lambda r, c: silent_text(c.model, r, c.now), _silent_order, drop=4),
+        Column("cpu", "CPU", 5, True, _cpu, _usage_order(lambda u: u.cpu), drop=5),
+        Column("mem", "MEM", 5, True, _mem, _usage_order(lambda u: u.rss), drop=6),
     ]
     return [replace(c, width=max(c.width, len(c.header) + (1 if c.sort else 0))) for c in columns]
 
 
-SORTS = ("rank", "status", "host", "rate", "runtime")  # the order `o` cycles through
+SORTS = ("rank", "status", "host", "rate", "runtime", "silent", "cpu", "mem", "gpu")  # the order `o` cycles through
 LAST_LINE_MIN = 24  # columns kept for the rank's last line before dropping columns
 
 

@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from flextui.diagnosis import outcome_groups, verdict
+from flextui.diagnosis import collateral_text, gpu_telemetry_note, outcome_groups, verdict
 from flextui.model import JobModel
 from flextui.modes.elastic import ElasticJobModel
 from flextui.ui.collapse import format_ranks
@@ -113,6 +113,8 @@ def verdict_text(model: JobModel, palette: Palette, now: float, launch_error: st
     if reason:
         style = {"first_failure": palette.first_failure, "error": palette.status["failed"]}.get(v.kind)
         text.append(f"; {reason}", style)
+    if v.error_line:
+        text.append(f": {v.error_line}", palette.error)
     return text
 
 
@@ -137,6 +139,9 @@ class SummaryScreen(ModalScreen[None]):
                                       self.reason), id="verdict")
             yield Static(summary_renderable(self.model, self.palette, self.now,
                                             self.stopped_by_user), id="summary-table")
+            notes = [n for n in (collateral_text(self.model), gpu_telemetry_note(self.model)) if n]
+            if notes:
+                yield Static(Text("\n".join(notes), style=self.palette.muted), id="notes")
             hint = "Esc: back to the logs"
             if self.model.first_failure is not None:
                 hint += "   x: first failure"

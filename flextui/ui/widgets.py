@@ -17,7 +17,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Static
 
-from flextui.diagnosis import elastic_bar_text, status_text, verdict
+from flextui.diagnosis import (
+    cpu_text, elastic_bar_text, error_text, gpu_text, mem_text, silent_text, stall_text, status_text, verdict,
+)
 from flextui.model import JobModel, RankState
 from flextui.modes.elastic import ElasticJobModel
 from flextui.ui.format import fmt_duration, fmt_rate, status_key
@@ -194,6 +196,11 @@ class RankTable(ScrollView, can_focus=True):
         self.move_to_row(0)
         self.scroll_to(y=0, animate=False, immediate=True)
 
+    def set_columns(self, columns: list[Column]) -> None:
+        self.columns = columns
+        self._fitted = (None, columns)
+        self.refresh()
+
     def shown_columns(self) -> list[Column]:
         width = self.size.width or 200
         if getattr(self, "_fitted", (None,))[0] != width:
@@ -318,7 +325,13 @@ class RankTable(ScrollView, can_focus=True):
                        width: int) -> list[Segment]:
         model, ctx = self.model, self.ctx
         first = model.first_failure is rank
-        status_style = palette.status[status_key(rank)]
+        stalled = model.is_stalled(rank, ctx.now)
+        if stalled:
+            status_style = palette.warning
+        elif rank.collateral:  # took down by the root cause: not drawn as a failure of its own
+            status_style = palette.status["stopped"]
+        else:
+            status_style = palette.status[status_key(rank)]
         indent = "  " if self.order.grouped else ""
         segments = [Segment(indent, row_style),
                     Segment("▶" if first else " ", row_style + palette.first_failure)]
@@ -333,11 +346,17 @@ class RankTable(ScrollView, can_focus=True):
                 style = row_style + (palette.muted if idle else status_style)
                 if first:
                     style += palette.bold
+            elif column.name == "silent" and stalled:
+                style = row_style + palette.warning
             segments.append(Segment(fit(text, column), style))
             segments.append(Segment(" ", row_style))
         used = sum(len(s.text) for s in segments)
         if width > used:
-            segments.append(Segment(plain(rank.last_line)[: width - used], row_style + palette.muted))
+            error = error_text(rank) if rank.status.finished else None
+            if error:  # what it died of, not whatever it printed last
+                segments.append(Segment(error[: width - used], row_style + palette.error))
+            else:
+                segments.append(Segment(plain(rank.last_line)[: width - used], row_style + palette.muted))
         return segments
 
     def _node_segments(self, node_rank: int, row_style: Style, palette: Palette) -> list[Segment]:
@@ -420,6 +439,9 @@ def job_bar_lines(model: JobModel, palette: Palette, now: float, run_dir: str | 
     second.append(v.state.upper() if model.state.finished else v.state, palette.status[v.key] + palette.bold)
     if v.exit_code is not None:
         second.append(f" (exit code {v.exit_code})", palette.status[v.key])
+    stalls = stall_text(model, now) if not model.state.finished else None
+    if stalls:  # before the rest: it is what needs a look while the job runs
+        second.append(f"  {stalls}", palette.warning)
     if v.kind == "first_failure":
         second.append(f"  ▶ {v.reason}", palette.first_failure)
         second.append("  (x: show it)", palette.muted)
@@ -572,9 +594,22 @@ def rank_detail(rank: RankState, ctx: Context, palette: Palette, last_error: str
     if rank.status.value == "running":
         text.append(f"  {fmt_rate(ctx.rate(rank))} lines/s", palette.muted)
     text.append(f"  {rank.line_count:,} lines", palette.muted)
-    if last_error:
-        text.append("  last error: ", palette.muted)
-        text.append(plain(last_error).strip(), palette.error)
+    model = ctx.model
+    silent = silent_text(model, rank, ctx.now)
+    if silent:
+        stalled = model.is_stalled(rank, ctx.now)
+        text.append(f"  silent {silent}{' (stalled?)' if stalled else ''}",
+                    palette.warning if stalled else palette.muted)
+    usage = rank.usage if rank.status.value == "running" else None
+    if usage is not None:
+        text.append(f"  cpu {cpu_text(usage)}  mem {mem_text(usage.rss)}  {usage.threads} threads"
+                    f"{f'  {usage.procs} procs' if usage.procs > 1 else ''}", palette.muted)
+        if usage.gpu is not None:
+            text.append(f"  gpu {gpu_text(rank)}", palette.muted)
+    error = error_text(rank) or last_error
+    if error:
+        text.append("  collateral of the root cause: " if rank.collateral else "  last error: ", palette.muted)
+        text.append(plain(error).strip(), palette.error)
     return text
 
 
