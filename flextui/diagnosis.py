@@ -87,7 +87,11 @@ def error_text(rank: RankState) -> str | None:
 def rank_status_text(model: JobModel, rank: RankState, now: float) -> str:
     """The table's STATUS: status_text, or "stalled?" for a running rank silent for
     --stall_after seconds."""
-    return "stalled?" if model.is_stalled(rank, now) else status_text(rank)
+    if model.is_stalled(rank, now):
+        return "stalled?"
+    text = status_text(rank)
+    # "collateral SIGTERM" does not fit the column: the panel and the summary say which signal
+    return "collateral" if rank.collateral and len(text) > 15 else text
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -377,7 +381,8 @@ def outcome_words(rank: RankState, model: JobModel, stopped_by_user=frozenset())
         return "running"
     how = f"exit {rank.code}" if status is RankStatus.FAILED else signal_name(rank.signal)
     if rank.collateral:  # its own error line differs by peer address: one group for all
-        return f"collateral: {how} (a lost peer's error)"
+        what = how if status is RankStatus.FAILED else f"killed by {how}"
+        return f"collateral: {what} after a lost peer's error"
     if rank.stopped:
         who = "the user" if rank.rank in stopped_by_user or model.aborted_by_user else "flextui"
         return f"stopped by {who} ({how})"

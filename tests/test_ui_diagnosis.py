@@ -217,6 +217,6 @@ async def test_x_puts_the_exception_line_on_screen_and_names_collateral_ranks():
         notes = rendered(app.screen.query_one("#notes").content, 150)
         assert "collateral: ranks 0-2 failed after rank 3 with a peer-connection error" in notes
         table = rendered(app.screen.query_one("#summary-table").content, 150)
-        assert "collateral: exit 1 (a lost peer's error)" in table
+        assert "collateral: exit 1 after a lost peer's error" in table
         app.exit()
         await stop_job_of(app)

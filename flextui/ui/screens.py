@@ -141,7 +141,9 @@ class SummaryScreen(ModalScreen[None]):
                                             self.stopped_by_user), id="summary-table")
             notes = [n for n in (collateral_text(self.model), gpu_telemetry_note(self.model)) if n]
             if notes:
-                yield Static(Text("\n".join(notes), style=self.palette.muted), id="notes")
+                static = Static(Text("\n".join(notes), style=self.palette.muted), id="notes")
+                static.styles.width = "100%"  # wraps inside the dialog ("#dialog Static" is auto)
+                yield static
             hint = "Esc: back to the logs"
             if self.model.first_failure is not None:
                 hint += "   x: first failure"

@@ -88,8 +88,7 @@ class StacksScreen(ModalScreen[None]):
         width: 95%; max-width: 160; height: auto; max-height: 95%; overflow-y: auto;
         padding: 0 1; border: round $primary; background: $surface;
     }
-    StacksScreen #dialog #stacks { width: 100%; }
-    StacksScreen #dialog #hint { width: 100%; margin-top: 1; }
+    StacksScreen #dialog #hint { margin-top: 1; }
     """
 
     def __init__(self, job, palette: Palette) -> None:
@@ -104,6 +103,8 @@ class StacksScreen(ModalScreen[None]):
             yield Static(Text("Esc: back   r: dump again", style=self.palette.muted), id="hint")
 
     def on_mount(self) -> None:
+        for static in self.query(Static):  # wrap at the dialog's width (the app's "#dialog Static" is auto)
+            static.styles.width = "100%"
         self.action_again()
 
     def action_again(self) -> None:
