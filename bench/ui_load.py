@@ -1,39 +1,63 @@
 #!/usr/bin/env python3
-"""The Textual console under log load: key latency, frames, timer slip, CPU, RSS.
+"""The Textual console under log load: key → screen latency, refreshes, CPU, RSS.
 
-A synthetic job (no processes) feeds W ranks × R lines/s into the real JobModel as
-launcher "out" events (JSON-decoded like the real ones) from the same event loop the
-UI runs on, while the app runs headless (App.run_test). Every --key-every seconds a
-key is sent and timed until the screen shows its effect (the log view re-rendered the
-new tab / the table moved its cursor).
+The real FlexApp runs with its real terminal driver on a pseudo-terminal this process
+owns, as it would in a user's terminal: keys are written as bytes into the terminal
+(parsed by Textual's input thread), frames are encoded and written by the driver, and
+a reader thread stands in for the terminal emulator, draining what the app writes. A
+synthetic job (no processes) feeds W ranks × R lines/s into the real JobModel as
+launcher "out" events (JSON-decoded like the real ones) on the app's event loop.
+
+Each key is timed from the moment its bytes are written into the terminal to the moment
+the terminal has read the end of the first frame that SHOWS its result: a frame composed
+after the app's state reflected the key (table re-sorted, cursor moved, rank log
+switched, ...) and in which the widget that shows it was drawn again. Keys sent in turn
+(--keys): tab (Tab: the next rank's log), table (↓/↑: the table's cursor), sort (o),
+group (b: group by node / ungroup), fold (←/→ on a node row: fold / unfold it), filter
+(F node12 Enter / F ^U Enter: filter the table / clear it; timed from Enter), picker
+(: 137 Enter: rank 137's log; timed from Enter, once the palette lists rank 137), search
+(/ step 1 Enter once, then n: the next match shown).
+
+CPU and RSS are this process's (the console; it also runs the synthetic feed, whose own
+time is reported apart as feed_cpu_percent_of_core).
 
     .venv/bin/python bench/ui_load.py                        # 64 ranks x 1000 lines/s, 10 s
     .venv/bin/python bench/ui_load.py --ranks 8 --rate 10000 --seconds 20 --tab rank
-    .venv/bin/python bench/ui_load.py --ranks 512 --rate 10 --seconds 30 --keys tab,table,search,sort,group
+    .venv/bin/python bench/ui_load.py --ranks 512 --rate 10 --seconds 30 \\
+        --keys tab,table,sort,group,fold,filter,picker,search
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import gc
 import inspect
 import json
 import os
 import signal
+import struct
 import sys
+import termios
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # noqa: E402
-from textual import events  # noqa: E402
 
 from flextui.model import JobModel  # noqa: E402
 from flextui.ui.app import FlexApp  # noqa: E402
+from flextui.ui.driver import ConsoleDriver  # noqa: E402
 from flextui.world import World  # noqa: E402
+
+KEY_BYTES = {"tab": b"\t", "down": b"\x1b[B", "up": b"\x1b[A", "left": b"\x1b[D", "right": b"\x1b[C",
+             "enter": b"\r", "ctrl+u": b"\x15"}
+LATE = 5.0  # a key not answered in this many seconds counts as that long (the bench goes on)
 
 
 class SyntheticJob:
@@ -47,6 +71,7 @@ class SyntheticJob:
         self.run_id = "bench"
         self.rate = rate
         self.lines = 0
+        self.feed_seconds = 0.0  # time spent making and applying events (the job's side)
         self._stop = asyncio.Event()
 
         self.grace = 1.0
@@ -67,6 +92,7 @@ class SyntheticJob:
             n = int(carry)
             carry -= n
             if n:
+                t = perf_counter()
                 for r in model.ranks:
                     data = "".join(  # ranks differ in more than their number: no collapsing
                         f"rank {r.rank} step {step + i} loss {((step + i + r.rank) % 977) / 977:.4f} "
@@ -76,6 +102,7 @@ class SyntheticJob:
                     model.apply(r.info.node_rank, json.loads(line))
                     self.lines += n
                 step += n
+                self.feed_seconds += perf_counter() - t
             next_t += period
             await asyncio.sleep(max(0.0, next_t - perf_counter()))
         model.finish()
@@ -100,11 +127,6 @@ class SyntheticJob:
         pass
 
 
-def late(t0: float, limit: float = 5.0) -> bool:
-    """A key not answered in `limit` seconds counts as that long (and the bench goes on)."""
-    return perf_counter() - t0 > limit
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -112,15 +134,85 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+class Terminal:
+    """The user's side of the pseudo-terminal: keys go in, frames are read (and counted)
+    by a thread, as a terminal emulator would, so the app's writes never block on us and
+    the time a frame's last byte arrived is known."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        self.read_total = 0
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._cond:
+                self.read_total += len(data)
+                self._cond.notify_all()
+
+    def send(self, data: bytes) -> float:
+        t = perf_counter()
+        os.write(self.master, data)
+        return t
+
+    def wait_read(self, total: int, timeout: float) -> float | None:
+        """perf_counter() when `total` bytes have been read (None: not within timeout).
+        Called from a worker thread: it blocks."""
+        deadline = perf_counter() + timeout
+        with self._cond:
+            while self.read_total < total:
+                left = deadline - perf_counter()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return perf_counter()
+
+
+class Probe:
+    """Waits for the first frame written that shows a key's result."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self.done = done
+        self.drawn = False  # the watched widget drew while `done()` held
+        self.frame_end: int | None = None  # bytes written up to the end of that frame
+        self.frame_at: float | None = None
+
+
+class CountingDriver(ConsoleDriver):
+    """The console's driver, counting the bytes it writes to the terminal from the first."""
+
+    def write(self, data: str) -> None:
+        app = self._app
+        encoded = data.encode(app.encoding, "replace")
+        # the terminal's output processing (ONLCR, left on by Textual) sends "\n" as "\r\n"
+        app.written += len(encoded) + encoded.count(b"\n")
+        super().write(data)
+
+
 class TimedApp(FlexApp):
-    """FlexApp that notes when each of its refresh ticks ran (the product keeps no such list)."""
+    """FlexApp plus the bench's instruments: refresh ticks, drawn widgets, written frames."""
 
     CSS_PATH = str(Path(inspect.getfile(FlexApp)).parent / FlexApp.CSS_PATH)  # not beside this file
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.driver_class = CountingDriver
+        self.encoding = getattr(sys.__stderr__, "encoding", None) or "utf-8"
         self.tick_times: list[float] = []
         self.tick_costs: list[float] = []  # seconds each refresh took (the app's own work)
+        self.written = 0  # bytes the driver was given to write (encoded as on the terminal)
+        self.frames = 0
+        self.probe: Probe | None = None
+        self.table_renders = 0
 
     def _tick(self) -> None:
         t = perf_counter()
@@ -128,115 +220,257 @@ class TimedApp(FlexApp):
         super()._tick()
         self.tick_costs.append(perf_counter() - t)
 
+    def instrument(self) -> None:
+        """Note which draws of the table and log view happened while a probe's condition
+        held."""
+        for widget in (self.table, self.log_view):
+            draw = widget.render_line
 
-def count_table_renders(app: FlexApp) -> list[int]:
-    """A counter of the rank table's drawn rows (to see a sort or grouping on screen)."""
-    counter = [0]
-    draw = app.table.render_line
+            def render_line(y: int, draw=draw, widget=widget):
+                if widget is self.table:
+                    self.table_renders += 1
+                probe = self.probe
+                if probe is not None and probe.watched is widget and not probe.drawn and probe.done():
+                    probe.drawn = True
+                return draw(y)
 
-    def render_line(y: int):
-        counter[0] += 1
-        return draw(y)
+            widget.render_line = render_line  # type: ignore[method-assign]
 
-    app.table.render_line = render_line
-    return counter
+    def _display(self, screen, renderable) -> None:
+        super()._display(screen, renderable)
+        if renderable is None:
+            return
+        self.frames += 1
+        probe = self.probe
+        if probe is not None and probe.drawn and probe.frame_end is None:
+            probe.frame_end = self.written
+            probe.frame_at = perf_counter()
 
 
 async def bench(args: argparse.Namespace) -> dict:
+    width, height = (int(x) for x in args.size.split("x"))
+    terminal = Terminal(width, height)
+    # Textual's driver reads keys from stdin and draws on stderr; its size comes from
+    # COLUMNS/LINES (shutil), as stdout stays ours (the result goes there).
+    saved_stdin, saved_stderr = os.dup(0), os.dup(2)
+    os.dup2(terminal.slave, 0)
+    os.dup2(terminal.slave, 2)
+    os.environ["COLUMNS"], os.environ["LINES"] = str(width), str(height)
     job = SyntheticJob(args.ranks, args.per_node, args.rate, args.tail)
     app = TimedApp(job, theme="dark")
+    try:
+        return await _drive(app, job, terminal, args)
+    finally:
+        os.dup2(saved_stdin, 0)
+        os.dup2(saved_stderr, 2)
+
+
+async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: argparse.Namespace) -> dict:
     proc = psutil.Process()
     kinds = args.keys.split(",")
     latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
-    async with app.run_test(size=(200, 50)) as pilot:
-        await pilot.pause(0.2)
-        app.table.focus()
-        if args.tab == "rank":
-            app.open_rank(0)
-        view = app.log_view
-        table_renders = count_table_renders(app)
-        lags: list[float] = []
+    missed: dict[str, int] = {}
+    app_task = asyncio.get_running_loop().create_task(app.run_async())
+    deadline = perf_counter() + 20
+    while not (app.is_running and app._driver is not None and hasattr(app, "log_view")
+               and app.log_view.is_attached) and perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    app.instrument()
+    view, table = app.log_view, app.table
+    if args.tab == "rank":
+        app.open_rank(0)
+    lags: list[float] = []
 
-        async def probe() -> None:  # event-loop lag: how late a 10 ms sleep wakes up
-            while True:
-                t = perf_counter()
-                await asyncio.sleep(0.01)
-                lags.append(perf_counter() - t - 0.01)
+    async def probe_loop() -> None:  # event-loop lag: how late a 10 ms sleep wakes up
+        while True:
+            t = perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(perf_counter() - t - 0.01)
 
-        prober = asyncio.get_running_loop().create_task(probe())
-        cpu0 = sum(proc.cpu_times()[:2])
-        t_start = perf_counter()
-        ticks0 = len(app.tick_times)
-        costs0 = len(app.tick_costs)
-        lines0 = job.lines
-        renders0 = view.renders
-        deadline = t_start + args.seconds
-        n = 0
-        while perf_counter() < deadline:
-            await asyncio.sleep(args.key_every)
-            n += 1
-            kind = kinds[n % len(kinds)]
+    async def settle(done: Callable[[], bool], limit: float = 3.0) -> bool:
+        until = perf_counter() + limit
+        while not done():
+            if perf_counter() > until:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def timed(kind: str, keys: bytes, done: Callable[[], bool], watched) -> None:
+        probe = Probe(done)
+        probe.watched = watched  # type: ignore[attr-defined]
+        app.probe = probe
+        t0 = terminal.send(keys)
+        until = t0 + LATE
+        while probe.frame_end is None and perf_counter() < until:
+            await asyncio.sleep(0.001)
+        shown = None
+        if probe.frame_end is not None:
+            shown = await asyncio.to_thread(terminal.wait_read, probe.frame_end, max(0.0, until - perf_counter()))
+        app.probe = None
+        if shown is None and os.environ.get("UI_LOAD_DEBUG"):
+            print(kind, "unanswered: done", done(), "drawn", probe.drawn, "frame_end", probe.frame_end,
+                  "read", terminal.read_total, "focused", app.focused, "query", table.order.query.text,
+                  "prompt", app.prompt.value, file=sys.__stdout__, flush=True)
+        if shown is None:
+            missed[kind] = missed.get(kind, 0) + 1
+            latencies[kind].append(LATE)
+        else:
+            latencies[kind].append(shown - t0)
+
+    async def type_keys(*keys: bytes | int) -> None:
+        """One key at a time, as typed (bytes of several keys in one read may be taken
+        for a paste)."""
+        for key in keys:
+            terminal.send(bytes([key]) if isinstance(key, int) else key)
+            await asyncio.sleep(0.03)
+
+    async def clear_prompt() -> None:
+        """^U in the prompt; alone (Textual's input parser drops a key that arrives in the
+        same read as a control character)."""
+        if app.prompt.value:
+            terminal.send(KEY_BYTES["ctrl+u"])
+            await settle(lambda: not app.prompt.value)
+
+    def focus_table() -> None:  # not timed: t would do it, the bench just needs the table's keys
+        if app.focused is not table:
+            table.focus()
+
+
+    async def send_key(kind: str) -> None:
+        if kind == "tab":
+            before = view.source
+            await timed(kind, KEY_BYTES["tab"], lambda: view.source is not before, view)
+        elif kind == "table":
+            focus_table()
+            cursor = table.cursor
+            key = "down" if cursor == 0 else "up"
+            await timed(kind, KEY_BYTES[key], lambda: table.cursor != cursor, table)
+        elif kind in ("sort", "group"):
+            before = (table.order.sort, table.order.grouped)
+            await timed(kind, b"o" if kind == "sort" else b"b",
+                        lambda: (table.order.sort, table.order.grouped) != before, table)
+        elif kind == "fold":
+            focus_table()
+            if not table.order.grouped:
+                terminal.send(b"b")
+                await settle(lambda: table.order.grouped)
+            folded = len(table.order.collapsed)
+            key = "right" if folded else "left"
+            await timed(kind, KEY_BYTES[key], lambda: len(table.order.collapsed) != folded, table)
+        elif kind == "filter":
+            target = "" if table.order.query.text else "node12"
+            terminal.send(b"F")
+            if not await settle(lambda: app.focused is app.prompt):
+                missed[kind] = missed.get(kind, 0) + 1
+                return
+            await clear_prompt()
+            await type_keys(*target.encode())
+            ok = await settle(lambda: app.prompt.value == target)
             if os.environ.get("UI_LOAD_DEBUG"):
-                print(n, kind, file=sys.stderr)
-            t0 = perf_counter()
-            if kind == "tab":
-                before = view.source
-                app.post_message(events.Key("tab", None))
-                while view.source is before and not late(t0):
-                    await asyncio.sleep(0.001)
-                renders = view.renders
-                while view.renders == renders and not late(t0):
-                    await asyncio.sleep(0.001)
-            elif kind == "table":
-                cursor = app.table.cursor
-                app.post_message(events.Key("down" if cursor == 0 else "up", None))
-                while app.table.cursor == cursor and not late(t0):
-                    await asyncio.sleep(0.001)
-            elif kind in ("sort", "group"):  # the table re-ordered and drawn
-                order = (app.table.order.sort, app.table.order.grouped)
-                drawn = table_renders[0]
-                app.post_message(events.Key("o" if kind == "sort" else "b", None))
-                while (app.table.order.sort, app.table.order.grouped) == order and not late(t0):
-                    await asyncio.sleep(0.001)
-                while table_renders[0] == drawn and not late(t0):
-                    await asyncio.sleep(0.001)
-            else:  # a search over the shown tab's ring
-                renders = view.renders
-                view.set_search("step 1")
-                app.action_search_next()
-                while view.renders == renders and not late(t0):
-                    await asyncio.sleep(0.001)
-            latencies[kind].append(perf_counter() - t0)
-        elapsed = perf_counter() - t_start
-        cpu = sum(proc.cpu_times()[:2]) - cpu0
-        ticks = app.tick_times[ticks0:]
-        costs = app.tick_costs[costs0:]
-        intervals = [b - a for a, b in zip(ticks, ticks[1:])]
-        renders = view.renders - renders0
-        gc.collect()
-        rss = proc.memory_info().rss
-        lines = job.lines - lines0
-        prober.cancel()
-        job.stop("bench over")
-        await pilot.pause(0.2)
-        app.exit()
+                print("typed", ok, repr(app.prompt.value), app.focused, file=sys.__stdout__, flush=True)
+            await timed(kind, KEY_BYTES["enter"], lambda: table.order.query.text == target, table)
+        elif kind == "picker":
+            target = min(137, len(app.model.ranks) - 1)
+            terminal.send(b":")
+            from textual.command import CommandList, CommandPalette
+
+            if not await settle(lambda: isinstance(app.screen, CommandPalette)):
+                missed[kind] = missed.get(kind, 0) + 1
+                return
+            await type_keys(*str(target).encode())
+
+            def listed() -> bool:
+                try:
+                    commands = app.screen.query_one(CommandList)
+                except Exception:
+                    return False
+                return commands.option_count > 0 and str(commands.get_option_at_index(0).prompt).startswith(
+                    f"rank {target} ")
+
+            if not await settle(listed):
+                missed[kind] = missed.get(kind, 0) + 1
+                terminal.send(b"\x1b")
+                return
+            await timed(kind, KEY_BYTES["enter"], lambda: app.current_tab == f"r{target}"
+                        and view.source is app.sources.get(f"r{target}"), view)
+        elif kind == "search":
+            if view.search is None:
+                terminal.send(b"/")
+                await settle(lambda: app.focused is app.prompt)
+                await clear_prompt()
+                await type_keys(*b"step 1")
+                await settle(lambda: app.prompt.value == "step 1")
+                await timed(kind, KEY_BYTES["enter"], lambda: view.search is not None and view.cursor is not None,
+                            view)
+            else:
+                if app.focused is app.prompt:
+                    focus_table()
+                before = (view.source, view.cursor)
+                await timed(kind, b"n", lambda: (view.source, view.cursor) != before, view)
+        else:
+            raise SystemExit(f"ui_load: unknown key kind {kind!r}")
+
+    prober = asyncio.get_running_loop().create_task(probe_loop())
+    cpu0 = sum(proc.cpu_times()[:2])
+    feed0 = job.feed_seconds
+    t_start = perf_counter()
+    ticks0, costs0 = len(app.tick_times), len(app.tick_costs)
+    lines0, renders0, frames0, written0 = job.lines, view.renders, app.frames, app.written
+    end = t_start + args.seconds
+    n = 0
+    while perf_counter() < end:
+        await asyncio.sleep(args.key_every)
+        kind = kinds[n % len(kinds)]
+        n += 1
+        if os.environ.get("UI_LOAD_DEBUG"):
+            print(n, kind, file=sys.__stdout__, flush=True)
+        await send_key(kind)
+    elapsed = perf_counter() - t_start
+    cpu = sum(proc.cpu_times()[:2]) - cpu0
+    feed = job.feed_seconds - feed0
+    ticks = app.tick_times[ticks0:]
+    costs = app.tick_costs[costs0:]
+    intervals = [b - a for a, b in zip(ticks, ticks[1:])]
+    renders = view.renders - renders0
+    frames = app.frames - frames0
+    written = app.written - written0
+    gc.collect()
+    rss = proc.memory_info().rss
+    lines = job.lines - lines0
+    prober.cancel()
+    job.stop("bench over")
+    await asyncio.sleep(0.3)
+    app.exit()
+    try:
+        await asyncio.wait_for(app_task, 10)
+    except (asyncio.TimeoutError, Exception):
+        pass
+    await asyncio.sleep(0.3)  # the app has stopped writing; the terminal reads the rest
+    unaccounted = terminal.read_total - app.written  # bytes on the terminal the count missed (0: exact)
     everything = [x for v in latencies.values() for x in v]
     return {
         "ranks": args.ranks, "rate_per_rank": args.rate, "seconds": round(elapsed, 1),
-        "lines_fed": lines, "lines_per_s": round(lines / elapsed),
+        "terminal": args.size, "lines_fed": lines, "lines_per_s": round(lines / elapsed),
         "key_p50_ms": round(pct(everything, 0.5) * 1000, 1),
         "key_p95_ms": round(pct(everything, 0.95) * 1000, 1),
         "key_max_ms": round(max(everything) * 1000, 1) if everything else None,
         "keys": len(everything),
+        "keys_unanswered": missed,
         "by_key_p95_ms": {k: round(pct(v, 0.95) * 1000, 1) for k, v in latencies.items() if v},
+        "by_key_p50_ms": {k: round(pct(v, 0.5) * 1000, 1) for k, v in latencies.items() if v},
         "tick_p50_ms": round(pct(intervals, 0.5) * 1000, 1),
         "tick_p95_ms": round(pct(intervals, 0.95) * 1000, 1),
         "ticks_per_s": round(len(ticks) / elapsed, 1),
         "tick_cost_p50_ms": round(pct(costs, 0.5) * 1000, 1),
         "tick_cost_p95_ms": round(pct(costs, 0.95) * 1000, 1),
+        "frames_per_s": round(frames / elapsed, 1),
+        "terminal_kb_per_s": round(written / elapsed / 1024, 1),
+        "terminal_bytes_unaccounted": unaccounted,
         "log_rows_rendered_per_s": round(renders / elapsed),
         "loop_lag_p95_ms": round(pct(lags, 0.95) * 1000, 1),
         "cpu_percent_of_core": round(100 * cpu / elapsed),
+        "feed_cpu_percent_of_core": round(100 * feed / elapsed),
         "rss_mb": round(rss / 2**20, 1),
         "machine_load_1min": round(os.getloadavg()[0], 2),
     }
@@ -248,12 +482,13 @@ def main() -> int:
     parser.add_argument("--per-node", type=int, default=8)
     parser.add_argument("--rate", type=float, default=1000.0, help="lines/s per rank")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--key-every", type=float, default=0.25)
+    parser.add_argument("--key-every", type=float, default=0.25, help="pause between keys (s)")
     parser.add_argument("--tail", type=int, default=5000, help="lines kept per rank")
+    parser.add_argument("--size", default="200x50", help="terminal WIDTHxHEIGHT")
     parser.add_argument("--tab", choices=("all", "rank"), default="all", help="tab shown first")
     parser.add_argument("--keys", default="tab,table,tab,search",
-                        help="the keys sent in turn: tab (next rank's log), table (cursor), search "
-                             "(next match), sort (o), group (b)")
+                        help="the keys sent in turn: tab, table, sort, group, fold, filter, picker, search "
+                             "(see the module docstring)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(bench(args))
