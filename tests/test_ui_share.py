@@ -1,5 +1,6 @@
 """The console of one node's share of a bigger job (DeepSpeed's --no_ssh --node_rank N)
-numbers ranks as the job does, and the rank panel shows a rank's CPU binding."""
+numbers ranks as the job does; the rank panel shows a rank's CPU binding; the table keeps
+the first failure in view through a stop cascade."""
 
 from __future__ import annotations
 
@@ -103,6 +104,56 @@ async def test_the_rank_panel_shows_the_cpus_a_rank_is_bound_to():
         app.table.focus()
         await pilot.press("down")
         await until(pilot, lambda: "cpus 2-3" in panel_text(app))
+        job.finish()
+        app.exit()
+        await stop_job_of(app)
+
+
+async def stop_cascade(pilot, app, job, down: int) -> None:
+    """Sort by status, `down` rows down, then rank 37 fails and 500 ranks stop in waves
+    (stopped ranks sort after the 11 still checkpointing ones)."""
+    await pilot.press("o")  # sort by status
+    await until(pilot, lambda: app.table.order.sort == "status")
+    app.table.focus()
+    for _ in range(down):
+        await pilot.press("down")
+    job.exit(37, code=1, t=job.t0 + 3)
+    await until(pilot, lambda: app.table.ranks_in_order[0] == 37)
+    job.model.begin_stop("rank 37 failed", 10)
+    for wave in range(0, 512, 64):
+        for r in range(wave, wave + 64):
+            if r != 37 and r % 50 != 3:
+                job.exit(r, code=None, signal=15, t=job.t0 + 4, stopped=True)
+        await pilot.pause(0.15)
+
+
+async def test_a_status_sort_keeps_the_first_failure_on_top_through_a_stop_cascade():
+    """The cursor on the top row stays there: the first failure is selected and shown."""
+    job = FakeJob({f"node{i:02d}": 8 for i in range(64)})
+    job.start_all()
+    app = FlexApp(job, theme_dirs=[], clock=lambda: job.t0 + 5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        await stop_cascade(pilot, app, job, down=0)
+        await until(pilot, lambda: app.table.ranks_in_order[12] == 0)
+        assert app.table.cursor == 0 and app.table.selected_rank().rank == 37 and app.table.scroll_y == 0
+        await until(pilot, lambda: "rank 37" in panel_text(app))
+        job.finish()
+        app.exit()
+        await stop_job_of(app)
+
+
+async def test_a_selected_rank_resorted_into_the_first_screenful_shows_the_top_too():
+    """The cursor follows its rank down and back up while 512 ranks stop; once that rank is
+    back within the first screenful the table shows its top (the first failure) again."""
+    job = FakeJob({f"node{i:02d}": 8 for i in range(64)})
+    job.start_all()
+    app = FlexApp(job, theme_dirs=[], clock=lambda: job.t0 + 5)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(0.2)
+        await stop_cascade(pilot, app, job, down=1)  # rank 1
+        await until(pilot, lambda: app.table.selected_rank().rank == 1 and app.table.cursor == 13)
+        assert app.table.scroll_y == 0  # rank 37 (row 0) and the 11 checkpointing ranks in view
         job.finish()
         app.exit()
         await stop_job_of(app)

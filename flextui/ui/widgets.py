@@ -161,13 +161,19 @@ class RankTable(ScrollView, can_focus=True):
         """Recompute the rows (sort/filter/group or the ranks' state changed)."""
         current = self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
         self.rows, self.ranks_in_order = build_rows(self.model, self.ctx, self.order, self.columns)
-        if current is not None and current in self.rows:
+        if self.cursor == 0:
+            pass  # the cursor on the top row stays there: the first failure, sorted by status
+        elif current is not None and current in self.rows:
             self.cursor = self.rows.index(current)
         elif current is not None and current[0] == RANK and self.order.grouped:
             node = (NODE, self.model.ranks[current[1]].info.node_rank)
             self.cursor = self.rows.index(node) if node in self.rows else 0
         self.cursor = max(0, min(self.cursor, len(self.rows) - 1))
         self._set_row_count(len(self.rows))
+        if current is not None and self.cursor < (self.scrollable_content_region.height or 1):
+            # the selected rank was re-sorted to within the first screenful: show the top too,
+            # or a stop cascade in a status sort hides the first failure above the view
+            self.scroll_to(y=0, animate=False, immediate=True)
         self._scroll_to_cursor()
         self.refresh()
         if self.rows[self.cursor:self.cursor + 1] != [current]:
