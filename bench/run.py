@@ -470,11 +470,13 @@ def write_results(sections: dict, machine: dict, notes: list[str]) -> None:
     for sec_name in SECTIONS:
         sec = store["sections"].get(sec_name)
         if sec:
-            md.append(f"- {sec_name}: `{sec['command']}` — {sec['date']}")
+            md.append(f"- {sec_name}: `{sec['command']}` — {sec['date']}"
+                      + (f", load average before {sec['loadavg_before']}" if sec.get("loadavg_before") else "")
+                      + (f", flextui {sec['flextui'].split()[0]}" if sec.get("flextui") else ""))
     m = store["machine"]
     md += [
         "",
-        f"flextui as measured: {m.get('flextui', '?')}.",
+        f"flextui as measured by the latest run: {m.get('flextui', '?')} (each section above names its own).",
         "",
         f"Machine: {m.get('cpus')} cores, {m.get('mem_gb')} GB, Linux {m.get('kernel')}, Python {m.get('python')}, "
         f"torch {m.get('torch')}, DeepSpeed {str(m.get('deepspeed')).split()[0]}, {m.get('pdsh')}, {m.get('openssh')}; "
@@ -680,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.clean_nodes()
                 sections[name] = {"rows": rows, "raw": raw, "command": command, "quick": args.quick,
                                   "loadavg_before": load_before,
-                                  "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - t0, 1)}
+                                  "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - t0, 1),
+                                  "flextui": machine.get("flextui")}
                 all_rows += rows
                 log(f"{name} took {time.monotonic() - t0:.0f}s")
     finally:
