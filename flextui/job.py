@@ -82,6 +82,10 @@ class JobProtocol(Protocol):
         """The Python stack of every running rank, grouped (flextui.stacks); also written
         to the run directory."""
 
+    def log_file(self, state: RankState) -> str | None:
+        """The file (absolute path) holding a RankState's whole log, or None: its first
+        state.log_bytes bytes are what the model holds (the log view reads the rest)."""
+
 #: Seconds from SIGTERM to SIGKILL when the job stops (--grace). Launchers get it in their spec.
 DEFAULT_GRACE = 10.0
 #: A node that hears nothing from the console for this long stops its job (--node_timeout).
@@ -224,6 +228,12 @@ class Job:
     @property
     def run_path(self) -> str:
         return self.run_dir.path
+
+    def log_file(self, state: RankState) -> str | None:
+        for owner, relative in self.mode.log_files(self.model):
+            if owner is state:
+                return os.path.abspath(os.path.join(self.run_path, relative))
+        return None
 
     async def wait(self) -> int:
         await self._finished.wait()

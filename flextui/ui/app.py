@@ -14,6 +14,7 @@ after the grace) and waits; if the app itself fails, run_app kills the job and w
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ from flextui.diagnosis import ERROR_RE, RateMeter, gpu_telemetry_note, status_te
 from flextui.job import JobProtocol, LaunchError
 from flextui.ui.driver import ConsoleDriver
 from flextui.ui.format import fmt_duration, status_key
-from flextui.ui.logview import CombinedSource, LogView, RankSource
+from flextui.ui.logview import ERROR_LINE, CombinedSource, LogView, Matcher, RankSource
 from flextui.ui.rankview import SORTS, RankQuery, columns_for, has_gpu_telemetry, shown_rank
 from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.stacksview import StacksScreen
@@ -263,7 +264,9 @@ class FlexApp(App[int]):
         if source is None and key.startswith("r") and key[1:].isdigit():
             rank = int(key[1:])
             if rank < len(self.model.ranks):
-                source = self.sources[key] = RankSource(self.model.ranks[rank])
+                state = self.model.ranks[rank]
+                log_file = getattr(self.job, "log_file", None)
+                source = self.sources[key] = RankSource(state, log_file(state) if log_file else None)
         return source
 
     # -- layout -------------------------------------------------------------------------
@@ -490,9 +493,11 @@ class FlexApp(App[int]):
             if rank.cpus:  # --bind_cores_to_rank
                 text.append(f"cpus {rank.cpus} ")
             text.append(status_text(rank), palette.status[status_key(rank)])
-            text.append(f"  {rank.line_count:,} lines")
+            text.append(f"  {source.end or rank.line_count:,} lines")
             kept = len(rank.tail)
-            if kept < rank.line_count:
+            if source.indexing:
+                text.append(" (reading its log file…)", palette.muted)
+            elif kept < rank.line_count and not source.ready:
                 text.append(f" (last {kept:,} here)", palette.muted)
         else:
             text.append("all ranks", palette.bold)
@@ -513,6 +518,8 @@ class FlexApp(App[int]):
             text.append(f"  filter “{view.filter.pattern}” ({shown:,} lines)", palette.accent)
         if view.search is not None:
             text.append(f"  search “{view.search.pattern}” (n/N)", palette.accent)
+        if view.searching:
+            text.append("  searching the log file…", palette.accent)
         self.status_line.set((text, Text()))
 
     def _update_panel(self) -> None:
@@ -658,10 +665,14 @@ class FlexApp(App[int]):
         self.clear_notifications()  # a toast must not cover the traceback
         self.go_to_rank(first.rank)
         self.log_view.focus()
-        if not self.log_view.jump_to_traceback():
-            self.log_view.set_follow(True)
-        else:
-            self._show_exception_line(first)
+
+        def found(found: bool) -> None:
+            if not found:
+                self.log_view.set_follow(True)
+            else:
+                self._show_exception_line(first)
+
+        self.log_view.jump_to_traceback(found)
 
     def _show_exception_line(self, rank) -> None:
         """After a jump to a traceback's top: its end (the exception line, what the rank
@@ -672,7 +683,9 @@ class FlexApp(App[int]):
         error = (rank.error_line or "").strip()
         if start is None or not error:
             return
-        end = view.find(lambda t: error in t, forward=True, start=start)
+        # a literal Matcher: in a tab that reads a long log file, only lines holding its
+        # bytes are tested (this runs on the UI thread)
+        end = view.find(Matcher(re.escape(error)), forward=True, start=start)
         if end is None:
             return
         layout = view.layout_
@@ -813,21 +826,28 @@ class FlexApp(App[int]):
         if view.search is None:
             self.action_search()
             return
-        index = view.find(view.search, forward=forward)
-        if index is None:
-            self.notify(f"“{view.search.pattern}” not found", timeout=3)
-        else:
-            view.jump_to(index, match=view.search)
+        search = view.search
+
+        def found(index: int | None) -> None:
+            if index is None:
+                self.notify(f"“{search.pattern}” not found", timeout=3)
+            elif view.search is search:
+                view.jump_to(index, match=search)
+
+        view.find_later(search, found, forward=forward)
 
     def action_next_error(self) -> None:
         """The first error/traceback of the tab; pressed again, the next one."""
         view = self.log_view
         start = view.cursor if view.cursor is not None else view.layout_.first - 1
-        index = view.find(lambda t: bool(ERROR_RE.search(t)), forward=True, start=start)
-        if index is None:
-            self.notify("No error or traceback in this tab.", timeout=3)
-            return
-        view.jump_to(index)
+
+        def found(index: int | None) -> None:
+            if index is None:
+                self.notify("No error or traceback in this tab.", timeout=3)
+            else:
+                view.jump_to(index)
+
+        view.find_later(ERROR_LINE, found, forward=True, start=start)
 
     def action_wrap(self) -> None:
         self.log_view.set_wrap(not self.log_view.wrap)

@@ -14,11 +14,12 @@ exactly where the user put it while a rank floods its ring.
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from heapq import merge
-from itertools import accumulate, islice
+from itertools import accumulate, chain, islice
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -30,8 +31,10 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
+from textual.worker import get_current_worker
 
 from flextui.diagnosis import ERROR_RE, TRACEBACK
+from flextui.logfile import LineIndex, byte_finder, display_line
 from flextui.model import JobModel, RankState
 from flextui.ui.collapse import GAP, Collapser, format_ranks
 from flextui.ui.theming import Palette
@@ -85,13 +88,24 @@ class Matcher:
     capital letter outside an escape such as \\S); "!pattern" matches the lines that do
     NOT match it. A plain word is a regex too, so "loss" finds "loss" as before."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, hint: str | None = None) -> None:
         self.pattern = pattern
         self.negate = pattern.startswith("!") and len(pattern) > 1
         body = pattern[1:] if self.negate else pattern
         literal = re.sub(r"\\.", "", body)
         self.fold = literal == literal.lower()
         self.regex = re.compile(body, re.IGNORECASE if self.fold else 0)
+        self._body, self._hint, self._finder = body, hint, None
+
+    @property
+    def finder(self):
+        """(a logfile Finder for the raw bytes of lines that may match, fold) — a
+        search through a log file tests only those lines; (None, False): every line.
+        `hint`: a simpler regex every matching line matches (faster on bytes)."""
+        if self._finder is None:
+            finder = None if self.negate else byte_finder(self._hint or self._body)
+            self._finder = (finder, self.fold and finder is not None and self._hint is None)
+        return self._finder
 
     @staticmethod
     def error(pattern: str) -> str | None:
@@ -114,6 +128,13 @@ class Matcher:
         for match in self.regex.finditer(text):
             if match.end() > match.start():
                 yield match.start(), match.end()
+
+
+#: `x` and `e`: a traceback's first line, any error line (a log file is searched for the
+#: hint's words first: a bytes regex with ERROR_RE's leading classes crawls).
+TRACEBACK_LINE = Matcher(re.escape(TRACEBACK))
+ERROR_LINE = Matcher(ERROR_RE.pattern, hint="Error|Exception|ERROR|FATAL|CRITICAL|error:|Traceback"
+                     "|Segmentation fault|core dumped")
 
 
 # -- sources: what a tab shows -------------------------------------------------------
@@ -145,8 +166,14 @@ class Source:
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
         raise NotImplementedError
 
-    def indices(self) -> Sequence[int]:
+    def indices(self, whole: bool = True) -> Sequence[int]:
+        """The lines shown; not `whole`: only those in memory (for wrapping, filters)."""
         return range(self.first, self.end)
+
+    @property
+    def scan_first(self) -> int:
+        """The first line held in memory (what filters and widths look at)."""
+        return self.first
 
     @property
     def total(self) -> int:
@@ -154,38 +181,111 @@ class Source:
 
 
 class RankSource(Source):
-    def __init__(self, state: RankState) -> None:
+    """A rank's lines: the model's in-memory tail, and, when that no longer holds the
+    start of the output, the rest read from the rank's log file (`log_file`) through a
+    LineIndex built by a worker thread (LogView starts it). Line N is the file's line N."""
+
+    #: Bytes the UI thread indexes per sync as the file grows (a worker does the first scan).
+    UPDATE_BUDGET = 32 << 20
+    scan_first = 0
+
+    def __init__(self, state: RankState, log_file: str | None = None) -> None:
         self.state = state
         self.key = f"r{state.rank}"
         self.title = f"rank {state.rank}"
+        self.log_file = log_file
+        self.index = LineIndex(log_file) if log_file is not None else None  # opens when used
+        self.indexing = False  # a worker is building the index
+        self.ready = False  # the index holds the file as it was when the worker ended
+        self.tail_first = 0  # lines before it are only in the file
+        self.scan_first = 0
+        self._shift = 0  # lines the file holds beyond the model's count (a run read back without it)
+        self._shift_key: tuple[int, int] = (-1, -1)
+
+    # -- the file ----------------------------------------------------------------------
+
+    def tail_is_whole(self) -> bool:
+        st = self.state
+        return st.line_count <= len(st.tail) < (st.tail.maxlen or len(st.tail) + 1)
+
+    def wants_index(self) -> bool:
+        """A worker should index the file: the memory lacks the start of the output."""
+        return (self.log_file is not None and not self.ready and not self.indexing
+                and not self.tail_is_whole())
+
+    def build_index(self, cancelled=None) -> bool:
+        """Index the whole file (blocking: run it in a worker thread). True when done."""
+        try:
+            done = self.index.update(cancelled=cancelled)
+        except OSError:
+            self.log_file, done = None, False  # gone or unreadable: the tail is all there is
+        if done:
+            self.ready = True
+        return done
+
+    @property
+    def file_lines(self) -> int:
+        """Lines [0, file_lines) come from the file (0: the memory holds everything)."""
+        return self.tail_first if self.ready else 0
+
+    def _file_count(self) -> int:
+        """Lines of the file up to where the model has read it (0 if not known yet)."""
+        st, index = self.state, self.index
+        key = (st.log_bytes, st.line_count)
+        if key != self._shift_key and index.scanned >= st.log_bytes:
+            lines = index.line_at(st.log_bytes)
+            if not st.live and index.offset_of(lines) < st.log_bytes:
+                lines += 1  # its unfinished last line became a line when the rank ended
+            self._shift = max(0, lines - st.line_count)
+            self._shift_key = key
+        return self._shift
+
+    # -- Source ----------------------------------------------------------------------------
 
     def sync(self) -> bool:
         st = self.state
-        end = st.line_count
-        first = end - len(st.tail)
+        if self.ready:
+            self.index.update(budget=self.UPDATE_BUDGET, blocking=False)
+            shift = self._file_count()
+        else:
+            shift = 0
+        end = st.line_count + shift
+        tail_first = end - len(st.tail)
+        first = 0 if self.ready and self.index.lines >= tail_first else tail_first
         live = st.live
         changed = end != self.end or first != self.first or live != self.live
         self.dirty_from = self.end
         self.first, self.end, self.live = first, end, live
+        self.tail_first = self.scan_first = tail_first
         return changed
 
     def text(self, index: int, shown: set[int] | None = None) -> str | None:
-        st = self.state
-        offset = index - (st.line_count - len(st.tail))
-        if 0 <= offset < len(st.tail):
-            return st.tail[offset]
+        offset = index - self.tail_first
+        tail = self.state.tail
+        if 0 <= offset < len(tail):
+            return tail[offset]
+        if offset < 0 and self.ready:
+            return self.index.text(index)
         return None
 
+    def indices(self, whole: bool = True) -> Sequence[int]:
+        return range(self.first if whole else self.scan_first, self.end)
+
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
-        st = self.state
-        first = st.line_count - len(st.tail)
+        if start < self.tail_first and self.ready:
+            return chain(((n, display_line(raw)) for n, raw in self.index.search(None, start, min(stop, self.tail_first))),
+                         self._scan_tail(self.tail_first, stop))
+        return self._scan_tail(start, stop)
+
+    def _scan_tail(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        tail = self.state.tail
+        first = self.tail_first
         start = max(start, first)
-        stop = min(stop, st.line_count)
+        stop = min(stop, first + len(tail))
         if start >= stop:
             return iter(())
-        tail = st.tail
         if start - first > len(tail) // 2:  # near the end: walk in from the right
-            items = list(islice(reversed(tail), st.line_count - start))
+            items = list(islice(reversed(tail), first + len(tail) - start))
             items.reverse()
             return zip(range(start, stop), items[: stop - start])
         return zip(range(start, stop), islice(tail, start - first, stop - first))
@@ -241,7 +341,7 @@ class CombinedSource(Source):
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
         return ((i, row.display) for i, row in self.rows.scan(start, stop))
 
-    def indices(self) -> Sequence[int]:
+    def indices(self, whole: bool = True) -> Sequence[int]:
         return self.rows.indices()
 
     @property
@@ -329,7 +429,8 @@ class LogView(ScrollView, can_focus=True):
         self.rank_mask_set: set[int] | None = None
         self.cursor: int | None = None  # a line marked by search / error jumps
         self.layout_ = Layout()
-        self.renders = 0  # lines rendered (for benchmarks)
+        self.searching = False  # a search of a log file is running
+        self._top_pending = False  # `g` while the log file is being indexed
         self._views: dict[str, tuple[bool, int | None, int, int | None]] = {}
         self._syncing = False
         # Lines shown while paused, (text, prefix), kept when the ring drops them.
@@ -376,13 +477,15 @@ class LogView(ScrollView, can_focus=True):
             self._prune_dropped()
         end = source.end
         live = source.live or None
+        if isinstance(source, RankSource) and source.wants_index():
+            self._start_indexing(source)
         keep = self._keep()
-        if keep is not None:
-            items: Sequence[int] = self._update_matches(source.first, end, keep)
+        if keep is not None:  # filters look at the lines in memory
+            items: Sequence[int] = self._update_matches(source.scan_first, end, keep)
             if live is not None and self.filter is not None and not self.filter(live):
                 live = None
-        else:
-            items = source.indices()
+        else:  # wrapped rows are counted for the lines in memory
+            items = source.indices(whole=not self.wrap)
         if self._pinned:
             items = self._with_pinned(items)
         width = self._content_width()
@@ -409,8 +512,26 @@ class LogView(ScrollView, can_focus=True):
                     self.scroll_to(y=row, animate=False, immediate=True)
         finally:
             self._syncing = False
+        if self._top_pending and not (isinstance(source, RankSource) and source.indexing):
+            self._top_pending = False
+            self.action_top()
         self.refresh()
         return True
+
+    def _start_indexing(self, source: RankSource) -> None:
+        """Index the rank's log file in a worker thread (a 5 GB file takes seconds); the
+        view shows the lines in memory meanwhile and the file's lines once it is done."""
+        source.indexing = True
+
+        def build() -> None:
+            worker = get_current_worker()
+            try:
+                source.build_index(lambda: worker.is_cancelled)
+            finally:
+                source.indexing = False
+
+        self.run_worker(build, thread=True, group="index", exit_on_error=False)
+        self.post_message(self.Changed())
 
     def _set_virtual_size(self, size: Size) -> None:
         """Like `self.virtual_size = size` without a re-layout of the whole screen.
@@ -478,7 +599,64 @@ class LogView(ScrollView, can_focus=True):
         self.post_message(self.Changed())
 
     def find(self, predicate, forward: bool = True, start: int | None = None) -> int | None:
-        """The next shown line (absolute index) after `start`/the cursor that matches."""
+        """The next shown line (absolute index) after `start`/the cursor that matches.
+        Blocking: a tab that reads a log file may take seconds (see find_later)."""
+        search = self._search_job(predicate, forward, start)
+        return None if search is None else search(lambda: False)
+
+    def find_later(self, predicate, then: Callable[[int | None], None], forward: bool = True,
+                   start: int | None = None) -> None:
+        """find(), and `then(index)`: at once for lines in memory; a tab that reads its
+        log file searches it in a worker thread (gigabytes take seconds) and calls `then`
+        on the UI thread when done. A newer search replaces one still running."""
+        source = self.source
+        if self._reads_file() and not source.ready:
+            # Its lines are numbered from the file: index it first, then search.
+            def prepare() -> None:
+                worker = get_current_worker()
+                source.build_index(lambda: worker.is_cancelled)
+                if not worker.is_cancelled:
+                    self.app.call_from_thread(resume)
+
+            def resume() -> None:
+                self.searching = False
+                self.sync(force=True)
+                self.find_later(predicate, then, forward, start)
+
+            self.searching = True
+            self.post_message(self.Changed())
+            self.run_worker(prepare, thread=True, group="find", exclusive=True, exit_on_error=False)
+            return
+        search = self._search_job(predicate, forward, start)
+        if search is None or not self._reads_file():
+            then(None if search is None else search(lambda: False))
+            return
+
+        def run() -> None:
+            worker = get_current_worker()
+            found = search(lambda: worker.is_cancelled)
+            if not worker.is_cancelled:
+                self.app.call_from_thread(done, found)
+
+        def done(found: int | None) -> None:
+            self.searching = False
+            self.sync(force=True)  # the file's lines, if the search indexed it first
+            then(found)
+            self.post_message(self.Changed())
+
+        self.searching = True
+        self.post_message(self.Changed())
+        self.run_worker(run, thread=True, group="find", exclusive=True, exit_on_error=False)
+
+    def _reads_file(self) -> bool:
+        source = self.source
+        return (isinstance(source, RankSource) and source.log_file is not None
+                and not source.tail_is_whole() and isinstance(self.layout_.items, range)
+                and not self.wrap)
+
+    def _search_job(self, predicate, forward: bool, start: int | None):
+        """A function (cancelled) -> index doing the search; None if nothing is shown. Its
+        state is taken now (on the UI thread), so a file search may run on another."""
         layout, source = self.layout_, self.source
         if source is None or layout.total_items == 0:
             return None
@@ -486,10 +664,49 @@ class LogView(ScrollView, can_focus=True):
             start = self.cursor if self.cursor is not None else (
                 layout.item_abs(layout.row_to_item(int(self.scroll_y))[0]) - (1 if forward else 0)
             )
-        for index, text in self._shown_order(layout, start, forward):
-            if predicate(text):
-                return index
-        return None
+        if not self._reads_file():
+            order = self._shown_order(layout, start, forward)
+            return lambda cancelled: next((i for i, text in order if predicate(text)), None)
+        return self._file_search(source, layout, predicate, start, forward)
+
+    @staticmethod
+    def _file_search(source: RankSource, layout: Layout, predicate, start: int, forward: bool):
+        """Search lines [0, tail) in the log file (bytes, in big chunks: only lines where
+        the pattern's bytes occur are tested), the tail in memory, then the live line."""
+        file_end = source.tail_first
+        memory = list(source._scan_tail(file_end, layout.end))
+        if layout.live is not None:
+            memory.append((layout.end, layout.live))
+        keys = [i for i, _ in memory]
+        finder, fold = getattr(predicate, "finder", (None, False))
+
+        def in_memory(lo: int, hi: int):
+            part = memory[bisect_left(keys, lo):bisect_left(keys, hi)]
+            return part if forward else reversed(part)
+
+        def in_file(lo: int, hi: int, cancelled):
+            lo, hi = max(lo, 0), min(hi, file_end)
+            if lo < hi:
+                for n, raw in source.index.search(finder, lo, hi, forward, fold, cancelled=cancelled):
+                    yield n, display_line(raw)
+
+        def search(cancelled) -> int | None:
+            if not source.ready:
+                source.build_index(cancelled)  # `n` before the worker got there
+            if not source.ready:
+                return None
+            beyond = layout.end + 1
+            sweeps = [(start + 1, beyond), (0, start + 1)] if forward else [(0, start), (start, beyond)]
+            for lo, hi in sweeps:
+                parts = (in_file(lo, hi, cancelled), in_memory(lo, hi))
+                for index, text in chain(*(parts if forward else reversed(parts))):
+                    if predicate(text):
+                        return index
+                if cancelled():
+                    return None
+            return None
+
+        return search
 
     def _shown_order(self, layout: Layout, start: int, forward: bool) -> Iterator[tuple[int, str]]:
         """(index, text) of every shown line after `start`, wrapping around once."""
@@ -560,14 +777,34 @@ class LogView(ScrollView, can_focus=True):
             return offset + cell_len(shown[:start]), offset + cell_len(shown[:stop])
         return None
 
-    def jump_to_traceback(self) -> bool:
-        """The last traceback (else the last error) of this tab's lines; False if none."""
-        for predicate in (lambda t: TRACEBACK in t, lambda t: bool(ERROR_RE.search(t))):
-            index = self.find(predicate, forward=False, start=self.layout_.end + 1)
+    def jump_to_traceback(self, then: Callable[[bool], None] | None = None) -> bool:
+        """The last traceback (else the last error) of this tab's lines; False if none.
+        With `then`: a tab reading its log file searches it in a worker thread and calls
+        then(found) when done (the return value only says whether it is done)."""
+        start = sys.maxsize  # from the end (of the file's lines, once they are numbered)
+        if then is None:
+            for predicate in (TRACEBACK_LINE, ERROR_LINE):
+                index = self.find(predicate, forward=False, start=start)
+                if index is not None:
+                    self.jump_to(index)
+                    return True
+            return False
+        # a finished rank's last traceback is seldom far from its end
+        # (a tab whose lines are all in memory answers at once)
+        def after_traceback(index: int | None) -> None:
             if index is not None:
                 self.jump_to(index)
-                return True
-        return False
+                then(True)
+            else:
+                self.find_later(ERROR_LINE, after_error, forward=False, start=start)
+
+        def after_error(index: int | None) -> None:
+            if index is not None:
+                self.jump_to(index)
+            then(index is not None)
+
+        self.find_later(TRACEBACK_LINE, after_traceback, forward=False, start=start)
+        return not self.searching
 
     def current_line(self) -> str | None:
         if self.cursor is None or self.source is None:
@@ -601,6 +838,9 @@ class LogView(ScrollView, can_focus=True):
 
     def action_top(self) -> None:
         self.follow = False
+        source = self.source
+        if isinstance(source, RankSource) and (source.indexing or source.wants_index()):
+            self._top_pending = True  # the top of the file, once it is indexed
         self.scroll_to(y=0, animate=False, immediate=True)
         self.post_message(self.Changed())
 
@@ -718,7 +958,7 @@ class LogView(ScrollView, can_focus=True):
     def _track_width(self, end: int, live: str | None) -> None:
         # Only lines new since the last sync; the widest line seen sets the scroll range.
         source = self.source
-        start = max(self._wscan, source.first)
+        start = max(self._wscan, source.scan_first)
         texts = [text for _, text in source.scan(start, end)]
         widest = max(self._max_width, max_width(texts) + source.prefix_width)
         if live is not None:
@@ -760,7 +1000,6 @@ class LogView(ScrollView, can_focus=True):
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
-        self.renders += 1
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
         base = self.rich_style

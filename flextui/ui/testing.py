@@ -11,7 +11,7 @@ import asyncio
 import signal as signals
 
 from flextui.job import DEFAULT_GRACE, STACKS_TIMEOUT, LaunchError
-from flextui.model import JobModel, RankStatus
+from flextui.model import JobModel, RankState, RankStatus
 from flextui.stacks import StackDump, build_dump, rank_stack
 from flextui.world import World
 
@@ -28,6 +28,7 @@ class FakeJob:
         self.t0 = t0
         self.grace = DEFAULT_GRACE
         self.run_path = f"flextui-runs/{run_id}"
+        self.log_files: dict[int, str] = {}  # rank -> its log file (tests of the file-backed view)
         self.calls: list = []
         self.finish_on_stop = finish_on_stop
         self.launch_error = launch_error
@@ -85,6 +86,9 @@ class FakeJob:
         dump = build_dump(self.t0 + 20, stacks, self.stack_errors, running)
         dump.path = f"{self.run_path}/stacks-120020.txt"
         return dump
+
+    def log_file(self, state: RankState) -> str | None:
+        return self.log_files.get(state.rank)
 
     # -- driving the model ---------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""The log view reads a rank's whole log file, not only the lines the console keeps in
+memory: scrolling to the top, `g`, search and `x`/`e` reach a line written millions of
+lines before the end, for a live job as for `flextui open`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flextui.runs import RecordedJob
+from flextui.ui.testing import FakeJob
+from flextui.world import World
+from tests.test_ui_app import SIZE, finish, make_app, prompt, screen_text, settle, until
+
+LINES = 2_100_000
+TRACEBACK_AT = 100_000  # 2 million lines before the end
+NEEDLE_AT = 7
+
+
+def write_log(path, lines: int) -> bytes:
+    """A long rank log (one write): numbered steps, an early needle, and a traceback 2
+    million lines before the end that is the rank's last one."""
+    def steps(a: int, b: int) -> bytes:
+        return b"".join(b"step %07d loss 0.5\n" % i for i in range(a, b))
+
+    traceback = (b"Traceback (most recent call last):\n  File \"train.py\", line 9, in main\n"
+                 b"ValueError: bad batch\n")
+    data = b"".join([steps(0, NEEDLE_AT), b"found the needle early\n", steps(NEEDLE_AT + 1, TRACEBACK_AT),
+                     traceback, steps(TRACEBACK_AT + 3, lines)])
+    path.write_bytes(data)
+    return data
+
+
+async def test_a_live_rank_log_is_whole_search_g_and_x_reach_its_start(tmp_path):
+    path = tmp_path / "rank-1.log"
+    data = write_log(path, LINES)
+    job = FakeJob()
+    job.log_files[1] = str(path)
+    job.start_all()
+    job.out(1, data.decode())  # the model keeps the last 5,000 lines, as a console does
+    job.exit(1, code=1)
+    assert job.model.ranks[1].line_count == LINES and len(job.model.ranks[1].tail) == 5000
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.log_view
+        # x: the first failure's tab, at its traceback, 2 million lines before the end
+        await pilot.press("x")
+        await until(pilot, lambda: view.cursor is not None, timeout=30)
+        assert app.current_tab == "r1" and view.cursor == TRACEBACK_AT
+        assert view.current_line() == "Traceback (most recent call last):"
+        assert "Traceback (most recent call last):" in screen_text(app)
+        # e: the next error from there, also in the file
+        await pilot.press("e")
+        await until(pilot, lambda: view.cursor == TRACEBACK_AT + 2, timeout=30)
+        assert view.current_line() == "ValueError: bad batch"
+        # search backward and forward through the whole file
+        await prompt(pilot, "slash", "needle")
+        await until(pilot, lambda: view.cursor == NEEDLE_AT, timeout=30)
+        await pilot.press("n")  # the only match: around the end and back to it
+        await settle(pilot, 0.5)
+        await until(pilot, lambda: not view.searching, timeout=30)
+        assert view.cursor == NEEDLE_AT
+        await prompt(pilot, "slash", "step 1999999 ")
+        await until(pilot, lambda: view.cursor == 1_999_999, timeout=30)
+        await pilot.press("N")
+        await until(pilot, lambda: not view.searching, timeout=30)
+        assert view.cursor == 1_999_999
+        await prompt(pilot, "slash", "STEP 0000003")  # capitals: case-sensitive, no such line
+        await until(pilot, lambda: not view.searching, timeout=30)
+        assert view.cursor == 1_999_999
+        # g: line 1 at the top; G: the end
+        await pilot.press("g")
+        await settle(pilot)
+        assert screen_text(app).splitlines()[0].startswith("step 0000000 ")
+        assert view.layout_.height == LINES
+        await pilot.press("G")
+        await settle(pilot)
+        assert screen_text(app).rstrip().splitlines()[-1].startswith(f"step {LINES - 1:07d}")
+        await finish(app, pilot)
+
+
+async def test_lines_keep_coming_while_a_paused_view_stays_at_the_start(tmp_path):
+    path = tmp_path / "rank-0.log"
+    data = write_log(path, 300_000)
+    job = FakeJob()
+    job.log_files[0] = str(path)
+    job.start_all()
+    job.out(0, data.decode())
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.log_view
+        await pilot.press("0")
+        await settle(pilot)
+        await pilot.press("g")
+        await until(pilot, lambda: screen_text(app).startswith("step 0000000"), timeout=30)
+        with open(path, "ab") as f:  # the rank goes on writing: file first, then the model
+            more = "".join(f"later {i}\n" for i in range(20_000))
+            f.write(more.encode())
+        job.out(0, more)
+        await settle(pilot, 0.5)
+        assert screen_text(app).startswith("step 0000000") and not view.follow
+        assert view.layout_.height == 320_000
+        await pilot.press("G")
+        await settle(pilot)
+        assert screen_text(app).rstrip().splitlines()[-1] == "later 19999"
+        await finish(app, pilot)
+
+
+def write_run(run_dir, lines: int, summary: bool) -> None:
+    """A finished 2-rank run directory, as a console leaves it (rank 1: a long log)."""
+    world = World.from_slots({"localhost": [0, 1]})
+    run_dir.mkdir()
+    events = [{"ev": "plan", **world.plan(), "run_id": run_dir.name, "mode": "fixed"}]
+    for rank in (0, 1):
+        events.append({"ev": "started", "node": 0, "rank": rank, "pid": 100 + rank, "t": 1.0})
+        events.append({"ev": "exited", "node": 0, "rank": rank, "code": rank, "signal": None, "t": 9.0})
+    events.append({"ev": "finished", "t": 10.0})
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "rank-0.log").write_text("hello\n")
+    write_log(run_dir / "rank-1.log", lines)
+    if summary:
+        (run_dir / "summary.json").write_text(json.dumps({"ranks": [
+            {"rank": 0, "lines": 1}, {"rank": 1, "lines": lines}]}))
+
+
+async def test_open_of_a_finished_run_shows_and_searches_the_whole_log(tmp_path):
+    for summary in (True, False):  # without summary.json (supervisor lost): counted from the file
+        run_dir = tmp_path / f"20260101-000000-{int(summary)}"
+        write_run(run_dir, 2_050_000, summary)
+        job = RecordedJob(str(run_dir))
+        app = make_app(job, clock=time.time)
+        async with app.run_test(size=SIZE) as pilot:
+            view = app.log_view
+            await pilot.press("x")
+            await until(pilot, lambda: view.cursor is not None, timeout=30)
+            assert app.current_tab == "r1" and view.cursor == TRACEBACK_AT
+            assert view.current_line() == "Traceback (most recent call last):"
+            await prompt(pilot, "slash", "NEEDLE|needle")
+            await until(pilot, lambda: view.cursor == NEEDLE_AT, timeout=30)
+            await pilot.press("g")
+            await settle(pilot)
+            assert screen_text(app).startswith("step 0000000")
+            await pilot.press("G")
+            await settle(pilot)
+            assert screen_text(app).rstrip().splitlines()[-1].startswith("step 2049999")
+            app.exit()
