@@ -10,7 +10,7 @@ import io
 from rich.console import Console
 
 from flextui.model import JobModel
-from flextui.ui.app import FlexApp, stop_job_of
+from flextui.ui.app import FlexApp, RankPicker, stop_job_of
 from flextui.ui.screens import SummaryScreen, summary_renderable
 from flextui.ui.testing import FakeJob
 from flextui.world import World
@@ -80,6 +80,10 @@ async def test_a_share_of_the_job_shows_the_jobs_rank_numbers():
         table.move_to_row(0)
         await pilot.pause(0.1)
         assert "node rank 2  ranks 16-23" in panel_text(app)
+        header = "".join(segment.text for segment in table.render_line(0))
+        assert "node2  node 2 · ranks 16-23" in header
+        hits = RankPicker(app.screen)._hits("node2")
+        assert hits[0][1] == "host node2  ranks 16-23" and hits[1][1].startswith("rank 16  node2")
         job.exit(5, code=1, t=job.t0 + 6)
         job.end_all(signal=15, stopped=True)
         await until(pilot, lambda: isinstance(app.screen, SummaryScreen))

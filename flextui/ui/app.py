@@ -129,7 +129,8 @@ class RankPicker(Provider):
                 members = [model.ranks[i] for i in node.ranks]
                 counts = "  ".join(f"{n} {k}" for k, n in _counts(members).items())
                 hits.append((0.95 if exact else 0.7 - len(host) / 1000,
-                             f"host {node.host}  ranks {node.ranks.start}-{node.ranks.stop - 1}",
+                             f"host {node.host}  ranks {shown_rank(model, node.ranks.start)}-"
+                             f"{shown_rank(model, node.ranks.stop - 1)}",
                              partial(app.go_to_host, node.node_rank), counts))
                 if exact:
                     hits.extend(rank_hit(0.9 - i / 1000, r) for i, r in enumerate(members))

@@ -371,7 +371,8 @@ class RankTable(ScrollView, can_focus=True):
         segments = [
             Segment(("▸ " if folded else "▾ "), row_style + palette.accent),
             Segment(f"{node.host}", row_style + palette.bold),
-            Segment(f"  node {node_rank} · ranks {node.ranks.start}-{node.ranks.stop - 1}  ",
+            Segment(f"  node {_node_number(self.model, node_rank)} · ranks {shown_rank(self.model, node.ranks.start)}-"
+                    f"{shown_rank(self.model, node.ranks.stop - 1)}  ",
                     row_style + palette.muted),
         ]
         for key, count in node_summary(self.model, node_rank):
@@ -586,6 +587,12 @@ class RankPanel(Vertical):
             self.query_one(f"#{ident}", Button).disabled = not on
 
 
+def _node_number(model: JobModel, node_rank: int) -> int:
+    """The node's rank in the whole job (--no_ssh --node_rank N: this console's one node is N)."""
+    share = model.world.share
+    return share.node_rank if share else node_rank
+
+
 def rank_detail(rank: RankState, ctx: Context, palette: Palette, last_error: str | None) -> Text:
     info = rank.info
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -623,8 +630,7 @@ def node_detail(model: JobModel, node_rank: int, palette: Palette) -> Text:
     node = model.nodes[node_rank]
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"node {node.host}", palette.bold)
-    share = model.world.share
-    text.append(f"  node rank {share.node_rank if share else node_rank}  "
+    text.append(f"  node rank {_node_number(model, node_rank)}  "
                 f"ranks {shown_rank(model, node.ranks.start)}-{shown_rank(model, node.ranks.stop - 1)}  "
                 f"launcher pid {node.launcher_pid or '-'}  ")
     for key, count in node_summary(model, node_rank):
