@@ -185,6 +185,8 @@ class Probe:
         self.drawn = False  # the watched widget drew while `done()` held
         self.frame_end: int | None = None  # bytes written up to the end of that frame
         self.frame_at: float | None = None
+        self.cpu_at_key = time.thread_time()  # the event loop's thread (the bench sends from it)
+        self.cpu_at_frame: float | None = None
 
 
 class CountingDriver(ConsoleDriver):
@@ -248,6 +250,7 @@ class TimedApp(FlexApp):
         if probe is not None and probe.drawn and probe.frame_end is None:
             probe.frame_end = self.written
             probe.frame_at = perf_counter()
+            probe.cpu_at_frame = time.thread_time()
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -272,6 +275,10 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
     proc = psutil.Process()
     kinds = args.keys.split(",")
     latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
+    # CPU time of the event loop's thread from the key to its frame: the app's own work for
+    # the key plus whatever else the loop ran meanwhile (refresh ticks, the feed) — what the
+    # latency would be on an idle machine, at most; the rest of the latency is waiting for a core
+    key_cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
     missed: dict[str, int] = {}
     app_task = asyncio.get_running_loop().create_task(app.run_async())
     deadline = perf_counter() + 20
@@ -320,6 +327,7 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
             latencies[kind].append(LATE)
         else:
             latencies[kind].append(shown - t0)
+            key_cpu[kind].append(probe.cpu_at_frame - probe.cpu_at_key)
 
     async def type_keys(*keys: bytes | int) -> None:
         """One key at a time, as typed (bytes of several keys in one read may be taken
@@ -462,6 +470,9 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
         "keys_unanswered": missed,
         "by_key_p95_ms": {k: round(pct(v, 0.95) * 1000, 1) for k, v in latencies.items() if v},
         "by_key_p50_ms": {k: round(pct(v, 0.5) * 1000, 1) for k, v in latencies.items() if v},
+        "key_loop_cpu_p50_ms": round(pct([x for v in key_cpu.values() for x in v], 0.5) * 1000, 1),
+        "key_loop_cpu_p95_ms": round(pct([x for v in key_cpu.values() for x in v], 0.95) * 1000, 1),
+        "by_key_loop_cpu_p95_ms": {k: round(pct(v, 0.95) * 1000, 1) for k, v in key_cpu.items() if v},
         "tick_p50_ms": round(pct(intervals, 0.5) * 1000, 1),
         "tick_p95_ms": round(pct(intervals, 0.95) * 1000, 1),
         "ticks_per_s": round(len(ticks) / elapsed, 1),
