@@ -32,7 +32,7 @@ from flextui.model import _after_carriage_return
 #: A checkpoint (line number, offset) at the first line start after every BLOCK bytes.
 BLOCK = 64 * 1024
 #: Bytes read at a time when indexing or searching.
-CHUNK = 16 * 1024 * 1024
+CHUNK = 1024 * 1024  # (bigger ones cost more: fresh pages for each)
 #: The first chunk of a search is small, so a match near the start shows at once.
 FIRST_CHUNK = 256 * 1024
 #: A line longer than this is shown cut here (the file keeps all of it).
@@ -50,8 +50,8 @@ def display_line(raw: bytes) -> str:
     return _after_carriage_return(line) if "\r" in line else line
 
 
-#: Finds where a pattern may match in bytes from a position: its offset, or -1.
-Finder = Callable[[bytes, int], int]
+#: Finds where a pattern may match in bytes[pos:end]: its offset, or -1.
+Finder = Callable[[bytes, int, int], int]
 
 _REGEX_SYNTAX = re.compile(r"[.^$*+?{}\[\]|()\\]")
 
@@ -64,14 +64,14 @@ def byte_finder(pattern: str) -> Finder | None:
     if not _REGEX_SYNTAX.search(literal):
         needle = re.sub(r"\\(\W)", r"\1", pattern).encode("utf-8", "surrogateescape")
         if needle and b"\n" not in needle:
-            return lambda hay, pos: hay.find(needle, pos)
+            return lambda hay, pos, end: hay.find(needle, pos, end)
     try:
         regex = re.compile(pattern.encode("utf-8", "surrogateescape"), re.MULTILINE)
     except (re.error, UnicodeError, ValueError):
         return None
 
-    def find(hay: bytes, pos: int) -> int:
-        match = regex.search(hay, pos)
+    def find(hay: bytes, pos: int, end: int) -> int:
+        match = regex.search(hay, pos, end)
         return -1 if match is None else match.start()
 
     return find
@@ -248,92 +248,82 @@ class LineIndex:
         if start >= stop:
             return
         low, high = self.offset_of(start), self.offset_of(stop)
-        chunks = self._chunks_forward(low, high, start) if forward else self._chunks_backward(low, high, stop)
-        for base_line, data in chunks:
+        chunks = self._chunks_forward(low, high) if forward else self._chunks_backward(low, high)
+        for base, data, lo, hi in chunks:
             if cancelled is not None and cancelled():
                 return
-            hits = self._candidates(data, finder, fold, also)
+            hits = self._candidates(data, lo, hi, finder, fold, also)
             if not forward:
                 hits = reversed(list(hits))
-            for line, begin, end in self._number(hits, data, base_line, forward):
-                yield line, data[begin:end]
+            line = -1
+            previous = 0
+            for at in hits:
+                begin = data.rfind(b"\n", lo, at) + 1 or lo
+                if line < 0:  # the first in this chunk: numbered from the index's checkpoint
+                    line = self.line_at(base + begin)
+                elif forward:
+                    line += data.count(b"\n", previous, begin)
+                else:
+                    line -= data.count(b"\n", begin, previous)
+                previous = begin
+                end = data.find(b"\n", at, hi)
+                yield line, data[begin:end if end >= 0 else hi]
 
-    def _chunks_forward(self, low: int, high: int, line: int) -> Iterator[tuple[int, bytes]]:
+    def _chunks_forward(self, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
+        """(file offset of data, data, lo, hi): data[lo:hi] are whole lines."""
         pos, size = low, FIRST_CHUNK
         while pos < high:
             data = self._read(pos, min(size, high - pos))
             if not data:
                 return
-            if pos + len(data) < high:
-                cut = data.rfind(b"\n") + 1
-                if cut:  # whole lines only (a line longer than a chunk is searched in pieces)
-                    data = data[:cut]
-            yield line, data
-            line += data.count(b"\n")
-            pos += len(data)
-            size = min(CHUNK, size * 4)
+            hi = len(data)
+            if pos + hi < high:
+                hi = data.rfind(b"\n") + 1 or hi  # a line longer than a chunk: searched in pieces
+            yield pos, data, 0, hi
+            pos += hi
+            size = CHUNK
 
-    def _chunks_backward(self, low: int, high: int, line: int) -> Iterator[tuple[int, bytes]]:
+    def _chunks_backward(self, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
         pos, size = high, FIRST_CHUNK
         while pos > low:
             begin = max(low, pos - size)
             data = self._read(begin, pos - begin)
             if not data:
                 return
+            lo = 0
             if begin > low:
-                cut = data.find(b"\n") + 1
-                if cut and cut < len(data):
-                    data = data[cut:]
-            line -= data.count(b"\n")
-            yield line, data
-            pos -= len(data)
-            size = min(CHUNK, size * 4)
+                lo = data.find(b"\n") + 1
+                if not lo or lo >= len(data):
+                    lo = 0
+            yield begin, data, lo, len(data)
+            pos = begin + lo
+            size = CHUNK
 
     @staticmethod
-    def _candidates(data: bytes, finder: Finder | None, fold: bool, also: bytes | None) -> Iterator[int]:
-        """Byte positions (ascending, at most one per line) of the lines worth testing."""
+    def _candidates(data: bytes, lo: int, hi: int, finder: Finder | None, fold: bool,
+                    also: bytes | None) -> Iterator[int]:
+        """Positions in data[lo:hi] (ascending, at most one per line) of the lines worth testing."""
+        find = data.find
         if finder is None:
-            pos = 0
-            while pos < len(data):
+            pos = lo
+            while pos < hi:
                 yield pos
-                pos = data.find(b"\n", pos) + 1
+                pos = find(b"\n", pos, hi) + 1
                 if not pos:
                     return
             return
         hay = data.lower() if fold else data
-        extra = also is not None and also in data
-        find = data.find
-        pos, next_also = 0, (find(also) if extra else -1)
-        while True:
-            at = finder(hay, pos)
+        pos = lo
+        next_also = find(also, lo, hi) if also is not None and also in data else -1
+        while pos < hi:
+            at = finder(hay, pos, hi)
             if next_also >= 0 and (at < 0 or next_also < at):
                 at = next_also
             if at < 0:
                 return
             yield at
-            pos = find(b"\n", at) + 1
+            pos = find(b"\n", at, hi) + 1
             if not pos:
                 return
-            if next_also >= 0 and next_also < pos:
-                next_also = find(also, pos)
-
-    @staticmethod
-    def _number(hits, data: bytes, base_line: int, forward: bool) -> Iterator[tuple[int, int, int]]:
-        """(line number, start, end) in `data` of each hit position."""
-        rfind, find, count = data.rfind, data.find, data.count
-        if forward:
-            line, counted = base_line, 0
-            for at in hits:
-                begin = rfind(b"\n", 0, at) + 1
-                line += count(b"\n", counted, begin)
-                counted = begin
-                end = find(b"\n", at)
-                yield line, begin, (end if end >= 0 else len(data))
-        else:
-            line, counted = base_line + count(b"\n"), len(data)
-            for at in hits:
-                begin = rfind(b"\n", 0, at) + 1
-                end = find(b"\n", at)
-                line -= count(b"\n", begin, counted)
-                counted = begin
-                yield line, begin, (end if end >= 0 else len(data))
+            if 0 <= next_also < pos:
+                next_also = find(also, pos, hi)

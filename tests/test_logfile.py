@@ -110,8 +110,9 @@ def test_search_with_a_regex_and_without_a_finder(tmp_path):
 
 
 def test_literal_patterns_use_bytes_find_and_regexes_compile():
-    assert byte_finder(r"Traceback \(most recent call last\)")(b"x Traceback (most recent call last)", 0) == 2
-    assert byte_finder(r"loss=\d+")(b"a loss=12", 0) == 2
+    assert byte_finder(r"Traceback \(most recent call last\)")(b"x Traceback (most recent call last)", 0, 99) == 2
+    assert byte_finder(r"loss=\d+")(b"a loss=12", 0, 9) == 2
+    assert byte_finder(r"loss=\d+")(b"a loss=12", 0, 6) == -1
     assert byte_finder(r"\N{BULLET}") is None  # no bytes form: the caller tests every line
 
 
