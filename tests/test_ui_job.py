@@ -49,6 +49,10 @@ if mode == "fail":
             import traceback
             traceback.print_exc()
         sys.exit(3)
+if mode == "long":  # a long log, then live lines
+    print(f"rank {rank} needle early", flush=True)
+    sys.stdout.write("".join(f"rank {rank} step {i}\n" for i in range(30000)))
+    sys.stdout.flush()
 while True:  # run until stopped
     print(f"rank {rank} tick", flush=True)
     time.sleep(0.1)
@@ -254,4 +258,33 @@ async def test_kill_rank_button_sigkills_one_rank_now(local_job):
         assert not any("ignores SIGTERM" in line for line in rank.tail)  # never asked nicely
         await pilot.press("ctrl+c", "ctrl+c")
         await wait_until(pilot, lambda: app.job_done, timeout=30, what="the job to stop")
+    await stop_job_of(app)
+
+
+async def test_a_live_ranks_whole_log_file_is_shown_and_searched(local_job):
+    """Beyond the 5,000 lines kept in memory: `g` shows the rank's first line and search
+    finds an early one, read from its log file in the run directory, while it runs."""
+    job = await local_job("long", ranks=2)
+    app = FlexApp(job, theme_dirs=[])
+    async with app.run_test(size=SIZE) as pilot:
+        rank = job.model.ranks[1]
+        await wait_until(pilot, lambda: rank.line_count > 30003, timeout=60, what="30,000 lines")
+        assert job.log_file(rank).endswith("/rank-1.log")
+        await pilot.press("1")
+        view = app.log_view
+        view.focus()
+        await pilot.press("g")
+        await wait_until(pilot, lambda: view.visible_text()[0] == "rank 1 of 2 up", what="line 1 on top")
+        await pilot.press("G", "slash")
+        app.prompt.value = "needle"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: view.cursor == 1, what="the early line found")
+        assert view.current_line() == "rank 1 needle early" and not view.follow
+        ticks = rank.line_count
+        await wait_until(pilot, lambda: rank.line_count > ticks + 3, what="live lines")
+        await pilot.pause(0.2)
+        assert view.visible_text()[0] == "rank 1 of 2 up"  # paused: stays where it was
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: app.job_done, what="the job to stop")
+        await pilot.press("q")
     await stop_job_of(app)
