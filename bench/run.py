@@ -548,7 +548,7 @@ METHODS = """\
   lines/s each) sends, in turn: Tab (the next rank's log), ↓/↑ (table cursor), o (sort),
   b (group by node / ungroup), ←/→ on a node row (fold / unfold), F node12 ⏎ / F ^U ⏎ (filter
   the table / clear it; timed from ⏎), : 137 ⏎ (picker; timed from ⏎ once it lists rank 137)
-  and / step 1 ⏎ then n (search; the match shown). "Event-loop CPU key → frame" is the CPU
+  and / loss 0.1 ⏎ then n (search; the match shown). "Event-loop CPU key → frame" is the CPU
   time of the app's thread between the key and its frame (the key's own work plus the refresh
   ticks and feed that ran meanwhile): the part of the latency that is not waiting for a core.
 - **scale**: bench/scale.py — 64 nodes × 8 ranks on the sshd cluster (`--scale NxS`),

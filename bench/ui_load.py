@@ -16,7 +16,8 @@ switched, ...) and in which the widget that shows it was drawn again. Keys sent 
 group (b: group by node / ungroup), fold (←/→ on a node row: fold / unfold it), filter
 (F node12 Enter / F ^U Enter: filter the table / clear it; timed from Enter), picker
 (: 137 Enter: rank 137's log; timed from Enter, once the palette lists rank 137), search
-(/ step 1 Enter once, then n: the next match shown).
+(/ loss 0.1 Enter once, then n: the next match shown; every rank writes such a line about
+once in ten, whatever its step, so a match is always in the ring).
 
 CPU and RSS are this process's (the console; it also runs the synthetic feed, whose own
 time is reported apart as feed_cpu_percent_of_core).
@@ -410,8 +411,8 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
                 terminal.send(b"/")
                 await settle(lambda: app.focused is app.prompt)
                 await clear_prompt()
-                await type_keys(*b"step 1")
-                await settle(lambda: app.prompt.value == "step 1")
+                await type_keys(*b"loss 0.1")
+                await settle(lambda: app.prompt.value == "loss 0.1")
                 await timed(kind, KEY_BYTES["enter"], lambda: view.search is not None and view.cursor is not None,
                             view)
             else:
