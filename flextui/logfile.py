@@ -88,31 +88,36 @@ class LineIndex:
         self.scanned = 0  # bytes looked at (beyond `indexed`: an unfinished, long line)
         self._offsets = array("Q", [0])  # checkpoints: a line start ...
         self._numbers = array("Q", [0])  # ... and its line number
-        self._fd: int | None = None
         self._update_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()  # (k, end)
 
     # -- the file -----------------------------------------------------------------------
 
-    def _file(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     def size(self) -> int:
         try:
-            return os.fstat(self._file()).st_size
+            return os.stat(self.path).st_size
         except OSError:
             return 0
 
-    def _read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._file(), size, offset)
+    def _read(self, offset: int, size: int, fd: int | None = None) -> bytes:
+        """Bytes at offset. No descriptor stays open between calls (a console may have
+        visited 512 ranks' tabs): a long operation passes its own `fd`."""
+        if fd is not None:
+            return os.pread(fd, size, offset)
+        fd = self._open()
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Drop the cached blocks (the tab is no longer shown)."""
+        with self._cache_lock:
+            self._cache.clear()
 
     # -- indexing -----------------------------------------------------------------------
 
@@ -125,16 +130,20 @@ class LineIndex:
             return False
         try:
             end = self.size() if limit is None else min(limit, self.size())
-            spent = 0
-            while self.scanned < end:
-                if budget is not None and spent >= budget or cancelled is not None and cancelled():
-                    return False
-                want = min(CHUNK, end - self.scanned)
-                data = self._read(self.scanned, want)
-                if not data:
-                    break
-                self._scan(data, self.scanned)
-                spent += len(data)
+            if self.scanned >= end:
+                return True
+            spent, fd = 0, self._open()
+            try:
+                while self.scanned < end:
+                    if budget is not None and spent >= budget or cancelled is not None and cancelled():
+                        return False
+                    data = self._read(self.scanned, min(CHUNK, end - self.scanned), fd)
+                    if not data:
+                        break
+                    self._scan(data, self.scanned)
+                    spent += len(data)
+            finally:
+                os.close(fd)
             return True
         finally:
             self._update_lock.release()
@@ -248,7 +257,15 @@ class LineIndex:
         if start >= stop:
             return
         low, high = self.offset_of(start), self.offset_of(stop)
-        chunks = self._chunks_forward(low, high) if forward else self._chunks_backward(low, high)
+        fd = self._open()
+        try:
+            yield from self._search(fd, finder, low, high, forward, fold, also, cancelled)
+        finally:
+            os.close(fd)
+
+    def _search(self, fd: int, finder: Finder | None, low: int, high: int, forward: bool, fold: bool,
+                also: bytes | None, cancelled: Cancelled | None) -> Iterator[tuple[int, bytes]]:
+        chunks = self._chunks_forward(fd, low, high) if forward else self._chunks_backward(fd, low, high)
         for base, data, lo, hi in chunks:
             if cancelled is not None and cancelled():
                 return
@@ -269,11 +286,11 @@ class LineIndex:
                 end = data.find(b"\n", at, hi)
                 yield line, data[begin:end if end >= 0 else hi]
 
-    def _chunks_forward(self, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
+    def _chunks_forward(self, fd: int, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
         """(file offset of data, data, lo, hi): data[lo:hi] are whole lines."""
         pos, size = low, FIRST_CHUNK
         while pos < high:
-            data = self._read(pos, min(size, high - pos))
+            data = self._read(pos, min(size, high - pos), fd)
             if not data:
                 return
             hi = len(data)
@@ -283,11 +300,11 @@ class LineIndex:
             pos += hi
             size = CHUNK
 
-    def _chunks_backward(self, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
+    def _chunks_backward(self, fd: int, low: int, high: int) -> Iterator[tuple[int, bytes, int, int]]:
         pos, size = high, FIRST_CHUNK
         while pos > low:
             begin = max(low, pos - size)
-            data = self._read(begin, pos - begin)
+            data = self._read(begin, pos - begin, fd)
             if not data:
                 return
             lo = 0

@@ -123,3 +123,18 @@ def test_a_search_can_be_cancelled(tmp_path):
     index.update()
     assert list(index.search(None, 0, 3000, cancelled=lambda: True)) == []
     assert not LineIndex(str(path)).update(cancelled=lambda: True)
+
+
+def test_no_descriptor_stays_open_between_calls(tmp_path):
+    """A console that visited 512 ranks' tabs must not hold 512 open files."""
+    import os
+
+    path = tmp_path / "rank-0.log"
+    write(path, lines_of(3000))
+    before = len(os.listdir("/proc/self/fd"))
+    index = LineIndex(str(path))
+    index.update()
+    assert index.line(2999) == lines_of(3000)[-1]
+    assert next(index.search(byte_finder("line 2999"), 0, 3000))[0] == 2999
+    index.release()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -244,11 +244,13 @@ class RankSource(Source):
 
     def sync(self) -> bool:
         st = self.state
+        shift = 0
         if self.ready:
-            self.index.update(budget=self.UPDATE_BUDGET, blocking=False)
-            shift = self._file_count()
-        else:
-            shift = 0
+            try:
+                self.index.update(budget=self.UPDATE_BUDGET, blocking=False)
+                shift = self._file_count()
+            except OSError:
+                shift = self._shift
         end = st.line_count + shift
         tail_first = end - len(st.tail)
         first = 0 if self.ready and self.index.lines >= tail_first else tail_first
@@ -265,8 +267,16 @@ class RankSource(Source):
         if 0 <= offset < len(tail):
             return tail[offset]
         if offset < 0 and self.ready:
-            return self.index.text(index)
+            try:
+                return self.index.text(index)
+            except OSError:  # the run directory went away under us
+                return None
         return None
+
+    def release(self) -> None:
+        """Not shown any more: keep the index, drop what it cached."""
+        if self.index is not None:
+            self.index.release()
 
     def indices(self, whole: bool = True) -> Sequence[int]:
         return range(self.first if whole else self.scan_first, self.end)
@@ -456,6 +466,8 @@ class LogView(ScrollView, can_focus=True):
         """Switch to another tab's source, keeping each tab's scroll position."""
         if self.source is not None:
             self._views[self.source.key] = (self.follow, *self._top_anchor(), self.cursor)
+            if isinstance(self.source, RankSource) and self.source is not source:
+                self.source.release()
         self.source = source
         self._reset_derived()
         follow, anchor, sub, cursor = self._views.get(source.key, (True, None, 0, None))
