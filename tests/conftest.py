@@ -213,7 +213,9 @@ def mpi_cluster(request, cluster):
 # `slow`: a local test that runs real torch jobs or waits out real timeouts (marked by
 # hand).  The quick loop is
 #     ./dev quick        = pytest -q -n 2 -m "not cluster and not slow" (pytest-xdist)
-# and `./dev test` (CI) runs everything, one test at a time.
+# and `./dev test` (CI) runs everything: the tests without a cluster with -n 2, then the
+# cluster tests one at a time (./dev run_tests). A process count in a test that is not
+# `cluster` must be the test's own (a marker in argv), since another test runs beside it.
 # --------------------------------------------------------------------------- #
 _CLUSTER_FIXTURES = {"cluster", "make_cluster", "ssh_cluster", "slurm", "slurm_cluster", "mpi_cluster"}
 
