@@ -16,7 +16,7 @@ or, for one channel shared by several nodes (mpirun: every launcher reads the sa
 where a launcher takes specs[int(the first of those variables set in its environment)].
 A node spec (built by the console) is
     {"run_id": str, "node_rank": int, "log_dir": str, "cwd": str|null, "env": {..},
-     "grace": float,                           seconds from SIGTERM to SIGKILL (10)
+     "grace": float,                           seconds from SIGTERM to SIGKILL (required)
      "console_timeout": float,                 stop after this long without a command (0: never)
      "command": {"head": [..], "tail": [..], "local_rank_arg": bool},
      "workers": [{"rank": int, "local_rank": int, "env": {..}}, ..],
@@ -214,7 +214,6 @@ except ImportError:
     psutil = None
 
 PROTOCOL_VERSION = 1
-DEFAULT_GRACE = 10.0
 SPEC_TIMEOUT = 60.0  # seconds of silence on stdin before its first line (the spec) is given up
 LAST_WORDS = 2.0  # seconds still given to unsent events once the console is known dead
 MAX_UNSENT = 1 << 20  # log text beyond this much unsent is dropped once the console is known dead
@@ -464,6 +463,17 @@ def choose_spec(message, environ=os.environ) -> dict:
                 raise SpecError(f"{name}={environ[name]} does not pick one of {len(specs)} node specs") from None
     raise SpecError(f"none of {', '.join(names) or '(no index_env)'} is set: cannot tell which of "
                     f"{len(specs)} node specs is this node's")
+
+
+def spec_grace(spec: dict) -> float:
+    """Seconds from SIGTERM to SIGKILL. No default here: the console always sends its own
+    (flextui.job.DEFAULT_GRACE, the one default), so a missing one is a bad spec."""
+    try:
+        return float(spec["grace"])
+    except KeyError:
+        raise ValueError('no "grace" (seconds from SIGTERM to SIGKILL)') from None
+    except TypeError:
+        raise ValueError(f'"grace" must be a number of seconds, not {spec["grace"]!r}') from None
 
 
 def map_gpus(slots: str, given: str) -> str:
@@ -1033,7 +1043,7 @@ class NodeLauncher:
     def __init__(self, spec: dict, stdin_rest: bytes = b"", watch_stdin: bool = True) -> None:
         self.spec = spec
         self.node_rank = spec.get("node_rank", 0)
-        self.grace = float(spec.get("grace", DEFAULT_GRACE))
+        self.grace = spec_grace(spec)
         self.console_timeout = float(spec.get("console_timeout") or 0.0)
         self.env = node_env(spec)
         self.stdin_rest = stdin_rest  # what followed the spec line on stdin
@@ -1932,6 +1942,7 @@ def main(argv: list[str] | None = None) -> int:
             line, rest = read_spec_line()
             message = json.loads(line)
         spec = choose_spec(message)
+        spec_grace(spec)
     except SpecError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
     except (OSError, ValueError) as exc:

@@ -423,7 +423,7 @@ def test_psutil_missing_on_the_node_is_a_preflight_problem_not_a_traceback(tmp_p
     """`python -S`: no site-packages, so no psutil (the launcher runs as a plain file, as
     the SSH and Slurm transports ship it)."""
     source = Path(flextui.launch.__file__)
-    spec = node_spec(tmp_path / "logs", argvs(worker, 1))
+    spec = {**node_spec(tmp_path / "logs", argvs(worker, 1)), "grace": 10.0}
     request = {"cwd": str(tmp_path), "script": str(worker), "need_psutil": True}
     result = subprocess.run([PY, "-S", str(source)], input=spec_line(with_preflight(spec, request)),
                             capture_output=True, timeout=30)
@@ -483,6 +483,24 @@ def test_commands_right_behind_the_spec_are_not_lost(tmp_path, marker, worker):
 ])
 def test_no_or_a_bad_spec_is_one_line_and_starts_nothing(tmp_path, marker, worker, first_line, error):
     launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 1)), first_line=first_line)
+    launcher.close_stdin()
+    assert launcher.finish(timeout=10) == 2
+    assert launcher.events == []
+    (line,) = launcher.stderr.decode().strip().splitlines()
+    assert line.startswith("python -m flextui.launch: ") and error in line, line
+    assert not (tmp_path / "logs").exists()
+    assert_all_gone(marker)
+
+
+@pytest.mark.parametrize("grace, error", [(None, 'bad spec: no "grace"'),
+                                          ("soon", "bad spec: could not convert string to float"),
+                                          ([1], 'bad spec: "grace" must be a number of seconds')])
+def test_a_spec_without_a_grace_is_one_line_and_starts_nothing(tmp_path, marker, worker, grace, error):
+    """The grace has one default, the console's (flextui.job.DEFAULT_GRACE): it always sends it."""
+    spec = node_spec(tmp_path / "logs", argvs(worker, 1))
+    if grace is not None:
+        spec["grace"] = grace
+    launcher = Launcher(spec, first_line=spec_line(spec))
     launcher.close_stdin()
     assert launcher.finish(timeout=10) == 2
     assert launcher.events == []
