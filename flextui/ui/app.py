@@ -26,7 +26,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
 from flextui.diagnosis import ERROR_RE, RateMeter, gpu_telemetry_note, status_text
 from flextui.job import JobProtocol, LaunchError
@@ -38,7 +38,7 @@ from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.stacksview import StacksScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
 from flextui.ui.widgets import (
-    JobBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
+    FlexFooter, JobBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
 )
 
 TICK = 0.1  # seconds between UI refreshes from the model
@@ -289,7 +289,7 @@ class FlexApp(App[int]):
         yield self.status_line
         yield self.log_view
         yield self.prompt
-        yield Footer()
+        yield FlexFooter()
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._theme_changed)

@@ -15,7 +15,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import Button, Static
+from textual.widgets import Button, Footer, Static
 
 from flextui.diagnosis import (
     cpu_text, elastic_bar_text, error_text, gpu_text, mem_text, silent_text, stall_text, status_text, verdict,
@@ -638,3 +638,28 @@ def node_detail(model: JobModel, node_rank: int, palette: Palette) -> Text:
     if node.error:
         text.append(node.error, palette.status["lost" if node.lost else "failed"])
     return text
+
+
+class FlexFooter(Footer):
+    """Textual's Footer, re-mounted only when the keys it shows change. Textual's re-mounts
+    every key whenever the bindings may have changed (each focus change, each dialog or
+    picker closed): with this app's keys that was the largest part of closing the picker."""
+
+    _composed_for: tuple | None = None
+
+    @staticmethod
+    def _shown(screen) -> tuple:
+        return tuple((binding.key, binding.description, binding.action, enabled, tooltip)
+                     for _node, binding, enabled, tooltip in screen.active_bindings.values() if binding.show)
+
+    def bindings_changed(self, screen) -> None:
+        if not (self.is_attached and screen is self.screen and screen.app.app_focus):
+            super().bindings_changed(screen)
+            return
+        shown = self._shown(screen)
+        if shown == self._composed_for and self.children:
+            self._bindings_ready = True
+            return
+        self._composed_for = shown
+        super().bindings_changed(screen)
+
