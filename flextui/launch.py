@@ -907,6 +907,53 @@ def _nvml_text(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_BOOT_TIME: list[float] = []
+
+
+def proc_descendants(root: int) -> tuple[dict[int, int], dict[int, tuple]] | None:
+    """Linux: every descendant of `root` from one read of /proc/PID/stat per process on
+    the node — pid -> parent pid, and pid -> (start time, CPU seconds, RSS bytes,
+    threads), what psutil gives with ~4x the reads (64 ranks with a child each: ~12 ms
+    instead of ~50). None where there is no such /proc (psutil then)."""
+    if psutil is None:
+        return None
+    try:
+        names = os.listdir("/proc")
+        if not _BOOT_TIME:
+            _BOOT_TIME.append(psutil.boot_time())
+    except (OSError, psutil.Error):
+        return None
+    parents, stats = {}, {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat_file:
+                data = stat_file.read()
+            fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) " (comm may hold spaces)
+            pid, ppid = int(name), int(fields[1])
+            stats[pid] = (_BOOT_TIME[0] + int(fields[19]) / _CLOCK_TICKS,
+                          (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+                          int(fields[21]) * _PAGE_SIZE, int(fields[17]))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not a process's stat
+        parents[pid] = ppid
+    if root not in parents:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    below, todo = {}, [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in below and child != root:
+                below[child] = parents[child]
+                todo.append(child)
+    return below, {pid: stats[pid] for pid in below}
+
+
 class Sampler:
     """What each rank's process tree uses, with psutil: CPU % (of one core, summed over
     the tree, since the previous sample), RSS and threads (summed) and how many processes;
@@ -919,16 +966,19 @@ class Sampler:
 
     def sample(self, targets: list[Target]) -> list[dict]:
         now = time.time()
-        parents, stats = {}, {}
-        for process in ProcessGroup.descendants():
-            try:
-                with process.oneshot():
-                    parents[process.pid] = process.ppid()
-                    times = process.cpu_times()
-                    stats[process.pid] = (process.create_time(), times.user + times.system,
-                                          process.memory_info().rss, process.num_threads())
-            except psutil.Error:
-                continue
+        found = proc_descendants(os.getpid())
+        if found is None:  # not Linux's /proc: psutil, a few reads per process
+            found = {}, {}
+            for process in ProcessGroup.descendants():
+                try:
+                    with process.oneshot():
+                        found[0][process.pid] = process.ppid()
+                        times = process.cpu_times()
+                        found[1][process.pid] = (process.create_time(), times.user + times.system,
+                                                 process.memory_info().rss, process.num_threads())
+                except psutil.Error:
+                    continue
+        parents, stats = found
         by_root = {t.pid: t for t in targets if t.pid}
         owners = rank_owners(parents, set(by_root))
         totals = {root: [0.0, 0, 0, 0] for root in by_root}  # cpu seconds, rss, threads, procs
