@@ -1,8 +1,9 @@
 """`--launcher mpirun` end to end: Open MPI's mpirun and MPICH's Hydra mpiexec start the
 node launchers on the real sshd test cluster.
 
-Every test runs once per runtime (the `mpi_cluster` fixture), which also fails the test
-if any process (runtime daemon, guard, launcher, worker) is left on any node afterwards.
+Every test runs once per runtime (the `mpi_cluster` fixture; the gloo training job only
+under Open MPI), which also fails the test if any process (runtime daemon, guard,
+launcher, worker) is left on any node afterwards.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def job_process_total(mpi) -> int:
     return sum(mpi.cluster.job_process_count(n) for n in mpi.nodes)
 
 
+@pytest.mark.parametrize("mpi_cluster", ["openmpi"], indirect=True)
 def test_gloo_training_on_two_nodes_of_two_ranks(mpi_cluster, tmp_path):
+    """A real torch job, once: what a rank gets from the runtime (nothing but flextui's own
+    identity, all of the node's cores) is checked under both runtimes just below."""
     result = run_flextui(mpi_cluster, tmp_path, hostfile(mpi_cluster, tmp_path, slots=2, nodes=2), TRAIN,
                          "--steps", "3", "--step-time", "0.05")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
