@@ -524,7 +524,7 @@ class LogView(ScrollView, can_focus=True):
                     self.scroll_to(y=row, animate=False, immediate=True)
         finally:
             self._syncing = False
-        if self._top_pending and not (isinstance(source, RankSource) and source.indexing):
+        if self._top_pending and not (isinstance(source, RankSource) and (source.indexing or source.wants_index())):
             self._top_pending = False
             self.action_top()
         self.refresh()
