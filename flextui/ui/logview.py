@@ -851,8 +851,13 @@ class LogView(ScrollView, can_focus=True):
     def action_top(self) -> None:
         self.follow = False
         source = self.source
-        if isinstance(source, RankSource) and (source.indexing or source.wants_index()):
-            self._top_pending = True  # the top of the file, once it is indexed
+        if isinstance(source, RankSource):
+            # the file's lines first, if its index became ready since the last sync (else the
+            # next sync keeps the first line in memory on top, far below the file's start)
+            self._top_pending = False
+            self.sync(force=True)
+            if source.indexing or source.wants_index():
+                self._top_pending = True  # the top of the file, once it is indexed
         self.scroll_to(y=0, animate=False, immediate=True)
         self.post_message(self.Changed())
 
