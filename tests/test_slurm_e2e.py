@@ -43,9 +43,9 @@ def run_flextui(slurm, tmp_path, *args, timeout=60, prefix=()) -> subprocess.Com
                           env=slurm.env(), capture_output=True, text=True, timeout=timeout)
 
 
-def start_flextui(slurm, tmp_path, *args) -> subprocess.Popen:
+def start_flextui(slurm, tmp_path, *args, **popen) -> subprocess.Popen:
     return subprocess.Popen([*FLEXTUI, "--log-dir", str(tmp_path / "runs"), *args], cwd=tmp_path,
-                            env=slurm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=slurm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def run_dir(tmp_path) -> Path:
@@ -239,7 +239,10 @@ def test_ctrl_c_while_the_allocation_is_pending_withdraws_it(slurm, tmp_path):
     blocker = slurm.slurm("salloc", "--no-shell", "-J", "blocker", f"-N{len(slurm.nodes)}", "--exclusive")
     blocker_job = blocker.stderr.split("Granted job allocation ")[1].split()[0]
     try:
-        proc = start_flextui(slurm, tmp_path, "--slurm_args", "-N2", WORKER)
+        # Started with SIGINT ignored, as `flextui ... &` in a script (or a CI runner) does:
+        # Ctrl+C must withdraw the request all the same (it leaked a granted job before).
+        proc = start_flextui(slurm, tmp_path, "--slurm_args", "-N2", WORKER,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         deadline = time.monotonic() + 15
         while not slurm.slurm("squeue", "-h", "-n", "flextui", "-t", "PD", "-o", "%i").stdout.strip():
             assert time.monotonic() < deadline and proc.poll() is None, "flextui's request never got queued"

@@ -65,6 +65,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -200,6 +201,11 @@ class Allocation:
         alloc = cls("", {}, holder, log)
         alloc.pump = threading.Thread(target=pump, daemon=True)
         alloc.pump.start()
+        # Ctrl+C withdraws the request (KeyboardInterrupt, below), also when flextui was
+        # started with SIGINT ignored (`cmd &` in a script, some CI runners): Python then
+        # never installs its own handler and the request would be granted and run.
+        interruptible = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if interruptible else None
         try:
             line = holder.stdout.readline()
             granted.set()
@@ -213,6 +219,9 @@ class Allocation:
         except BaseException:
             alloc.release()
             raise
+        finally:
+            if interruptible:
+                signal.signal(signal.SIGINT, previous)
         return alloc
 
     def describe(self) -> None:
