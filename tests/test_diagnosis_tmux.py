@@ -49,9 +49,7 @@ def terminal(tmp_path):
 
 
 def test_a_hung_job_is_flagged_and_d_shows_its_ranks_grouped(terminal):
-    # Under pytest COLUMNS=80 LINES=24 are in the environment (the tmux server inherits them)
-    # and Textual would take them over the real 160x48 pane.
-    terminal.start(["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "flextui", "--grace", "3", "--stall_after", "3", "--no_local_rank",
+    terminal.start([sys.executable, "-m", "flextui", "--grace", "3", "--stall_after", "3", "--no_local_rank",
                     "hostfile", "hung.py", terminal.marker])
     terminal.wait_for("SILENT", timeout=60)  # the table at 160 columns
     screen = terminal.wait_for("a collective hang?", timeout=60)

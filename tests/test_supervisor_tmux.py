@@ -83,12 +83,12 @@ def test_start_detach_attach_ctrl_c_quit(term):
     assert ticks == 4  # the four ranks, still running under the supervisor
     term.keys("3")  # rank 3's tab: its history from the start, lines written while detached
     term.wait_for("rank 3 localhost gpu 3")
-    time.sleep(1.0)  # past the wait for a second digit
+    term.wait_for("rank 3 tick 60")  # more history than a 160x48 screen shows: g must scroll
     term.keys("t")  # the log has the keys
     time.sleep(0.3)
     term.keys("g")  # its top
     screen = term.wait_for("rank 3 tick 0\n")
-    assert "PAUSED" in screen
+    assert "PAUSED" in screen, screen
     term.keys("C-c")
     term.wait_for("ABORTED (exit code 130)")
     assert marked(term.marker) == []

@@ -43,8 +43,11 @@ class Terminal:
         self.exit_file = tmp_path / "exit-code"
 
     def tmux(self, *args: str) -> str:
+        # The tmux server inherits this environment; pytest's COLUMNS=80 LINES=24 would win
+        # over the pane's real size in Textual, so a 160x48 test would draw at 80x24.
+        environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
-                                text=True, timeout=10)
+                                text=True, timeout=10, env=environ)
         if result.returncode != 0:
             raise RuntimeError(f"tmux {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
