@@ -154,32 +154,6 @@ class RankPicker(Provider):
             yield Hit(score, name, callback, help=help_text)
 
 
-class RankPalette(CommandPalette):
-    """The picker. Enter on a hit Textual would run (the one highlighted, or the only one)
-    closes the palette and runs it at once: Textual first draws the palette again with the
-    hit copied into its input and its list hidden (over the whole dimmed screen behind it),
-    then holds the screen 50 ms to mask the switch — at 512 ranks most of the time from
-    Enter to the rank's log on screen."""
-
-    BINDINGS = [Binding("enter", "run_hit", "Go", show=False, priority=True)]
-
-    def action_run_hit(self) -> None:
-        from textual.command import CommandList
-
-        commands = self.query_one(CommandList)
-        index = commands.highlighted
-        if index is None and commands.option_count == 1:
-            index = 0
-        if not self._list_visible or index is None:
-            self._select_or_command()  # Textual's own step (e.g. highlight the first of many)
-            return
-        hit = commands.get_option_at_index(index).hit
-        self._cancel_gather_commands()
-        self.app.post_message(CommandPalette.Closed(option_selected=True))
-        self.dismiss()
-        self.app.call_later(hit.command)
-
-
 def _counts(ranks) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in ranks:
@@ -681,7 +655,7 @@ class FlexApp(App[int]):
     def action_pick(self) -> None:
         if isinstance(self.screen, CommandPalette):
             return
-        self.push_screen(RankPalette(providers=[RankPicker],
+        self.push_screen(CommandPalette(providers=[RankPicker],
                                         placeholder="Go to: a rank (137), a host (node12), a status (failed)…"))
 
     def action_first_failure(self) -> None:
