@@ -16,7 +16,6 @@ from textual.strip import Strip
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Static
-from textual.widgets._footer import FooterKey
 
 from flextui.diagnosis import (
     cpu_text, elastic_bar_text, error_text, gpu_text, mem_text, silent_text, stall_text, status_text, verdict,
@@ -652,16 +651,6 @@ class FlexFooter(Footer):
     def _shown(screen) -> tuple:
         return tuple((binding.key, binding.description, binding.action, enabled, tooltip)
                      for _node, binding, enabled, tooltip in screen.active_bindings.values() if binding.show)
-
-    def compose(self):
-        # A FooterKey bound to the footer's `compact` is born compact (the reactive's
-        # default) and told it is not when mounted: two restyles of every key on each
-        # rebuild, most of the rebuild's cost (the footer changes on Enter in the filter
-        # prompt). Give it the bound value up front (the palette key is not bound).
-        for widget in super().compose():
-            if isinstance(widget, FooterKey) and "compact" in (widget._reactive_connect or {}):
-                widget.set_reactive(FooterKey.compact, self.compact)
-            yield widget
 
     def bindings_changed(self, screen) -> None:
         if not (self.is_attached and screen is self.screen and screen.app.app_focus):
