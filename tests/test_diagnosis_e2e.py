@@ -179,6 +179,7 @@ print("done", flush=True)
 '''
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 def test_silent_ranks_are_flagged_once_and_the_job_goes_on(tmp_path, marker):
     """--stall_after 3: one warning line per rank when it is first flagged, one for the
     collective hang; nothing stops; the run records it."""
@@ -203,6 +204,7 @@ def test_silent_ranks_are_flagged_once_and_the_job_goes_on(tmp_path, marker):
     assert survivors(marker) == []
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 def test_stacks_on_stall_dumps_once(tmp_path, marker):
     script = tmp_path / "silent.py"
     script.write_text(SILENT_WORKER)
@@ -268,6 +270,7 @@ time.sleep(600)
 '''
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 async def test_cpu_memory_and_gpu_figures_reach_the_model(tmp_path, monkeypatch, marker):
     """Real ranks sampled by their launcher: CPU moves with what they do, memory is there,
     and the stand-in pynvml's figures come through for each rank's GPU."""

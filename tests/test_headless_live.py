@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import free_port
 
 WORKER = r'''
@@ -30,6 +32,7 @@ def command(tmp_path) -> list[str]:
             str(tmp_path / "runs"), "--master_port", str(free_port()), "hostfile", "progress.py"]
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 def test_progress_shows_live_on_a_terminal(tmp_path):
     master, slave = pty.openpty()
     proc = subprocess.Popen(command(tmp_path), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=slave,
@@ -59,6 +62,7 @@ def test_progress_shows_live_on_a_terminal(tmp_path):
     assert len(statuses) >= 3  # it moved as the bar did
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 def test_progress_is_not_drawn_into_a_pipe(tmp_path):
     result = subprocess.run(command(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0

@@ -595,6 +595,7 @@ def test_the_launcher_waits_until_a_slow_reader_has_every_event(tmp_path, marker
         assert [e["code"] for e in events if e["ev"] == "exited" and e["rank"] == rank] == [0]
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 def test_a_blocked_channel_and_a_silent_console_do_not_keep_the_launcher(tmp_path, marker):
     """Issue 9 defect 10: a dropped network blocks the launcher's stdout without closing it.
     Once the console has been silent for its timeout, the launcher stops its ranks and then

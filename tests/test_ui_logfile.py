@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from flextui.runs import RecordedJob
 from flextui.ui.testing import FakeJob
 from flextui.world import World
@@ -31,6 +33,7 @@ def write_log(path, lines: int) -> bytes:
     return data
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 async def test_a_live_rank_log_is_whole_search_g_and_x_reach_its_start(tmp_path):
     path = tmp_path / "rank-1.log"
     data = write_log(path, LINES)
@@ -123,6 +126,7 @@ def write_run(run_dir, lines: int, summary: bool) -> None:
             {"rank": 0, "lines": 1}, {"rank": 1, "lines": lines}]}))
 
 
+@pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
 async def test_open_of_a_finished_run_shows_and_searches_the_whole_log(tmp_path):
     for summary in (True, False):  # without summary.json (supervisor lost): counted from the file
         run_dir = tmp_path / f"20260101-000000-{int(summary)}"
