@@ -113,27 +113,34 @@ def abort_once(bench: Bench, launcher: str, nodes: int, ignore: bool, grace: flo
         log(f"abort {launcher}: {result['error']}\n{result['tail'][-600:]}")
         return result
     time.sleep(0.5)  # every child started; counts settle
+    before, gone, counts, code, t_exit = ctrl_c(bench, w, launcher, nodes, observe, poll=0.005)
+    left = bench.clean_nodes()
+    bench.clean_runs()
+    result.update(before=before, gone=gone, left_after_observe=counts if gone is None else [0] * nodes,
+                  observed=observe, exit=code, launcher_exit_after=t_exit, killed_leftovers=left)
+    return result
+
+
+def ctrl_c(bench: Bench, w: Watched, launcher: str, nodes: int, observe: float,
+           poll: float) -> tuple[list[int], float | None, list[int], int | None, float]:
+    """A terminal's Ctrl+C to the launcher's process group, then every node's job processes
+    counted until none is left or `observe` s pass: (counts before, seconds until none
+    left or None, the last counts, the launcher's exit code, seconds until it exited)."""
     before = bench.job_counts(nodes)
     t0 = time.monotonic()
     w.signal_group(signal.SIGINT)
     if launcher == "pdsh":
         time.sleep(0.3)  # pdsh: a second Ctrl+C within 1 s aborts (the first prints status)
         w.signal_group(signal.SIGINT)
-    gone = None
-    counts = before
+    gone, counts = None, before
     while time.monotonic() - t0 < observe:
         counts = bench.job_counts(nodes)
         if not any(counts):
             gone = time.monotonic() - t0
             break
-        time.sleep(0.005)
+        time.sleep(poll)
     code, _ = w.finish(30)
-    t_exit = time.monotonic() - t0
-    left = bench.clean_nodes()
-    bench.clean_runs()
-    result.update(before=before, gone=gone, left_after_observe=counts if gone is None else [0] * nodes,
-                  observed=observe, exit=code, launcher_exit_after=t_exit, killed_leftovers=left)
-    return result
+    return before, gone, counts, code, time.monotonic() - t0
 
 
 def run_abort(bench: Bench, launchers: list[str], nodes: int, reps: int, grace: float,

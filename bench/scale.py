@@ -14,7 +14,6 @@ counted, then killed by the benchmark.
 from __future__ import annotations
 
 import re
-import signal
 import time
 
 from harness import WORKERS, Bench, Watched, log
@@ -38,21 +37,7 @@ def scale_once(bench: Bench, launcher: str, nodes: int, slots: int, observe: flo
         log(f"scale {launcher} {nodes}x{slots}: {result['error']}\n{result['tail'][-600:]}")
         return result
     time.sleep(1.0)  # let every worker settle: counts before the Ctrl+C
-    before = bench.job_counts(nodes)
-    t0 = time.monotonic()
-    w.signal_group(signal.SIGINT)
-    if launcher == "pdsh":
-        time.sleep(0.3)  # pdsh: a second Ctrl+C within 1 s aborts (the first prints status)
-        w.signal_group(signal.SIGINT)
-    gone, counts = None, before
-    while time.monotonic() - t0 < observe:
-        counts = bench.job_counts(nodes)
-        if not any(counts):
-            gone = time.monotonic() - t0
-            break
-        time.sleep(0.02)
-    code, _ = w.finish(30)
-    exit_after = time.monotonic() - t0
+    before, gone, counts, code, exit_after = launch_abort.ctrl_c(bench, w, launcher, nodes, observe, poll=0.02)
     left = bench.clean_nodes()
     bench.clean_runs()
     result.update(processes_before=sum(before), gone=gone, observed=observe,
