@@ -292,6 +292,18 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
     if args.tab == "rank":
         app.open_rank(0)
     lags: list[float] = []
+    # Python's collector: a full (generation 2) collection walks every tracked object and
+    # stops the event loop meanwhile, so its pauses land on whatever key is pending.
+    collections: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = perf_counter()
+        else:
+            collections[info["generation"]].append(perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
 
     async def probe_loop() -> None:  # event-loop lag: how late a 10 ms sleep wakes up
         while True:
@@ -447,6 +459,8 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
     renders = app.view_renders - renders0
     frames = app.frames - frames0
     written = app.written - written0
+    gc.callbacks.remove(on_gc)
+    tracked = len(gc.get_objects())
     gc.collect()
     rss = proc.memory_info().rss
     lines = job.lines - lines0
@@ -487,6 +501,10 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
         "cpu_percent_of_core": round(100 * cpu / elapsed),
         "feed_cpu_percent_of_core": round(100 * feed / elapsed),
         "rss_mb": round(rss / 2**20, 1),
+        "gc_full_collections": len(collections[2]),
+        "gc_full_pause_max_ms": round(max(collections[2], default=0) * 1000, 1),
+        "gc_young_pause_p95_ms": round(pct(collections[0] + collections[1], 0.95) * 1000, 1),
+        "gc_tracked_objects": tracked,
         "machine_load_1min": round(os.getloadavg()[0], 2),
     }
 

@@ -32,7 +32,7 @@ def test_format_ranks():
 
 
 def kept(rows: Collapser) -> list:
-    return list(rows.rows.values())
+    return [rows.row(i) for i in rows.indices()]
 
 
 def test_identical_lines_from_many_ranks_collapse_into_one_row():

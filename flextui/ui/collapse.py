@@ -74,6 +74,8 @@ def collapse_key(text: str, rank: int) -> tuple[str, int]:
 
 
 class Row:
+    """A row as readers see it, made on demand from the stored tuple (see Collapser.rows)."""
+
     __slots__ = ("text", "ranks", "key", "cut")
 
     def __init__(self, text: str, ranks: list[int], key: str | None = None, cut: int = 0) -> None:
@@ -85,15 +87,19 @@ class Row:
     @property
     def display(self) -> str:
         """One rank: its line. Several: the first's timestamp and what they all said."""
-        if len(self.ranks) == 1 or self.cut == 0 and self.key == self.text:
-            return self.text
-        return self.text[: self.cut] + self.key
+        return _display(self.text, self.ranks, self.key, self.cut)
 
     def display_for(self, ranks: list[int]) -> str:
         """What the row says for some of its ranks: one rank gets its own number back."""
         if len(ranks) == 1 and len(self.ranks) > 1:
             return self.text[: self.cut] + self.key.replace(RANK_PLACEHOLDER, str(ranks[0]))
         return self.display
+
+
+def _display(text: str, ranks, key: str, cut: int) -> str:
+    if len(ranks) == 1 or cut == 0 and key == text:
+        return text
+    return text[:cut] + key
 
 
 def format_ranks(ranks: list[int]) -> str:
@@ -115,7 +121,10 @@ def format_ranks(ranks: list[int]) -> str:
 
 class Collapser:
     def __init__(self, max_rows: int = 20000, window: int = 256) -> None:
-        self.rows: dict[int, Row] = {}  # absolute number -> row, ascending
+        # absolute number -> (text, ranks, key, cut), ascending. Plain tuples of str/int on
+        # purpose: CPython's collector stops tracking such tuples, so 100k rows (512 ranks)
+        # add nothing to the full collections that otherwise stall every key by 100-200 ms.
+        self.rows: dict[int, tuple[str, tuple[int, ...], str, int]] = {}
         self.max_rows = max_rows
         self.window = window
         self.end = 0  # absolute number of the next row
@@ -133,7 +142,16 @@ class Collapser:
         return self._first if self.rows else self.end
 
     def row(self, index: int) -> Row | None:
-        return self.rows.get(index)
+        stored = self.rows.get(index)
+        return None if stored is None else Row(stored[0], list(stored[1]), stored[2], stored[3])
+
+    def ranks_of(self, index: int) -> tuple[int, ...]:
+        stored = self.rows.get(index)
+        return () if stored is None else stored[1]
+
+    def display(self, index: int) -> str | None:
+        stored = self.rows.get(index)
+        return None if stored is None else _display(*stored)
 
     def indices(self) -> range | list[int]:
         """The kept rows' numbers, ascending (a range while nothing was dropped inside)."""
@@ -143,7 +161,10 @@ class Collapser:
         return list(self.rows)
 
     def scan(self, start: int, stop: int):
-        """(index, row) of the kept rows in [start, stop)."""
+        """(index, what it shows) of the kept rows in [start, stop)."""
+        return ((i, _display(*stored)) for i, stored in self._scan(start, stop))
+
+    def _scan(self, start: int, stop: int):
         rows = self.rows
         if len(rows) == self.end - self.first:  # no holes: slice by position
             first = self.first
@@ -169,7 +190,8 @@ class Collapser:
         keep = min(len(combined), budget or len(combined))
         if new > keep:
             missed = new - keep
-            self._append(Row(f"… {missed} line(s) not shown (see the run directory) …", [GAP]))
+            gap = f"… {missed} line(s) not shown (see the run directory) …"
+            self._append((gap, (GAP,), gap, 0))
             self._recent.clear()
             new = keep
         if new == len(combined):
@@ -196,12 +218,12 @@ class Collapser:
             if index is not None and index >= end - window and index > last.get(rank, -1):
                 row = rows.get(index)
                 if row is not None:
-                    row.ranks.append(rank)
+                    rows[index] = (row[0], row[1] + (rank,), row[2], row[3])
                     last[rank] = index
                     if index < self.dirty_from:
                         self.dirty_from = index
                     continue
-            rows[end] = Row(text, [rank], key, cut)
+            rows[end] = (text, (rank,), key, cut)
             last[rank] = end
             owned = owned_by.get(rank)
             if owned is None:
@@ -216,13 +238,14 @@ class Collapser:
         if len(rows) > self.max_rows + self.max_rows // 20:
             self._drop_fairly()
 
-    def _append(self, row: Row) -> None:
+    def _append(self, row: tuple[str, tuple[int, ...], str, int]) -> None:
         if not self.rows:
             self._first = self.end
         self.rows[self.end] = row
-        owned = self._owned.get(row.ranks[0])
+        owner = row[1][0]
+        owned = self._owned.get(owner)
         if owned is None:
-            owned = self._owned[row.ranks[0]] = deque()
+            owned = self._owned[owner] = deque()
         owned.append(self.end)
         self.end += 1
 

@@ -326,22 +326,20 @@ class CombinedSource(Source):
         return changed
 
     def text(self, index: int, shown: set[int] | None = None) -> str | None:
-        row = self.rows.row(index)
-        if row is None:
-            return None
-        if shown is not None and len(row.ranks) > 1:
+        if shown is not None and len(self.rows.ranks_of(index)) > 1:
+            row = self.rows.row(index)
             return row.display_for([r for r in row.ranks if r in shown])
-        return row.display
+        return self.rows.display(index)
 
-    def ranks_of(self, index: int) -> list[int]:
-        row = self.rows.row(index)
-        return [] if row is None else row.ranks
+    def ranks_of(self, index: int) -> Sequence[int]:
+        return self.rows.ranks_of(index)
 
     def prefix(self, index: int, shown: set[int] | None = None) -> str:
-        row = self.rows.row(index)
-        if row is None or row.ranks[0] == GAP:
+        ranks = self.rows.ranks_of(index)
+        if not ranks or ranks[0] == GAP:
             return ""
-        ranks = row.ranks if shown is None else [r for r in row.ranks if r in shown]
+        if shown is not None:
+            ranks = [r for r in ranks if r in shown]
         number = self.model.world.global_rank  # the job's RANK (--no_ssh runs a share of it)
         if len(ranks) == 1:
             rank = ranks[0]
@@ -349,7 +347,7 @@ class CombinedSource(Source):
         return f"[{format_ranks([number(r) for r in ranks])}] "
 
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
-        return ((i, row.display) for i, row in self.rows.scan(start, stop))
+        return self.rows.scan(start, stop)
 
     def indices(self, whole: bool = True) -> Sequence[int]:
         return self.rows.indices()
