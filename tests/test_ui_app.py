@@ -485,14 +485,13 @@ def big_job(nodes: int = 64, per_node: int = 8) -> FakeJob:
 
 
 async def click_footer(pilot, key: str) -> None:
-    """Click a key in the footer once it is laid out (the footer is rebuilt on screen changes)."""
-    from textual.widgets._footer import FooterKey
+    """Click a key in the footer once it is drawn there."""
+    from flextui.ui.widgets import KeyBar
 
-    def laid_out():
-        return next((k for k in pilot.app.query(FooterKey) if k.key == key and k.region.width), None)
-
-    await until(pilot, lambda: laid_out() is not None)
-    await pilot.click(laid_out())
+    bar = pilot.app.query_one(KeyBar)
+    await until(pilot, lambda: bar.region_of(key) is not None)
+    region = bar.region_of(key)
+    await pilot.click(KeyBar, offset=(region.x - bar.region.x + 1, 0))
 
 
 async def test_confirm_dialog_buttons_are_clickable_and_keyboard_usable():
@@ -665,6 +664,42 @@ async def test_picker_goes_to_a_rank_or_a_host():
         await pilot.press("enter")
         await settle(pilot)
         assert app.current_tab == "r5" and len(app.table.ranks_in_order) == 512
+        await finish(app, pilot)
+
+
+async def test_picker_arrows_a_click_and_nothing_found():
+    job = big_job(nodes=8, per_node=8)
+    app = make_app(job)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await until(pilot, lambda: app.focused is app.prompt and app.pick_list.display)
+        # nothing typed: the combined log (and the first failure, once there is one)
+        assert str(app.pick_list.get_option_at_index(0).prompt).startswith("all ranks")
+        await pilot.press("5")
+        await until(pilot, lambda: app.pick_list.option_count == 12)  # rank 5, ranks 50-59, host node5
+        assert str(app.pick_list.get_option_at_index(1).prompt).startswith("rank 50  ")
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: app.current_tab == "r50")
+        assert not app.pick_list.display and app._prompt_mode is None
+        # a click on a hit goes there
+        await pilot.press("colon")
+        await until(pilot, lambda: app.pick_list.display)
+        await pilot.press(*"node3")
+        await until(pilot, lambda: app.pick_list.option_count > 1)
+        listed = [str(app.pick_list.get_option_at_index(i).prompt) for i in range(app.pick_list.option_count)]
+        assert listed[0].startswith("host node3  ranks 24-31") and listed[1].startswith("rank 24  node3")
+        await pilot.click("#picklist", offset=(3, 2))  # the third line: rank 25
+        await until(pilot, lambda: app.current_tab == "r25")
+        assert not app.pick_list.display
+        # nothing matches: said, and Esc closes the picker
+        await pilot.press("colon")
+        await until(pilot, lambda: app.pick_list.display)
+        await pilot.press(*"zzz")
+        await until(pilot, lambda: "nothing matches" in str(app.pick_list.get_option_at_index(0).prompt))
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.pick_list.display and app.focused is not app.prompt)
+        assert app.current_tab == "r25"
         await finish(app, pilot)
 
 

@@ -1,15 +1,15 @@
-"""The footer is re-mounted only when the keys it shows change (Textual's re-mounts every
-key on each focus change and each closed dialog or picker: the largest part of closing the
-picker at 512 ranks). A focused prompt does change them (its typing keys hide the app's)."""
+"""The footer (KeyBar) is one line: a change of keys repaints it, nothing is mounted
+(Textual's Footer re-mounts a widget per key on each focus change and each closed prompt,
+dialog or picker: the largest part of closing the picker at 512 ranks). A click on a key
+presses it; a key that goes away is gone from it."""
 
 from __future__ import annotations
 
 import asyncio
 
-from textual.widgets._footer import FooterKey
-
 from flextui.ui.app import FlexApp, stop_job_of
 from flextui.ui.testing import FakeJob
+from flextui.ui.widgets import KeyBar
 
 
 async def until(pilot, condition, timeout: float = 10.0) -> None:
@@ -19,26 +19,36 @@ async def until(pilot, condition, timeout: float = 10.0) -> None:
         await pilot.pause(0.02)
 
 
-async def test_the_footer_is_remounted_only_when_its_keys_change():
+def shown(bar: KeyBar) -> str:
+    return "".join(segment.text for segment in bar.render_line(0))
+
+
+async def test_the_footer_is_one_line_that_follows_the_keys():
     job = FakeJob({"node-a": 4})
     job.start_all()
     app = FlexApp(job, theme_dirs=[], clock=lambda: job.t0 + 5)
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: bool(app.query(FooterKey)))
-        keys = list(app.query(FooterKey))
-        assert any(k.key == "question_mark" for k in keys)
-        await pilot.press("t")  # focus: table -> log -> table
-        await pilot.press("t")
-        await pilot.press("colon")  # the picker, closed again
-        await pilot.pause(0.3)
+        bar = app.query_one(KeyBar)
+        await until(pilot, lambda: "? Help" in shown(bar))
+        assert "^c Abort job" in shown(bar) and ": Go to" in shown(bar)
+        assert not bar.children
+        await pilot.press("F")  # a prompt: its typing keys hide the app's letters
+        await until(pilot, lambda: app.focused is app.prompt)
+        await until(pilot, lambda: "F Filter ranks" not in shown(bar))
+        assert "^c Abort job" in shown(bar)
+        await pilot.press("escape")
+        await until(pilot, lambda: "F Filter ranks" in shown(bar))
+        # a click on a key presses it
+        region = bar.region_of("question_mark")
+        await pilot.click(KeyBar, offset=(region.x - bar.region.x + 1, 0))
+        await until(pilot, lambda: app.screen is not app.screen_stack[0])
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is app.screen_stack[0])
-        await pilot.pause(0.3)
-        assert list(app.query(FooterKey)) == keys  # the same widgets: not re-mounted
         # a key that goes away is gone from the footer
         app.check_action = lambda action, parameters: action != "help"
         app.refresh_bindings()
-        await until(pilot, lambda: not any(k.key == "question_mark" for k in app.query(FooterKey)))
+        await until(pilot, lambda: "? Help" not in shown(bar))
+        assert not bar.children
         job.finish()
         app.exit()
         await stop_job_of(app)

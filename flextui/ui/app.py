@@ -26,8 +26,9 @@ from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider
-from textual.widgets import Input
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.widgets import Input, OptionList
+from textual.widgets.option_list import Option
 
 from flextui.diagnosis import ERROR_RE, RateMeter, gpu_telemetry_note, status_text
 from flextui.job import JobProtocol, LaunchError
@@ -39,7 +40,7 @@ from flextui.ui.screens import ConfirmScreen, HelpScreen, SummaryScreen
 from flextui.ui.stacksview import StacksScreen
 from flextui.ui.theming import STATUS_VARIABLES, Palette, ThemeError, load_themes, resolve_theme
 from flextui.ui.widgets import (
-    FlexFooter, JobBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
+    JobBar, KeyBar, RankHeader, RankPanel, RankTable, TabStrip, job_bar_lines, node_detail, rank_detail,
 )
 
 TICK = 0.1  # seconds between UI refreshes from the model
@@ -94,51 +95,59 @@ class FlexCommands(Provider):
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
-class RankPicker(Provider):
-    """Go to a rank or a host: "137", "node12", "failed". Exact matches first."""
+PICK_LIMIT = 40
 
-    LIMIT = 40
+
+def pick_hits(app: "FlexApp", query: str) -> list[tuple[float, str, Callable, str]]:
+    """What the picker (`:`, and the command palette) offers for a query: (score, name,
+    what choosing it does, help). A rank ("137", "rank 137"), a host ("node12"), or a
+    table query ("failed", "0-7"); best first."""
+    model = app.model
+    query = query.strip()
+    hits: list[tuple[float, str, Callable, str]] = []
+    if not query:
+        return hits
+    words = query.split()
+    if len(words) == 2 and words[0].lower() in ("rank", "r") and words[1].isdigit():
+        query = words[1]  # "rank 6"
+
+    def rank_hit(score: float, r) -> tuple[float, str, Callable, str]:
+        return (score, f"rank {shown_rank(model, r.rank)}  {r.info.host}  gpu {r.info.gpu}",
+                partial(app.go_to_rank, r.rank), status_text(r))
+
+    if query.isdigit():  # the job's RANK (with --no_ssh, not this console's index)
+        n = int(query) - shown_rank(model, 0)
+        if 0 <= n < len(model.ranks):
+            hits.append(rank_hit(1.0, model.ranks[n]))
+        for r in model.ranks:
+            number = str(shown_rank(model, r.rank))
+            if r.rank != n and number.startswith(query):
+                hits.append(rank_hit(0.8 - len(number) / 100, r))
+    fold = query == query.lower()
+    for node in model.nodes:
+        host = node.host.lower() if fold else node.host
+        if host == query or query in host:
+            exact = host == query
+            members = [model.ranks[i] for i in node.ranks]
+            counts = "  ".join(f"{n} {k}" for k, n in _counts(members).items())
+            hits.append((0.95 if exact else 0.7 - len(host) / 1000,
+                         f"host {node.host}  ranks {shown_rank(model, node.ranks.start)}-"
+                         f"{shown_rank(model, node.ranks.stop - 1)}",
+                         partial(app.go_to_host, node.node_rank), counts))
+            if exact:
+                hits.extend(rank_hit(0.9 - i / 1000, r) for i, r in enumerate(members))
+    if not hits:
+        selected = RankQuery(query, [n.host for n in model.nodes]).select(model)
+        hits.extend(rank_hit(0.6 - i / 10000, model.ranks[r]) for i, r in enumerate(selected))
+    hits.sort(key=lambda hit: -hit[0])  # stable: equal scores keep their order
+    return hits[:PICK_LIMIT]
+
+
+class RankPicker(Provider):
+    """The command palette's (Ctrl+P) part of the picker: the same hits as `:`."""
 
     def _hits(self, query: str) -> list[tuple[float, str, Callable, str]]:
-        app: FlexApp = self.app  # type: ignore[assignment]
-        model = app.model
-        query = query.strip()
-        hits: list[tuple[float, str, Callable, str]] = []
-        if not query:
-            return hits
-        words = query.split()
-        if len(words) == 2 and words[0].lower() in ("rank", "r") and words[1].isdigit():
-            query = words[1]  # "rank 6"
-
-        def rank_hit(score: float, r) -> tuple[float, str, Callable, str]:
-            return (score, f"rank {shown_rank(model, r.rank)}  {r.info.host}  gpu {r.info.gpu}",
-                    partial(app.go_to_rank, r.rank), status_text(r))
-
-        if query.isdigit():  # the job's RANK (with --no_ssh, not this console's index)
-            n = int(query) - shown_rank(model, 0)
-            if 0 <= n < len(model.ranks):
-                hits.append(rank_hit(1.0, model.ranks[n]))
-            for r in model.ranks:
-                number = str(shown_rank(model, r.rank))
-                if r.rank != n and number.startswith(query):
-                    hits.append(rank_hit(0.8 - len(number) / 100, r))
-        fold = query == query.lower()
-        for node in model.nodes:
-            host = node.host.lower() if fold else node.host
-            if host == query or query in host:
-                exact = host == query
-                members = [model.ranks[i] for i in node.ranks]
-                counts = "  ".join(f"{n} {k}" for k, n in _counts(members).items())
-                hits.append((0.95 if exact else 0.7 - len(host) / 1000,
-                             f"host {node.host}  ranks {shown_rank(model, node.ranks.start)}-"
-                             f"{shown_rank(model, node.ranks.stop - 1)}",
-                             partial(app.go_to_host, node.node_rank), counts))
-                if exact:
-                    hits.extend(rank_hit(0.9 - i / 1000, r) for i, r in enumerate(members))
-        if not hits:
-            selected = RankQuery(query, [n.host for n in model.nodes]).select(model)
-            hits.extend(rank_hit(0.6 - i / 10000, model.ranks[r]) for i, r in enumerate(selected))
-        return hits[: self.LIMIT]
+        return pick_hits(self.app, query)  # type: ignore[arg-type]
 
     async def discover(self) -> Hits:
         app: FlexApp = self.app  # type: ignore[assignment]
@@ -258,6 +267,7 @@ class FlexApp(App[int]):
         self._notices_shown = 0
         self._summary_shown = False
         self._prompt_mode: str | None = None
+        self._picks: list[tuple[str, Callable, str]] = []  # the picker's hits: (name, action, help)
         self._signals: list[int] = []
         self._heap_frozen = False
 
@@ -283,6 +293,8 @@ class FlexApp(App[int]):
         self.status_line = StatusLine(id="logstatus")
         self.log_view = LogView(id="log")
         self.prompt = Input(id="prompt")
+        self.pick_list = OptionList(id="picklist")
+        self.pick_list.can_focus = False  # the typing stays in the prompt; ↑/↓ move here
         yield self.job_bar
         yield self.rank_header
         yield self.table
@@ -290,8 +302,9 @@ class FlexApp(App[int]):
         yield self.tabs
         yield self.status_line
         yield self.log_view
+        yield self.pick_list
         yield self.prompt
-        yield FlexFooter()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._theme_changed)
@@ -361,8 +374,8 @@ class FlexApp(App[int]):
     def simulate_key(self, key: str) -> None:
         """A click on the footer's "^c Abort job" asks first; the key itself does not."""
         if key == "ctrl+c":
-            # From the app's own queue: a dialog's answer goes back to whoever asked, and
-            # the footer key that was clicked is gone by then (the footer is rebuilt).
+            # From the app's own queue: a dialog's answer goes back to whoever asked, not
+            # to the footer's click handler.
             self.call_later(self.action_confirm_abort)
             return
         super().simulate_key(key)
@@ -672,10 +685,55 @@ class FlexApp(App[int]):
             self.go_to_rank(int(self._digits) - first)
 
     def action_pick(self) -> None:
-        if isinstance(self.screen, CommandPalette):
+        """`:` the picker: a prompt on this screen with the hits listed above it (no modal
+        screen: at 512 ranks the command palette's dimmed redraw of the whole screen made
+        each choice take 100-200 ms)."""
+        self._open_prompt("pick", "go to: a rank (137), a host (node12), a status (failed)   ↑/↓, Enter", "")
+        self._show_picks("")
+
+    def _show_picks(self, query: str) -> None:
+        if query.strip():
+            picks = [(name, callback, help_text) for _score, name, callback, help_text in pick_hits(self, query)]
+        else:
+            picks = []
+            first = self.model.first_failure
+            if first is not None:
+                picks.append((f"first failure: rank {shown_rank(self.model, first.rank)} on {first.info.host}",
+                              self.action_first_failure, status_text(first)))
+            picks.append(("all ranks", self.action_show_all, "the combined log"))
+        self._picks = picks
+        options = []
+        for name, _callback, help_text in picks:
+            label = Text(name, no_wrap=True, overflow="ellipsis")
+            if help_text:
+                label.append(f"   {help_text}", self.palette.muted)
+            options.append(Option(label))
+        if not options:
+            options.append(Option(Text("nothing matches", self.palette.muted), disabled=True))
+        pick_list = self.pick_list
+        with self.batch_update():
+            pick_list.clear_options()
+            pick_list.add_options(options)
+            pick_list.highlighted = 0 if picks else None
+            pick_list.add_class("-visible")
+
+    def _run_pick(self, index: int | None) -> None:
+        picks = self._picks
+        if not picks:
+            self.notify("Nothing matches: type a rank (137), a host (node12) or a status (failed).", timeout=3)
             return
-        self.push_screen(CommandPalette(providers=[RankPicker],
-                                        placeholder="Go to: a rank (137), a host (node12), a status (failed)…"))
+        _name, callback, _help = picks[index if index is not None and 0 <= index < len(picks) else 0]
+        callback()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if self._prompt_mode == "pick" and event.input is self.prompt:
+            self._show_picks(event.value)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list is self.pick_list and self._prompt_mode == "pick":  # a click on a hit
+            event.stop()
+            self._hide_prompt()
+            self._run_pick(event.option_index)
 
     def action_first_failure(self) -> None:
         first = self.model.first_failure
@@ -797,9 +855,12 @@ class FlexApp(App[int]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         mode, value = self._prompt_mode, event.value
+        chosen = self.pick_list.highlighted
         self._hide_prompt()
         view = self.log_view
-        if mode == "search":
+        if mode == "pick":
+            self._run_pick(chosen)
+        elif mode == "search":
             if not self._valid_pattern(value):
                 return
             view.set_search(value or None)
@@ -824,14 +885,20 @@ class FlexApp(App[int]):
             self.notify(f"not a valid regex: {error}", severity="warning", timeout=5)
         return error is None
 
+    PICK_KEYS = {"up": "cursor_up", "down": "cursor_down", "pageup": "page_up", "pagedown": "page_down"}
+
     def on_key(self, event: events.Key) -> None:
         if event.key == "escape" and self._prompt_mode is not None:
             self._hide_prompt()
+            event.stop()
+        elif self._prompt_mode == "pick" and event.key in self.PICK_KEYS:
+            getattr(self.pick_list, f"action_{self.PICK_KEYS[event.key]}")()
             event.stop()
 
     def _hide_prompt(self) -> None:
         self._prompt_mode = None
         self.prompt.remove_class("-visible")
+        self.pick_list.remove_class("-visible")
         target = getattr(self, "_prompt_return", None)
         (target if target is not None and target.is_attached else self.log_view).focus()
 

@@ -9,13 +9,13 @@ from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.events import Click
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Static
 
 from flextui.diagnosis import (
     cpu_text, elastic_bar_text, error_text, gpu_text, mem_text, silent_text, stall_text, status_text, verdict,
@@ -640,26 +640,130 @@ def node_detail(model: JobModel, node_rank: int, palette: Palette) -> Text:
     return text
 
 
-class FlexFooter(Footer):
-    """Textual's Footer, re-mounted only when the keys it shows change. Textual's re-mounts
-    every key whenever the bindings may have changed (each focus change, each dialog or
-    picker closed): with this app's keys that was the largest part of closing the picker."""
+class KeyBar(Widget, can_focus=False):
+    """The footer: the keys of the focused widget and its screen, drawn as one line.
 
-    _composed_for: tuple | None = None
+    Textual's Footer mounts a widget per key and mounts them all again whenever the
+    bindings may have changed: each focus change, each prompt, dialog or picker opened or
+    closed. At 512 ranks that was 20-50 ms of every such key. Here a change of keys is a
+    repaint of one line. A click on a key presses it (app.simulate_key, as Textual's
+    footer does); hovering one shows its tooltip."""
 
-    @staticmethod
-    def _shown(screen) -> tuple:
-        return tuple((binding.key, binding.description, binding.action, enabled, tooltip)
-                     for _node, binding, enabled, tooltip in screen.active_bindings.values() if binding.show)
+    ALLOW_SELECT = False
+    COMPONENT_CLASSES = {"keybar--key", "keybar--description"}
+    DEFAULT_CSS = """
+    KeyBar {
+        dock: bottom;
+        height: 1;
+        color: $footer-foreground;
+        background: $footer-background;
+        pointer: pointer;
+        .keybar--key {
+            color: $footer-key-foreground;
+            background: $footer-key-background;
+            text-style: bold;
+        }
+        .keybar--description {
+            color: $footer-description-foreground;
+            background: $footer-description-background;
+        }
+    }
+    """
 
-    def bindings_changed(self, screen) -> None:
-        if not (self.is_attached and screen is self.screen and screen.app.app_focus):
-            super().bindings_changed(screen)
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # (key, shown as, description, enabled, tooltip) in the order Textual's footer has them
+        self.keys: tuple[tuple[str, str, str, bool, str], ...] = ()
+        self._spans: list[tuple[int, int, int]] = []  # (start x, end x, index in keys)
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+        self._bindings_changed(self.screen)
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _bindings_changed(self, screen) -> None:
+        if not self.is_attached or screen is not self.screen:
             return
-        shown = self._shown(screen)
-        if shown == self._composed_for and self.children:
-            self._bindings_ready = True
-            return
-        self._composed_for = shown
-        super().bindings_changed(screen)
+        keys = self._shown(screen)
+        if keys != self.keys:
+            self.keys = keys
+            self.refresh()
 
+    def _shown(self, screen) -> tuple:
+        seen: set[str] = set()
+        keys = []
+        palette_key = None
+        app = self.app
+        for key, (_node, binding, enabled, tooltip) in screen.active_bindings.items():
+            if not binding.show or binding.action in seen:
+                continue  # one entry per action, as Textual's footer
+            seen.add(binding.action)
+            entry = (binding.key, app.get_key_display(binding), binding.description, enabled,
+                     tooltip or binding.tooltip or binding.description)
+            if key == app.COMMAND_PALETTE_BINDING and app.ENABLE_COMMAND_PALETTE:
+                palette_key = entry  # drawn at the right end
+            else:
+                keys.append(entry)
+        if palette_key is not None:
+            keys.append(palette_key)
+        return tuple(keys)
+
+    def render(self) -> Text:
+        key_style = self.get_component_rich_style("keybar--key")
+        description_style = self.get_component_rich_style("keybar--description")
+        dim = Style(dim=True)
+        text = Text(no_wrap=True, overflow="crop", end="")
+        spans = []
+        palette = self.app.ENABLE_COMMAND_PALETTE and self.keys and \
+            self.keys[-1][0] == self.app.COMMAND_PALETTE_BINDING
+        body = self.keys[:-1] if palette else self.keys
+        for index, (_key, shown, description, enabled, _tip) in enumerate(body):
+            start = text.cell_len
+            text.append(f" {shown} ", key_style + dim if not enabled else key_style)
+            text.append(f"{description} " if description else "", description_style + dim if not enabled
+                        else description_style)
+            spans.append((start, text.cell_len, index))
+        if palette:
+            _key, shown, description, enabled, _tip = self.keys[-1]
+            tail = Text.assemble(("▏", description_style), (f" {shown} ", key_style),
+                                 (f"{description} ", description_style))
+            room = self.size.width - tail.cell_len
+            if text.cell_len > room:
+                text.truncate(max(0, room), overflow="crop")
+                spans = [span for span in spans if span[1] <= room]
+            start = max(room, text.cell_len)
+            text.pad_right(start - text.cell_len)
+            text.append_text(tail)
+            spans.append((start, text.cell_len, len(self.keys) - 1))
+        self._spans = spans
+        return text
+
+    def key_at(self, x: int) -> tuple[str, str, str, bool, str] | None:
+        for start, end, index in self._spans:
+            if start <= x < end:
+                return self.keys[index]
+        return None
+
+    def region_of(self, key: str):
+        """Where a key is drawn (for tests and clicks), or None."""
+        for start, end, index in self._spans:
+            if self.keys[index][0] == key:
+                return Region(self.region.x + start, self.region.y, end - start, 1)
+        return None
+
+    def on_click(self, event: Click) -> None:
+        entry = self.key_at(event.x)
+        if entry is None:
+            return
+        if entry[3]:
+            self.app.simulate_key(entry[0])
+        else:
+            self.app.bell()
+
+    def on_mouse_move(self, event) -> None:
+        entry = self.key_at(event.x)
+        tooltip = entry[4] if entry else None
+        if tooltip != self.tooltip:
+            self.tooltip = tooltip
