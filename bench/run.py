@@ -377,6 +377,9 @@ def run_ui(quick: bool, env: dict, root: Path = REPO) -> tuple[list[dict], dict]
         if ranks == 512:
             by_key = ", ".join(f"{k} {v}" for k, v in (d.get("by_key_p95_ms") or {}).items())
             text += f"; p95 by key (ms): {by_key}; CPU of which the synthetic feed {d.get('feed_cpu_percent_of_core')}%"
+            if d.get("gc_full_collections") is not None:
+                text += (f"; {d['gc_full_collections']} full garbage collections (longest "
+                         f"{d.get('gc_full_pause_max_ms')} ms), {d.get('gc_tracked_objects')} objects tracked")
             if d.get("key_loop_cpu_p95_ms") is not None:  # what the loop itself spent, key to frame
                 loop = ", ".join(f"{k} {v}" for k, v in (d.get("by_key_loop_cpu_p95_ms") or {}).items())
                 text += (f"; event-loop CPU key → frame p50/p95 {d.get('key_loop_cpu_p50_ms')}/"
@@ -540,7 +543,8 @@ METHODS = """\
 - **ui**: bench/ui_load.py: the real FlexApp with its real terminal driver on a pseudo-terminal
   (200×50; the 512-rank case 160×48), fed synthetic launcher events on its own event loop
   (the job model as the console holds it; no processes). Keys are bytes written into the
-  terminal, one every 0.25 s; each is timed until the terminal has read the end of the first
+  terminal, one every 0.25 s; each is timed until the terminal (a reader in its own process,
+  as a terminal emulator is: a thread would wait for the console's GIL) has read the end of the first
   frame composed after the app's state showed the key's result and in which the widget that
   shows it was drawn (key → screen, including Textual's input parsing, the compositor and
   the frame's encoding and write). Refreshes/s and their interval; CPU (of which the

@@ -39,6 +39,7 @@ import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import threading
@@ -135,39 +136,66 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+READER = r"""
+import os, struct, sys, time
+master, out = int(sys.argv[1]), sys.stdout.buffer
+total = 0
+while True:
+    try:
+        data = os.read(master, 1 << 16)
+    except OSError:
+        break
+    if not data:
+        break
+    total += len(data)
+    out.write(struct.pack("<qd", total, time.clock_gettime(time.CLOCK_MONOTONIC)))
+    out.flush()
+"""
+
+
 class Terminal:
-    """The user's side of the pseudo-terminal: keys go in, frames are read (and counted)
-    by a thread, as a terminal emulator would, so the app's writes never block on us and
-    the time a frame's last byte arrived is known."""
+    """The user's side of the pseudo-terminal: keys go in; frames are read by another
+    process, as a terminal emulator would, so the app's writes never block on us and the
+    time a frame's last byte arrived is known. It is a process, not a thread of this one:
+    a reader thread needs this process's GIL, which the app holds most of the time, and
+    that added 20-30 ms to every key's latency (the app had written the frame; the
+    "terminal" had not been let read it)."""
 
     def __init__(self, width: int, height: int) -> None:
         self.master, self.slave = os.openpty()
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
         self.read_total = 0
+        self._read_at: list[tuple[int, float]] = []  # (bytes read so far, when: CLOCK_MONOTONIC)
         self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._process = subprocess.Popen([sys.executable, "-c", READER, str(self.master)],
+                                         pass_fds=(self.master,), stdout=subprocess.PIPE)
+        self._reports = threading.Thread(target=self._collect, daemon=True)
+        self._reports.start()
 
-    def _read(self) -> None:
+    def _collect(self) -> None:
+        pipe = self._process.stdout
         while True:
-            try:
-                data = os.read(self.master, 1 << 16)
-            except OSError:
+            record = pipe.read(16)
+            if len(record) < 16:
                 return
-            if not data:
-                return
+            total, at = struct.unpack("<qd", record)
             with self._cond:
-                self.read_total += len(data)
+                self.read_total = total
+                self._read_at.append((total, at))
                 self._cond.notify_all()
 
+    @staticmethod
+    def now() -> float:
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+
     def send(self, data: bytes) -> float:
-        t = perf_counter()
+        t = self.now()
         os.write(self.master, data)
         return t
 
     def wait_read(self, total: int, timeout: float) -> float | None:
-        """perf_counter() when `total` bytes have been read (None: not within timeout).
-        Called from a worker thread: it blocks."""
+        """When (CLOCK_MONOTONIC, as the reader saw it) `total` bytes had been read (None:
+        not within timeout). Called from a worker thread: it blocks."""
         deadline = perf_counter() + timeout
         with self._cond:
             while self.read_total < total:
@@ -175,7 +203,11 @@ class Terminal:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-            return perf_counter()
+            return next(at for read, at in self._read_at if read >= total)
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait()
 
 
 class Probe:
@@ -270,6 +302,7 @@ async def bench(args: argparse.Namespace) -> dict:
     finally:
         os.dup2(saved_stdin, 0)
         os.dup2(saved_stderr, 2)
+        terminal.close()
 
 
 async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: argparse.Namespace) -> dict:
@@ -323,8 +356,8 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
         probe = Probe(done)
         probe.watched = watched  # type: ignore[attr-defined]
         app.probe = probe
+        until = perf_counter() + LATE
         t0 = terminal.send(keys)
-        until = t0 + LATE
         while probe.frame_end is None and perf_counter() < until:
             await asyncio.sleep(0.001)
         shown = None
@@ -397,19 +430,14 @@ async def _drive(app: TimedApp, job: SyntheticJob, terminal: Terminal, args: arg
         elif kind == "picker":
             target = min(137, len(app.model.ranks) - 1)
             terminal.send(b":")
-            from textual.command import CommandList, CommandPalette
-
-            if not await settle(lambda: isinstance(app.screen, CommandPalette)):
+            if not await settle(lambda: app.focused is app.prompt and app.pick_list.display):
                 missed[kind] = missed.get(kind, 0) + 1
                 return
             await type_keys(*str(target).encode())
 
             def listed() -> bool:
-                try:
-                    commands = app.screen.query_one(CommandList)
-                except Exception:
-                    return False
-                return commands.option_count > 0 and str(commands.get_option_at_index(0).prompt).startswith(
+                picks = app.pick_list
+                return picks.option_count > 0 and str(picks.get_option_at_index(0).prompt).startswith(
                     f"rank {target} ")
 
             if not await settle(listed):
