@@ -350,7 +350,12 @@ def test_ls_states_and_open_of_a_finished_4_rank_run(job_dir, marker):
         assert list(rank.tail) == file_lines(run_dir / f"rank-{rank.rank}.log")[-len(rank.tail):]
         assert rank.line_count == summary["ranks"][rank.rank]["lines"]
     assert job.model.ranks[1].tail[-1] == "rank 1 fails"
-    opened = flextui(job_dir, "open", *logs, finished_failed[:17])
+    # open by a prefix of the id: the shortest past "date-time-" that names one run (runs
+    # started in the same second share their first 16 characters, and may share more)
+    others = [r["id"] for r in listed if r["id"] != finished_failed]
+    prefix = next(finished_failed[:n] for n in range(17, len(finished_failed) + 1)
+                  if not any(other.startswith(finished_failed[:n]) for other in others))
+    opened = flextui(job_dir, "open", *logs, prefix)
     assert opened.returncode == 0 and opened.stdout.splitlines()[1:] == failed.stdout.splitlines()[-6:]
     still = flextui(job_dir, "open", *logs, running.name)
     assert still.returncode == 1 and f"still running: `flextui attach {running.name}`" in still.stderr
