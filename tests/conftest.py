@@ -210,8 +210,9 @@ def mpi_cluster(request, cluster):
 # --------------------------------------------------------------------------- #
 # Test tiers.  `cluster`: the test uses a real sshd/Slurm/MPI test cluster (applied
 # automatically from its fixtures; by hand where a test looks its cluster up itself).
-# `slow`: a local test that runs real torch jobs or waits out real timeouts (marked by
-# hand).  The quick loop is
+# `slow`: a local test that takes a second or more on 2 quiet cores: real torch jobs, real
+# timeouts and grace periods, Pilot tests of 64-512-rank jobs (marked by hand, from
+# `pytest --durations=0`).  The quick loop is
 #     ./dev quick        = pytest -q -n 2 -m "not cluster and not slow" (pytest-xdist)
 # and `./dev test` (CI) runs everything: the tests without a cluster with -n 2, then the
 # cluster tests one at a time (./dev run_tests). A process count in a test that is not

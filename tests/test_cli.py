@@ -143,6 +143,7 @@ def bad_cases(tmp_path: Path, busy_port: int):
     "env without key", "master port in use", "invalid master port", "non-numeric port",
     "negative grace", "no script", "unusable log dir",
 ])
+@pytest.mark.slow
 def test_bad_input(tmp_path, case):
     with socket.socket() as busy:  # a master port someone else listens on
         busy.bind(("127.0.0.1", 0))

@@ -343,6 +343,7 @@ def flextui_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_flextui_stacks_run_from_another_shell(tmp_path, marker):
     proc = start_silent_job(tmp_path, 60)
     try:
@@ -360,6 +361,7 @@ def test_flextui_stacks_run_from_another_shell(tmp_path, marker):
     assert stop.returncode == 0 and proc.returncode == 130
 
 
+@pytest.mark.slow
 def test_flextui_stacks_says_where_py_spy_is_missing(tmp_path, marker):
     proc = start_silent_job(tmp_path, 60, env={"FLEXTUI_PY_SPY": ""})
     try:

@@ -213,6 +213,7 @@ def test_no_zombies_while_running_or_after(tmp_path, marker, worker):
     assert_all_gone(marker, worker_pids(launcher) + child_pids(log_dir, [1]))
 
 
+@pytest.mark.slow
 def test_sigterm_ignoring_worker_is_killed_after_the_grace(tmp_path, marker, worker):
     log_dir = tmp_path / "logs"
     launcher = Launcher(node_spec(log_dir, argvs(worker, 2, "--ignore-term", "0", "--children", "1")),
@@ -376,6 +377,7 @@ def test_a_preflight_problem_is_reported_and_nothing_starts(tmp_path, marker, wo
     assert_all_gone(marker)
 
 
+@pytest.mark.slow
 def test_a_clean_preflight_starts_nothing_until_go(tmp_path, marker, worker):
     log_dir = tmp_path / "logs"
     request = {"cwd": str(tmp_path), "script": str(worker), "need_psutil": True}
@@ -547,6 +549,7 @@ def test_map_gpus_takes_slot_ids_as_indexes_into_the_launchers_own_gpus(tmp_path
 
 
 @pytest.mark.parametrize("first", ["stop", "stop_rank, then stop"])
+@pytest.mark.slow
 def test_a_stop_sends_each_process_exactly_one_sigterm(tmp_path, marker, first):
     """A script that checkpoints on SIGTERM must not get a second one (begin_stop signalled
     the tree, then killpg'd each worker again); nor a process a stop_rank already asked."""
@@ -570,6 +573,7 @@ def test_a_stop_sends_each_process_exactly_one_sigterm(tmp_path, marker, first):
 # -- every event reaches the channel before the launcher exits (issue 9 defect 1) ------------
 
 
+@pytest.mark.slow
 def test_the_launcher_waits_until_a_slow_reader_has_every_event(tmp_path, marker):
     """The console (or its SSH session) may stall while the ranks finish: the launcher must
     not exit with events still in its buffer. ~100 KB: more than a pipe holds (64 KiB), less
@@ -676,6 +680,7 @@ TERM_DEAF = "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_
     ("silent", "console-lost"),  # not a word for console_timeout, stdin still open: a cut network
     ("stopped", "done"),  # the console stopped the job
 ])
+@pytest.mark.slow
 def test_reason_fd_says_whether_the_console_was_lost(tmp_path, marker, case, expected):
     """The MPI guard ends the runtime's daemon on a cut-off node only after "console-lost";
     on anything else the runtime must be left to report the node's end itself."""

@@ -70,6 +70,7 @@ def by_rank(sample: dict) -> dict[int, dict]:
     return {entry["rank"]: entry for entry in sample["ranks"]}
 
 
+@pytest.mark.slow
 def test_samples_measure_each_ranks_process_tree(tmp_path, marker):
     launcher = start(tmp_path, "spin")
     wait_for(lambda: "spinning" in launcher.output(0), 20, "rank 0 spinning")
@@ -104,6 +105,7 @@ def test_gpu_figures_come_from_nvml(tmp_path, marker):
     stop(launcher, marker)
 
 
+@pytest.mark.slow
 def test_nvml_without_a_driver_says_so(tmp_path, marker):
     launcher = start(tmp_path, "-", launcher_env={"PYTHONPATH": str(STANDINS), "FAKE_NVML_NO_DRIVER": "1"})
     latest = samples(launcher, 1)[-1]

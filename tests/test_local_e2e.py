@@ -130,6 +130,7 @@ def test_env_per_rank_two_local_nodes_uneven_slots(tmp_path, marker, worker):
     assert_nothing_survives(marker)
 
 
+@pytest.mark.slow
 def test_one_rank_exits_3_stops_everything(tmp_path, marker, worker):
     hostfile = write_hostfile(tmp_path)
     proc = start_flextui(*flextui_args(tmp_path), str(hostfile), str(worker), "--children", "2", "--orphan",
@@ -208,6 +209,7 @@ def test_kill_9_of_flextui_stops_everything(tmp_path, marker, worker):
     assert all(f"ready rank {r}" in read_text(run_dir / f"rank-{r}.log") for r in range(4))
 
 
+@pytest.mark.slow
 def test_sigterm_ignoring_worker_is_sigkilled_after_the_grace(tmp_path, marker, worker):
     hostfile = write_hostfile(tmp_path)
     proc = start_flextui(*flextui_args(tmp_path, "--grace", "1"), str(hostfile), str(worker),
@@ -246,6 +248,7 @@ def test_second_sigint_kills_at_once(tmp_path, marker, worker):
     assert_nothing_survives(marker)
 
 
+@pytest.mark.slow
 def test_every_line_of_a_100k_line_rank_is_logged_and_printed(tmp_path, marker, worker):
     hostfile = write_hostfile(tmp_path, "localhost slots=2\n")
     lines = 100_000
@@ -377,6 +380,7 @@ def test_command_modes_end_to_end(tmp_path, marker, mode):
         assert f"[{rank}|localhost] {expect.format(rank=rank)}\n" in out
 
 
+@pytest.mark.slow
 def test_a_failure_on_one_node_stops_the_other_node(tmp_path, marker, worker):
     # Two node launchers (localhost, 127.0.0.1): rank 3 on node 1 fails; node 0's ranks
     # are stopped by the console's stop command, not by their own launcher.
@@ -440,6 +444,7 @@ def args_digest(args: list[str]) -> str:
     return f"ARGS {len(args)} {hashlib.sha256(chr(0).join(args).encode()).hexdigest()}"
 
 
+@pytest.mark.slow
 def test_a_megabyte_of_script_arguments_on_eight_slots(tmp_path, marker):
     """The node spec travels on the launcher's stdin with the script arguments once, not
     once per rank in one argv word (8 x 1 MB base64 was "Argument list too long")."""

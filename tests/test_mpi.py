@@ -153,6 +153,7 @@ def test_guard_forwards_sigterm_and_ends_like_the_launcher(tmp_path):
         guard.kill()
 
 
+@pytest.mark.slow
 def test_launcher_outlives_a_sigkilled_guard_and_stops_on_stdin_eof(tmp_path):
     """The runtime's daemon SIGKILLs the guard (and its process group); the launcher goes on
     until the daemon closes its stdin, then stops in its own time."""
@@ -195,6 +196,7 @@ sys.exit(code & 255)
 
 @pytest.mark.parametrize("daemon", ["orted", "hydra"])
 @pytest.mark.parametrize("console", ["lost", "alive"])
+@pytest.mark.slow
 def test_guard_ends_the_runtimes_daemon_only_when_the_console_is_lost(tmp_path, marker, daemon, console):
     """On a cut-off node the daemon can never report to its mpirun and would stay until the
     network returns: the launcher says "console-lost" and the guard SIGTERMs the daemon

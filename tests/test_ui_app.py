@@ -72,6 +72,7 @@ async def finish(app, pilot) -> None:
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_tabs_for_every_rank_and_number_keys():
     job = FakeJob({"a": 8, "b": 8})
     job.start_all()
@@ -94,6 +95,7 @@ async def test_tabs_for_every_rank_and_number_keys():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_selecting_a_row_opens_its_tab():
     job = FakeJob()
     job.start_all()
@@ -111,6 +113,7 @@ async def test_selecting_a_row_opens_its_tab():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_follow_pauses_on_scroll_up_and_keeps_its_place():
     job = FakeJob(tail_lines=300)
     job.start_all()
@@ -140,6 +143,7 @@ async def test_follow_pauses_on_scroll_up_and_keeps_its_place():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_search_next_previous_and_highlight():
     job = FakeJob()
     job.start_all()
@@ -167,6 +171,7 @@ async def test_search_next_previous_and_highlight():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_filter_shows_only_matching_lines_and_keeps_up():
     job = FakeJob()
     job.start_all()
@@ -262,6 +267,7 @@ async def test_all_ranks_view_collapses_identical_lines():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_stop_rank_node_and_kill_ask_first():
     job = FakeJob({"a": 2, "b": 2})
     job.start_all()
@@ -287,6 +293,7 @@ async def test_stop_rank_node_and_kill_ask_first():
         await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_ctrl_c_aborts_then_kills_then_quits():
     job = FakeJob(finish_on_stop=False)
     job.start_all()
@@ -306,6 +313,7 @@ async def test_ctrl_c_aborts_then_kills_then_quits():
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_quit_asks_while_running_and_stops_the_job_first():
     job = FakeJob(finish_on_stop=False)
     job.start_all()
@@ -393,6 +401,7 @@ async def test_detach_is_offered_only_for_a_job_that_can_detach():
             await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_theme_cycles_and_status_colours_follow(tmp_path):
     job = demo_job()
     (tmp_path / "zz-mine.toml").write_text('primary = "#ff00ff"\n[variables]\nstatus-failed = "#00ff00"\n')
@@ -420,6 +429,7 @@ async def test_unknown_theme_is_an_error_before_the_screen():
         FlexApp(FakeJob(), theme="nope", theme_dirs=[])
 
 
+@pytest.mark.slow
 async def test_command_palette_opens_a_rank():
     job = FakeJob({"localhost": 8})
     job.start_all()
@@ -494,6 +504,7 @@ async def click_footer(pilot, key: str) -> None:
     await pilot.click(KeyBar, offset=(region.x - bar.region.x + 1, 0))
 
 
+@pytest.mark.slow
 async def test_confirm_dialog_buttons_are_clickable_and_keyboard_usable():
     job = FakeJob({"a": 2, "b": 2})
     job.start_all()
@@ -518,6 +529,7 @@ async def test_confirm_dialog_buttons_are_clickable_and_keyboard_usable():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_rank_panel_shows_the_selected_rank_and_its_buttons_act_after_asking():
     job = demo_job()
     app = make_app(job, clock=lambda: DEMO_NOW)
@@ -553,6 +565,7 @@ async def test_rank_panel_shows_the_selected_rank_and_its_buttons_act_after_aski
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_a_click_on_the_footers_abort_asks_but_ctrl_c_does_not():
     job = FakeJob(finish_on_stop=False)
     job.start_all()
@@ -579,6 +592,7 @@ def first_rows(app, n: int) -> list[list[str]]:
     return [app.table.render_line(y).text.split() for y in range(n)]
 
 
+@pytest.mark.slow
 async def test_512_ranks_sort_filter_and_problem_key():
     job = big_job()
     app = make_app(job)
@@ -612,6 +626,7 @@ async def test_512_ranks_sort_filter_and_problem_key():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_group_by_node_folds_and_unfolds():
     job = big_job(nodes=4, per_node=8)
     app = make_app(job)
@@ -636,6 +651,7 @@ async def test_group_by_node_folds_and_unfolds():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_picker_goes_to_a_rank_or_a_host():
     job = big_job()
     app = make_app(job)
@@ -667,6 +683,7 @@ async def test_picker_goes_to_a_rank_or_a_host():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_picker_arrows_a_click_and_nothing_found():
     job = big_job(nodes=8, per_node=8)
     app = make_app(job)
@@ -703,6 +720,7 @@ async def test_picker_arrows_a_click_and_nothing_found():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_digit_buffer_is_cleared_by_other_keys():
     job = big_job(nodes=8, per_node=8)
     app = make_app(job)
@@ -731,6 +749,7 @@ async def test_table_values_sit_under_their_headers():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_log_keys_act_on_the_log_whatever_has_the_focus():
     job = FakeJob(tail_lines=500)
     job.start_all()
@@ -756,6 +775,7 @@ async def test_log_keys_act_on_the_log_whatever_has_the_focus():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_search_scrolls_to_a_match_beyond_the_right_edge_and_on_a_wrapped_row():
     job = FakeJob()
     job.start_all()
@@ -815,6 +835,7 @@ async def test_summary_offers_no_first_failure_when_nothing_failed():
         await settle(pilot)
 
 
+@pytest.mark.slow
 async def test_stopping_a_node_says_why_the_job_ended_aborted():
     job = FakeJob({"a": 2, "b": 2})
     job.start_all()
@@ -836,6 +857,7 @@ async def test_stopping_a_node_says_why_the_job_ended_aborted():
         await settle(pilot)
 
 
+@pytest.mark.slow
 async def test_all_ranks_view_shows_or_hides_ranks():
     job = FakeJob({"localhost": 8})
     job.start_all()
@@ -860,6 +882,7 @@ async def test_all_ranks_view_shows_or_hides_ranks():
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_a_paused_view_stays_put_while_a_rank_floods():
     job = FakeJob({"localhost": 4}, tail_lines=1000)
     job.start_all()

@@ -7,6 +7,8 @@ Real jobs: tests/test_diagnosis_e2e.py (headless, the job), tests/test_ui_tmux.p
 
 from __future__ import annotations
 
+import pytest
+
 from flextui.stacks import rank_stack  # noqa: F401 - FakeJob turns events into stacks with it
 from flextui.ui.app import FlexApp, stop_job_of
 from flextui.ui.screens import SummaryScreen
@@ -60,6 +62,7 @@ async def finish(app, pilot) -> None:
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_cpu_mem_silent_columns_stall_flags_and_sorts():
     job, clock = running_job()
     sample(job, 0, [{"rank": r, "cpu": [97.0, 3.0, 50.0, 12.0][r], "rss": (r + 1) * 700 << 20,
@@ -177,6 +180,7 @@ TRACEBACK = ["Traceback (most recent call last):"] + [
 ] + ["RuntimeError: rank 3 hit a simulated fault at step 2"]
 
 
+@pytest.mark.slow
 async def test_x_puts_the_exception_line_on_screen_and_names_collateral_ranks():
     job, clock = running_job(ranks=4)
     for rank in range(4):

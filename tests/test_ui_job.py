@@ -113,6 +113,7 @@ def table_rows(app) -> list[str]:
     return [app.table.render_line(y).text for y in range(len(app.model.ranks))]
 
 
+@pytest.mark.slow
 async def test_tabs_statuses_and_exit_codes_of_a_real_job(local_job):
     job = await local_job("quick", ranks=4)
     app = FlexApp(job, theme_dirs=[])
@@ -133,6 +134,7 @@ async def test_tabs_statuses_and_exit_codes_of_a_real_job(local_job):
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_failing_rank_is_flagged_first_and_x_jumps_to_its_traceback(local_job):
     job = await local_job("fail", ranks=4, fail_rank=2)
     app = FlexApp(job, theme_dirs=[])
@@ -204,6 +206,7 @@ async def test_q_on_a_running_job_stops_it_and_waits(local_job):
     await asyncio.sleep(0.1)  # let the closed pipes' callbacks run before the loop closes
 
 
+@pytest.mark.slow
 async def test_stop_one_rank_from_the_table(local_job):
     job = await local_job("forever", ranks=2)
     app = FlexApp(job, theme_dirs=[])
@@ -218,6 +221,7 @@ async def test_stop_one_rank_from_the_table(local_job):
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_a_progress_bar_shows_as_one_live_line_while_it_is_drawn(local_job):
     job = await local_job("progress", ranks=2)
     app = FlexApp(job, theme_dirs=[])
@@ -235,6 +239,7 @@ async def test_a_progress_bar_shows_as_one_live_line_while_it_is_drawn(local_job
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_kill_rank_button_sigkills_one_rank_now(local_job):
     """Kill rank (issue 13): SIGKILL at once, even for a rank that ignores SIGTERM; the
     other ranks go on, and it counts as stopped by the user, not as a failure."""
@@ -261,6 +266,7 @@ async def test_kill_rank_button_sigkills_one_rank_now(local_job):
     await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_a_live_ranks_whole_log_file_is_shown_and_searched(local_job):
     """Beyond the 5,000 lines kept in memory: `g` shows the rank's first line and search
     finds an early one, read from its log file in the run directory, while it runs."""

@@ -82,6 +82,7 @@ async def test_a_live_rank_log_is_whole_search_g_and_x_reach_its_start(tmp_path)
         await finish(app, pilot)
 
 
+@pytest.mark.slow
 async def test_lines_keep_coming_while_a_paused_view_stays_at_the_start(tmp_path):
     path = tmp_path / "rank-0.log"
     data = write_log(path, 300_000)

@@ -4,6 +4,8 @@ the first failure in view through a stop cascade."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import io
 
@@ -37,6 +39,7 @@ def panel_text(app) -> str:
     return str(app.panel.query_one("#rank-info").render())
 
 
+@pytest.mark.slow
 async def test_a_share_of_the_job_shows_the_jobs_rank_numbers():
     job = share_job(2)  # ranks 16-23 of 32
     job.start_all()
@@ -131,6 +134,7 @@ async def stop_cascade(pilot, app, job, down: int) -> None:
         await pilot.pause(0.15)
 
 
+@pytest.mark.slow
 async def test_a_status_sort_keeps_the_first_failure_on_top_through_a_stop_cascade():
     """The cursor on the top row stays there: the first failure is selected and shown."""
     job = FakeJob({f"node{i:02d}": 8 for i in range(64)})
@@ -147,6 +151,7 @@ async def test_a_status_sort_keeps_the_first_failure_on_top_through_a_stop_casca
         await stop_job_of(app)
 
 
+@pytest.mark.slow
 async def test_a_selected_rank_resorted_into_the_first_screenful_shows_the_top_too():
     """The cursor follows its rank down and back up while 512 ranks stop; once that rank is
     back within the first screenful the table shows its top (the first failure) again."""

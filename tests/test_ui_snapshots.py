@@ -109,6 +109,7 @@ def test_kill_rank_asks_in_a_dialog_with_buttons(snap_compare):
     assert snap_compare(app_for("dark"), run_before=steps("down", "ctrl+k"), terminal_size=SIZE)
 
 
+@pytest.mark.slow
 def test_picker_lists_matching_ranks_and_hosts(snap_compare):
     async def pick(pilot):
         await pilot.press("colon")
