@@ -157,13 +157,14 @@ def failure_text(model: JobModel, first: RankState, with_error: bool = True) -> 
 
 def collateral_text(model: JobModel) -> str | None:
     """`collateral: ranks 0-2,4-7 failed after rank 3 with a peer-connection error`."""
-    collateral = [r.rank for r in model.current_ranks if r.collateral]
+    number = model.world.global_rank  # the job's RANK (--no_ssh runs a share of it)
+    collateral = [number(r.rank) for r in model.current_ranks if r.collateral]
     if not collateral:
         return None
     first = model.first_failure
     lost = [n.host for n in model.nodes if n.lost]
     if first is not None:
-        cause = f"rank {first.rank}"
+        cause = f"rank {number(first.rank)}"
     elif lost:
         cause = f"node {', '.join(lost)} was lost"
     else:
@@ -230,7 +231,7 @@ def stall_warning(model: JobModel, rank: RankState, now: float) -> str:
     """One line when a rank is first flagged: `rank 5 on n2: silent for 5m (--stall_after
     300): stalled? (it keeps running)`."""
     silent = model.silent_for(rank, now) or 0.0
-    return (f"rank {rank.rank} on {rank.info.host}: silent for {short_duration(silent)} "
+    return (f"rank {model.world.global_rank(rank.rank)} on {rank.info.host}: silent for {short_duration(silent)} "
             f"(--stall_after {model.stall_after:g}): stalled? (it keeps running)")
 
 

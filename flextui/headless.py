@@ -26,7 +26,7 @@ def summary_table(model: JobModel) -> str:
     now = model.ended_at or model.clock()
     header = ("RANK", "HOST", "GPU", "PID", "OUTCOME", "DURATION")
     rows = [
-        (str(r.rank), r.info.host, str(r.info.gpu), str(r.pid or "-"), outcome_text(r),
+        (str(model.world.global_rank(r.rank)), r.info.host, str(r.info.gpu), str(r.pid or "-"), outcome_text(r),
          f"{r.runtime(now):.1f}s")
         for r in model.current_ranks
     ]
@@ -159,7 +159,8 @@ class HeadlessConsole:
     def __init__(self, job: Job, out: TextIO = sys.stdout) -> None:
         self.job = job
         self.out = ConsoleOutput(out, self._output_failed)
-        self.prefixes = [f"[{r.rank}|{r.host}] " for r in job.world.ranks]
+        # the job's RANK: under --no_ssh --node_rank N this console runs a share of the job
+        self.prefixes = [f"[{job.world.global_rank(r.rank)}|{r.host}] " for r in job.world.ranks]
         self.elastic = isinstance(job.model, ElasticJobModel)
         self._attempts_told = self._lost_told = 0
         try:

@@ -1424,6 +1424,9 @@ class Worker(Child):
     def __init__(self, spec: dict, log_dir: str, command: dict | None) -> None:
         self.rank: int = spec["rank"]
         self.local_rank: int = spec.get("local_rank", 0)
+        # DeepSpeed names a rank's own log by its RANK, which differs from this console's
+        # index when the console runs one node's share (--no_ssh --node_rank N)
+        self.job_rank = int(spec.get("env", {}).get("RANK", self.rank))
         argv = spec["argv"] if "argv" in spec else command_argv(command, spec["local_rank"])
         log = LogTail(os.path.join(log_dir, f"rank-{self.rank}.log"), {"ev": "out", "rank": self.rank})
         super().__init__(argv, log, spec.get("env", {}))
@@ -1468,7 +1471,7 @@ class FixedLauncher(NodeLauncher):
         try:
             os.makedirs(directory, exist_ok=True)
             for worker in self.workers:
-                worker.log.copy_to(os.path.join(directory, f"{rank_log['prefix']}_rank{worker.rank}.log"))
+                worker.log.copy_to(os.path.join(directory, f"{rank_log['prefix']}_rank{worker.job_rank}.log"))
         except OSError as exc:
             self.setup_error = f"--enable_each_rank_log: {exc.filename}: {exc.strerror}"
 

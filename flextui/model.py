@@ -516,7 +516,8 @@ class JobModel:
             "first_failure": self.first_failure.rank if self.first_failure else None,
             "ranks": [
                 {
-                    "rank": r.rank, "host": r.info.host, "node_rank": r.info.node_rank,
+                    "rank": r.rank, "job_rank": self.world.global_rank(r.rank),  # rank-<rank>.log
+                    "host": r.info.host, "node_rank": r.info.node_rank,
                     "local_rank": r.info.local_rank, "gpu": r.info.gpu, "pid": r.pid,
                     "status": r.status.value, "code": r.code, "signal": r.signal,
                     "stopped": r.stopped, "duration": round(r.runtime(now), 3),

@@ -492,13 +492,21 @@ def test_no_ssh_runs_one_nodes_share_with_the_jobs_identity(tmp_path):
     (tmp_path / "env.py").write_text(
         "import os\nprint(' '.join(f'{k}={os.environ[k]}' for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', "
         "'CROSS_RANK', 'CROSS_SIZE', 'LOCAL_SIZE')), flush=True)\n")
-    result = run_flextui("--headless", "--log-dir", "runs", "--no_ssh", "--node_rank", "1", "hosts", "env.py",
-                         cwd=tmp_path)
+    result = run_flextui("--headless", "--log-dir", "runs", "--no_ssh", "--node_rank", "1",
+                         "--enable_each_rank_log", "each", "hosts", "env.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if "RANK=" in line)
-    assert lines == [f"RANK={2 + i} LOCAL_RANK={i} WORLD_SIZE=5 CROSS_RANK=1 CROSS_SIZE=2 LOCAL_SIZE=3"
-                     for i in range(3)]
+    lines = sorted(line for line in result.stdout.splitlines() if "RANK=" in line)
+    # every rank number shown is the job's RANK, not this console's index (0-2)
+    assert lines == [f"[{2 + i}|127.0.0.1] RANK={2 + i} LOCAL_RANK={i} WORLD_SIZE=5 CROSS_RANK=1 CROSS_SIZE=2 "
+                     "LOCAL_SIZE=3" for i in range(3)]
     assert "this machine runs ranks 2-4 of 5" in result.stderr
+    table = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("RANK "))
+    assert [row.split()[0] for row in table[header + 1: header + 4]] == ["2", "3", "4"]
+    assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "each").iterdir()) == [
+        "rank2.log", "rank3.log", "rank4.log"]  # DeepSpeed's names: by RANK
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert [(r["rank"], r["job_rank"]) for r in summary["ranks"]] == [(0, 2), (1, 3), (2, 4)]
 
 
 @pytest.mark.parametrize("argv, fragment", [

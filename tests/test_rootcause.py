@@ -9,6 +9,7 @@ from flextui.diagnosis import (
     collateral_text, cpu_text, error_text, gpu_telemetry_note, gpu_text, mem_text, outcome_text, rank_status_text,
     short_duration, silent_text, stall_text, stall_warning, status_text, verdict_line,
 )
+from flextui.headless import summary_table
 from flextui.model import JobModel, JobState
 from flextui.rootcause import error_line, is_peer_error
 from flextui.world import World
@@ -77,10 +78,10 @@ def test_peer_errors(line, peer):
 T0 = 1000.0
 
 
-def cascade() -> JobModel:
+def cascade(world: World | None = None) -> JobModel:
     """4 ranks on n1, n2: rank 3 raises, 0 and 2 die of gloo errors, 1 is stopped."""
     clock = lambda: T0 + 20  # noqa: E731
-    m = JobModel(World.from_slots({"n1": [0, 1], "n2": [0, 1]}), "run", clock=clock)
+    m = JobModel(world or World.from_slots({"n1": [0, 1], "n2": [0, 1]}), "run", clock=clock)
     for r in m.ranks:
         m.apply(r.info.node_rank, {"ev": "started", "rank": r.rank, "pid": 100 + r.rank, "t": T0})
     for rank, text, code, signal, t, stopped in (
@@ -111,6 +112,17 @@ def test_a_cascade_in_words():
                                         "RuntimeError: rank 3 hit a simulated fault at step 2")
     assert collateral_text(m) == "collateral: ranks 0,2 failed after rank 3 with a peer-connection error"
     assert m.summary()["ranks"][0]["collateral"] is True and "error" in m.summary()["ranks"][3]
+
+
+def test_a_share_of_the_job_names_the_jobs_ranks():
+    """--no_ssh --node_rank 2: this console's ranks 0-3 are the job's 4-7."""
+    share = World.from_slots({"n0": [0, 1], "n1": [0, 1], "n2": [0, 1, 2, 3]}).share_of(2)
+    m = cascade(share)
+    assert collateral_text(m) == "collateral: ranks 4,6 failed after rank 7 with a peer-connection error"
+    table = summary_table(m).splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("RANK "))
+    assert [row.split()[0] for row in table[header + 1: header + 5]] == ["4", "5", "6", "7"]
+    assert "root cause: rank 7 on n2" in table[-1]
 
 
 def running(stall_after: float = 300.0) -> tuple[JobModel, list[float]]:
