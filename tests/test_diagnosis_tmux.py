@@ -9,11 +9,10 @@ grouped in tests/test_diagnosis_e2e.py), py-spy runs for real on every rank.
 from __future__ import annotations
 
 import sys
-import uuid
 
 import pytest
 
-from tests.test_ui_tmux import Terminal, marked
+from tests.test_ui_tmux import marked_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +35,9 @@ load_batch() if rank == 2 else wait_for_peers()
 
 @pytest.fixture
 def terminal(tmp_path):
-    (tmp_path / "hostfile").write_text("localhost slots=4\n")
-    (tmp_path / "hung.py").write_text(HUNG)
-    term = Terminal(tmp_path, width=160, height=48)
-    term.marker = f"flextui-diag-tmux-{uuid.uuid4().hex[:8]}"
-    yield term
-    term.close()
-    leftovers = marked(term.marker)
-    for proc in leftovers:
-        proc.kill()
-    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+    with marked_terminal(tmp_path, {"hostfile": "localhost slots=4\n", "hung.py": HUNG},
+                         width=160, height=48) as term:
+        yield term
 
 
 def test_a_hung_job_is_flagged_and_d_shows_its_ranks_grouped(terminal):

@@ -9,12 +9,11 @@ import os
 import signal
 import sys
 import time
-import uuid
 
 import psutil
 import pytest
 
-from tests.test_ui_tmux import Terminal, _quote, marked
+from tests.test_ui_tmux import Terminal, _quote, marked, marked_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +30,10 @@ while True:
 
 @pytest.fixture
 def term(tmp_path):
-    (tmp_path / "hostfile").write_text("localhost slots=4\n")
-    (tmp_path / "worker.py").write_text(WORKER)
-    terminal = Terminal(tmp_path, width=160, height=48)
-    terminal.marker = f"flextui-tmux-test-{uuid.uuid4().hex[:8]}"
-    yield terminal
-    terminal.close()
-    deadline = time.monotonic() + 15  # a supervisor finishing its job's record
-    while (consoles := [p for p in psutil.process_iter(["cmdline"])
-                        if terminal.marker in (p.info["cmdline"] or [])]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for proc in consoles:
-        proc.kill()
-    assert not consoles, f"processes left behind: {[p.pid for p in consoles]}"
+    # the console and a supervisor too; a supervisor may take a moment to finish its record
+    with marked_terminal(tmp_path, {"hostfile": "localhost slots=4\n", "worker.py": WORKER}, wait=15,
+                         workers_only=False, width=160, height=48) as terminal:
+        yield terminal
 
 
 def flextui(*args: str) -> str:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -92,31 +94,45 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def marked(marker: str) -> list[psutil.Process]:
-    """Worker processes (python -u worker.py ... MARKER), not the console or tmux."""
+def marked(marker: str, workers_only: bool = True) -> list[psutil.Process]:
+    """Processes with `marker` in their argv: the workers (python -u worker.py ... MARKER),
+    or with workers_only=False also the console and a supervisor; never tmux."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             argv = proc.info["cmdline"] or []
-            if marker in argv and "-u" in argv:
+            if marker in argv and (not workers_only or "-u" in argv):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
 
 
-@pytest.fixture
-def terminal(tmp_path):
-    (tmp_path / "hostfile").write_text("localhost slots=2\n")
-    (tmp_path / "worker.py").write_text(WORKER)
-    term = Terminal(tmp_path)
+@contextmanager
+def marked_terminal(tmp_path, files: dict[str, str], wait: float = 0.0, workers_only: bool = True,
+                    **size: int) -> Iterator[Terminal]:
+    """A tmux terminal in tmp_path (with `files` written there) and a unique marker for the
+    job's argv. Afterwards nothing marked may be left (within `wait` seconds)."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    term = Terminal(tmp_path, **size)
     term.marker = f"flextui-tmux-test-{uuid.uuid4().hex[:8]}"
-    yield term
-    term.close()
-    leftovers = marked(term.marker)
+    try:
+        yield term
+    finally:
+        term.close()
+    deadline = time.monotonic() + wait
+    while (leftovers := marked(term.marker, workers_only)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for proc in leftovers:
         proc.kill()
     assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    with marked_terminal(tmp_path, {"hostfile": "localhost slots=2\n", "worker.py": WORKER}) as term:
+        yield term
 
 
 def flextui(term: Terminal, mode: str) -> list[str]:
