@@ -149,3 +149,47 @@ async def test_open_of_a_finished_run_shows_and_searches_the_whole_log(tmp_path)
             await settle(pilot)
             assert screen_text(app).rstrip().splitlines()[-1].startswith("step 2049999")
             app.exit()
+
+
+async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(tmp_path):
+    """`&` on a rank whose first lines are only in its log file: the matches from the file
+    come first, then those in memory, then new ones; a wrapped view filters memory only."""
+    path = tmp_path / "rank-0.log"
+    data = write_log(path, 60_000)  # "found the needle early" is line 7; memory keeps 5,000
+    job = FakeJob()
+    job.log_files[0] = str(path)
+    job.start_all()
+    job.out(0, data.decode())
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.log_view
+        await pilot.press("0")
+        await until(pilot, lambda: view.source.ready, timeout=30)
+        await prompt(pilot, "ampersand", "needle|step 0059999|step 001000[0-2] ")
+        await until(pilot, lambda: not view.filtering and view.layout_.count == 5, timeout=30)
+        assert [view.source.text(i) for i in view.layout_.items] == [
+            "found the needle early", "step 0010000 loss 0.5", "step 0010001 loss 0.5",
+            "step 0010002 loss 0.5", "step 0059999 loss 0.5"]
+        assert "filter “needle|step 0059999|step 001000[0-2] ” (5 lines)" in app.status_line.lines[0].plain
+        # the rank goes on: a new match joins at the end, and the file's stay
+        more = "".join(f"later {i}\n" for i in range(6_000)) + "another needle\n"
+        with open(path, "a") as f:
+            f.write(more)
+        job.out(0, more)
+        await until(pilot, lambda: view.layout_.count == 6, timeout=30)
+        assert view.source.text(view.layout_.items[0]) == "found the needle early"
+        assert view.source.text(view.layout_.items[-1]) == "another needle"
+        # g: the first match, from the file, at the top
+        await pilot.press("g")
+        await until(pilot, lambda: screen_text(app).startswith("found the needle early"))
+        # !negation over the file: every line but the steps
+        await prompt(pilot, "ampersand", "!^step ")
+        await until(pilot, lambda: not view.filtering and view.layout_.count == 6_000 + 5, timeout=30)
+        assert view.source.text(view.layout_.items[0]) == "found the needle early"
+        # wrapped, the filter covers the lines in memory only (as the README says)
+        await prompt(pilot, "ampersand", "needle")
+        await until(pilot, lambda: not view.filtering and view.layout_.count == 2, timeout=30)
+        await pilot.press("w")
+        await until(pilot, lambda: view.wrap and view.layout_.count == 1)
+        assert view.source.text(view.layout_.items[0]) == "another needle"
+        await finish(app, pilot)

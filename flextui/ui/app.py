@@ -551,6 +551,8 @@ class FlexApp(App[int]):
             text.append(f"  filter “{view.filter.pattern}” ({shown:,} lines)", palette.accent)
         if view.search is not None:
             text.append(f"  search “{view.search.pattern}” (n/N)", palette.accent)
+        if view.filtering:
+            text.append("  filtering the log file…", palette.accent)
         if view.searching:
             text.append("  searching the log file…", palette.accent)
         self.status_line.set((text, Text()))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -438,6 +439,8 @@ class LogView(ScrollView, can_focus=True):
         self.cursor: int | None = None  # a line marked by search / error jumps
         self.layout_ = Layout()
         self.searching = False  # a search of a log file is running
+        self.filtering = False  # the filter is reading the part of the log file not in memory
+        self._filter_generation = 0  # bumped whenever the matches start over
         self._top_pending = False  # `g` while the log file is being indexed
         self._views: dict[str, tuple[bool, int | None, int, int | None]] = {}
         self._syncing = False
@@ -449,6 +452,7 @@ class LogView(ScrollView, can_focus=True):
         self._matches: list[int] = []
         self._moff = 0
         self._mscan = 0
+        self._restart_file_filter()
         self._wabs: deque[int] = deque()
         self._wrows: deque[int] = deque()
         self._max_width = 0
@@ -490,8 +494,11 @@ class LogView(ScrollView, can_focus=True):
         if isinstance(source, RankSource) and source.wants_index():
             self._start_indexing(source)
         keep = self._keep()
-        if keep is not None:  # filters look at the lines in memory
-            items: Sequence[int] = self._update_matches(source.scan_first, end, keep)
+        if keep is not None:  # filters look at the lines in memory, and the file if there is one
+            whole = self._filters_file()
+            items: Sequence[int] = self._update_matches(source.scan_first, end, keep, keep_older=whole)
+            if whole and self._file_filter_started != self._filter_generation:
+                self._start_file_filter()
             if live is not None and self.filter is not None and not self.filter(live):
                 live = None
         else:  # wrapped rows are counted for the lines in memory
@@ -566,6 +573,9 @@ class LogView(ScrollView, can_focus=True):
         self._wrows.clear()
         self._max_width = self._wscan = 0
         self.scroll_to(x=0, animate=False, immediate=True)
+        if self.filter is not None:  # wrapped, a filter covers the lines in memory only
+            self._matches, self._moff, self._mscan = [], 0, 0
+            self._restart_file_filter()
         self.sync(force=True, anchor=anchor)
         self.post_message(self.Changed())
 
@@ -583,6 +593,7 @@ class LogView(ScrollView, can_focus=True):
     def _refilter(self) -> None:
         anchor = None if self.follow else self._top_anchor()
         self._matches, self._moff, self._mscan = [], 0, 0
+        self._restart_file_filter()
         self._wabs.clear()
         self._wrows.clear()
         self._max_width = self._wscan = 0
@@ -908,23 +919,92 @@ class LogView(ScrollView, can_focus=True):
             return None
         return lambda i, t: text_filter(t)
 
-    def _update_matches(self, first: int, end: int, keep) -> list[int]:
+    def _update_matches(self, first: int, end: int, keep, keep_older: bool = False) -> list[int]:
+        """The matching lines from `first` (the first line in memory) to `end`, tested as
+        they arrive. `keep_older`: lines that leave memory stay matched (the view reads
+        them from the log file, whose older part a worker filters: _start_file_filter)."""
         matches = self._matches
-        if self._moff < len(matches) and matches[self._moff] < first:
-            self._moff = bisect_left(matches, first, self._moff)
-        if self._moff > 4096 and self._moff * 2 > len(matches):
-            del matches[: self._moff]
-            self._moff = 0
+        if self._mfloor is None:
+            self._mfloor = max(self._mscan, first)  # _matches holds every match from here on
+        if not keep_older:
+            if self._moff < len(matches) and matches[self._moff] < first:
+                self._moff = bisect_left(matches, first, self._moff)
+            self._mfloor = max(self._mfloor, first)
+            if self._moff > 4096 and self._moff * 2 > len(matches):
+                del matches[: self._moff]
+                self._moff = 0
         # Rows that changed (a rank merged into an earlier row) are tested again.
         dirty = self.source.dirty_from
         if dirty < self._mscan:
             del matches[bisect_left(matches, dirty, self._moff):]
             self._mscan = dirty
-        start = max(self._mscan, first)
+        start = max(self._mscan, first if not keep_older else self._mfloor)
         if start < end:
             matches.extend(i for i, text in self.source.scan(start, end) if keep(i, text))
         self._mscan = end
         return matches[self._moff:] if self._moff else matches
+
+    # -- a filter over the part of a rank's log file that is not in memory ---------------
+
+    def _filters_file(self) -> bool:
+        """The filter covers the rank's whole log file: the view reads the file (not all
+        of it is in memory, and its index is built) and does not wrap (wrapped rows are
+        counted for the lines in memory only)."""
+        source = self.source
+        return (self.filter is not None and isinstance(source, RankSource) and source.log_file is not None
+                and source.ready and not source.tail_is_whole() and not self.wrap)
+
+    def _restart_file_filter(self) -> None:
+        self._filter_generation += 1  # results of an older filter's worker are dropped
+        self._file_filter_started = -1
+        self._file_matches = 0  # how many of _matches (at its front) came from the file
+        self._mfloor: int | None = None
+        if self.filtering:
+            self.filtering = False
+            self.workers.cancel_group(self, "filter")
+
+    def _start_file_filter(self) -> None:
+        """Filter lines [0, _mfloor) of the log file in a worker thread (gigabytes take
+        seconds): their matches go in front of the in-memory ones as they are found."""
+        generation = self._file_filter_started = self._filter_generation
+        source, matcher, stop = self.source, self.filter, self._mfloor or 0
+        if stop <= 0:
+            return
+        finder, fold = matcher.finder
+        post = self.app.call_from_thread
+
+        def run() -> None:
+            worker = get_current_worker()
+            found: list[int] = []
+            sent = time.monotonic()
+            try:
+                for number, raw in source.index.search(finder, 0, stop, fold=fold,
+                                                       cancelled=lambda: worker.is_cancelled):
+                    if matcher(display_line(raw)):
+                        found.append(number)
+                    if found and time.monotonic() - sent > 0.25:
+                        post(self._add_file_matches, generation, found, False)
+                        found, sent = [], time.monotonic()
+            except OSError:
+                pass  # the run directory went away: the lines in memory are what there is
+            if not worker.is_cancelled:
+                post(self._add_file_matches, generation, found, True)
+
+        self.filtering = True
+        self.post_message(self.Changed())
+        self.run_worker(run, thread=True, group="filter", exclusive=True, exit_on_error=False)
+
+    def _add_file_matches(self, generation: int, found: list[int], done: bool) -> None:
+        if generation != self._filter_generation:
+            return
+        if found:
+            at = self._moff + self._file_matches  # in front of the in-memory lines' matches
+            self._matches[at:at] = found
+            self._file_matches += len(found)
+        if done:
+            self.filtering = False
+        self.sync(force=True)
+        self.post_message(self.Changed())
 
     def _prune_dropped(self) -> None:
         """The source dropped lines from inside its span (fair share): forget them."""
