@@ -38,8 +38,12 @@ async def test_the_footer_is_one_line_that_follows_the_keys():
         assert "^c Abort job" in shown(bar)
         await pilot.press("escape")
         await until(pilot, lambda: "F Filter ranks" in shown(bar))
-        # a click on a key presses it
+        # hovering a key marks it and shows its tooltip
         region = bar.region_of("question_mark")
+        await pilot.hover(KeyBar, offset=(region.x - bar.region.x + 1, 0))
+        await until(pilot, lambda: bar._hover == "question_mark")
+        assert bar.tooltip == "Help"
+        # a click on a key presses it
         await pilot.click(KeyBar, offset=(region.x - bar.region.x + 1, 0))
         await until(pilot, lambda: app.screen is not app.screen_stack[0])
         await pilot.press("escape")

@@ -650,7 +650,7 @@ class KeyBar(Widget, can_focus=False):
     footer does); hovering one shows its tooltip."""
 
     ALLOW_SELECT = False
-    COMPONENT_CLASSES = {"keybar--key", "keybar--description"}
+    COMPONENT_CLASSES = {"keybar--key", "keybar--description", "keybar--hover"}
     DEFAULT_CSS = """
     KeyBar {
         dock: bottom;
@@ -667,6 +667,9 @@ class KeyBar(Widget, can_focus=False):
             color: $footer-description-foreground;
             background: $footer-description-background;
         }
+        .keybar--hover {
+            background: $block-hover-background;
+        }
     }
     """
 
@@ -675,6 +678,7 @@ class KeyBar(Widget, can_focus=False):
         # (key, shown as, description, enabled, tooltip) in the order Textual's footer has them
         self.keys: tuple[tuple[str, str, str, bool, str], ...] = ()
         self._spans: list[tuple[int, int, int]] = []  # (start x, end x, index in keys)
+        self._hover: str | None = None  # the key under the mouse
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
@@ -713,6 +717,7 @@ class KeyBar(Widget, can_focus=False):
     def render(self) -> Text:
         key_style = self.get_component_rich_style("keybar--key")
         description_style = self.get_component_rich_style("keybar--description")
+        hover = self.get_component_rich_style("keybar--hover")
         dim = Style(dim=True)
         text = Text(no_wrap=True, overflow="crop", end="")
         spans = []
@@ -725,6 +730,7 @@ class KeyBar(Widget, can_focus=False):
             text.append(f"{description} " if description else "", description_style + dim if not enabled
                         else description_style)
             spans.append((start, text.cell_len, index))
+        spans = [span for span in spans if span[0] < self.size.width]  # the rest is cut off
         if palette:
             _key, shown, description, enabled, _tip = self.keys[-1]
             tail = Text.assemble(("▏", description_style), (f" {shown} ", key_style),
@@ -738,6 +744,9 @@ class KeyBar(Widget, can_focus=False):
             text.append_text(tail)
             spans.append((start, text.cell_len, len(self.keys) - 1))
         self._spans = spans
+        for start, end, index in spans:
+            if self.keys[index][0] == self._hover:
+                text.stylize(hover, start, end)
         return text
 
     def key_at(self, x: int) -> tuple[str, str, str, bool, str] | None:
@@ -767,3 +776,12 @@ class KeyBar(Widget, can_focus=False):
         tooltip = entry[4] if entry else None
         if tooltip != self.tooltip:
             self.tooltip = tooltip
+        hover = entry[0] if entry else None
+        if hover != self._hover:
+            self._hover = hover
+            self.refresh()
+
+    def on_leave(self, event) -> None:
+        if self._hover is not None:
+            self._hover = None
+            self.refresh()
