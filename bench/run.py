@@ -551,7 +551,7 @@ METHODS = """\
   synthetic feed) and RSS of that process. The 512-rank case (issue 13: 64 nodes × 8 at 10
   lines/s each) sends, in turn: Tab (the next rank's log), ↓/↑ (table cursor), o (sort),
   b (group by node / ungroup), ←/→ on a node row (fold / unfold), F node12 ⏎ / F ^U ⏎ (filter
-  the table / clear it; timed from ⏎), : 137 ⏎ (picker; timed from ⏎ once it lists rank 137)
+  the table / clear it; timed from ⏎), : 137 ⏎ / : 150 ⏎ in turn (picker; timed from ⏎ once it lists the rank)
   and / loss 0.1 ⏎ then n (search; the match shown). "Event-loop CPU key → frame" is the CPU
   time of the app's thread between the key and its frame (the key's own work plus the refresh
   ticks and feed that ran meanwhile): the part of the latency that is not waiting for a core.
