@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,18 @@ def write_log(path, lines: int) -> bytes:
                      traceback, steps(TRACEBACK_AT + 3, lines)])
     path.write_bytes(data)
     return data
+
+
+def live_rank_with_log(tmp_path, lines: int) -> tuple[FakeJob, Path]:
+    """A running job whose rank 0 wrote a `lines`-line log (write_log); the model keeps
+    its last 5,000 lines, as a console does."""
+    path = tmp_path / "rank-0.log"
+    data = write_log(path, lines)
+    job = FakeJob()
+    job.log_files[0] = str(path)
+    job.start_all()
+    job.out(0, data.decode())
+    return job, path
 
 
 @pytest.mark.slow  # seconds of real waiting: out of the quick tier, still in ./dev test
@@ -84,12 +97,7 @@ async def test_a_live_rank_log_is_whole_search_g_and_x_reach_its_start(tmp_path)
 
 @pytest.mark.slow
 async def test_lines_keep_coming_while_a_paused_view_stays_at_the_start(tmp_path):
-    path = tmp_path / "rank-0.log"
-    data = write_log(path, 300_000)
-    job = FakeJob()
-    job.log_files[0] = str(path)
-    job.start_all()
-    job.out(0, data.decode())
+    job, path = live_rank_with_log(tmp_path, 300_000)
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         view = app.log_view
@@ -154,12 +162,7 @@ async def test_open_of_a_finished_run_shows_and_searches_the_whole_log(tmp_path)
 async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(tmp_path):
     """`&` on a rank whose first lines are only in its log file: the matches from the file
     come first, then those in memory, then new ones; a wrapped view filters memory only."""
-    path = tmp_path / "rank-0.log"
-    data = write_log(path, 60_000)  # "found the needle early" is line 7; memory keeps 5,000
-    job = FakeJob()
-    job.log_files[0] = str(path)
-    job.start_all()
-    job.out(0, data.decode())
+    job, path = live_rank_with_log(tmp_path, 60_000)  # "found the needle early" is line 7
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         view = app.log_view
