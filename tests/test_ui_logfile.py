@@ -174,6 +174,9 @@ async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(
             "found the needle early", "step 0010000 loss 0.5", "step 0010001 loss 0.5",
             "step 0010002 loss 0.5", "step 0059999 loss 0.5"]
         assert "filter “needle|step 0059999|step 001000[0-2] ” (5 lines)" in app.status_line.lines[0].plain
+        # a search among them reads the file's lines in a worker, and finds one
+        await prompt(pilot, "slash", "step 0010001")
+        await until(pilot, lambda: view.cursor == 10_001 and not view.searching, timeout=30)
         # the rank goes on: a new match joins at the end, and the file's stay
         more = "".join(f"later {i}\n" for i in range(6_000)) + "another needle\n"
         with open(path, "a") as f:

@@ -649,7 +649,7 @@ class LogView(ScrollView, can_focus=True):
             self.run_worker(prepare, thread=True, group="find", exclusive=True, exit_on_error=False)
             return
         search = self._search_job(predicate, forward, start)
-        if search is None or not self._reads_file():
+        if search is None or not (self._reads_file() or self._shows_file_matches()):
             then(None if search is None else search(lambda: False))
             return
 
@@ -675,6 +675,11 @@ class LogView(ScrollView, can_focus=True):
                 and not source.tail_is_whole() and isinstance(self.layout_.items, range)
                 and not self.wrap)
 
+    def _shows_file_matches(self) -> bool:
+        """A filtered view holding lines read from the log file: a search through it reads
+        them one by one (~2 µs each: seconds for millions), so it runs in a worker."""
+        return self._file_matches > 0
+
     def _search_job(self, predicate, forward: bool, start: int | None):
         """A function (cancelled) -> index doing the search; None if nothing is shown. Its
         state is taken now (on the UI thread), so a file search may run on another."""
@@ -687,7 +692,16 @@ class LogView(ScrollView, can_focus=True):
             )
         if not self._reads_file():
             order = self._shown_order(layout, start, forward)
-            return lambda cancelled: next((i for i, text in order if predicate(text)), None)
+
+            def search(cancelled) -> int | None:
+                for n, (index, text) in enumerate(order):
+                    if not n % 4096 and cancelled():
+                        return None
+                    if predicate(text):
+                        return index
+                return None
+
+            return search
         return self._file_search(source, layout, predicate, start, forward)
 
     @staticmethod
