@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,10 @@ def expected_groups(world: int) -> list[str]:
     ]
 
 
-async def hang_dump(job: Job) -> StackDump:
+async def hang_dump(job: Job, sampled: Callable[[Job], bool] = lambda job: True) -> StackDump:
     """Run the job until every rank is stuck at step 2 (the last in its loader, the others
-    in all_reduce), then take `d`'s dump; stop the job and return the dump."""
+    in all_reduce) and `sampled(job)` holds (≤ 10 s more: the launcher samples every 2 s),
+    then take `d`'s dump; stop the job and return the dump."""
     task = asyncio.ensure_future(job.run())
     try:
         deadline = time.monotonic() + 300
@@ -78,6 +80,9 @@ async def hang_dump(job: Job) -> StackDump:
             assert not task.done(), task
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)  # from their last line into the wait
+        deadline = time.monotonic() + 10
+        while not sampled(job) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         return await job.dump_stacks()
     finally:
         job.stop("test over")
@@ -114,7 +119,11 @@ def local_job(tmp_path: Path, args: tuple[str, ...], ranks: int = 8, mode=None, 
 @pytest.mark.slow
 async def test_d_groups_the_stacks_of_a_hung_job(tmp_path):
     job = local_job(tmp_path, hang_args(8))
-    dump = await hang_dump(job)
+
+    def sampled_with_loader(job: Job) -> bool:  # a sample taken since each loader worker started
+        return all(r.usage is not None and r.usage.procs == 2 for r in job.model.ranks)
+
+    dump = await hang_dump(job, sampled_with_loader)
     assert_hang_groups(dump, ["localhost"])
     assert dump.headline() == "stacks of 8 ranks: 3 groups"
     # While it hung: every rank was sampled; the hung ranks idle in their waits.
