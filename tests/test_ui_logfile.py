@@ -199,3 +199,26 @@ async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(
         await until(pilot, lambda: view.wrap and view.layout_.count == 1)
         assert view.source.text(view.layout_.items[0]) == "another needle"
         await finish(app, pilot)
+
+
+async def test_a_broad_filter_keeps_the_newest_matches_of_the_file(tmp_path, monkeypatch):
+    """A filter matching most of a huge log would hold a line number per line: the file's
+    matches are taken newest first, at most FILE_MATCHES_MAX, and the status line says so."""
+    from flextui.ui.logview import LogView
+
+    monkeypatch.setattr(LogView, "FILE_MATCHES_MAX", 3)
+    job, _path = live_rank_with_log(tmp_path, 60_000)  # 100,003 lines (to the traceback); 5,000 in memory
+    app = make_app(job)
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.log_view
+        await pilot.press("0")
+        await until(pilot, lambda: view.source.ready, timeout=30)
+        await prompt(pilot, "ampersand", "step 00(0100|5499)[0-9] ")
+        await until(pilot, lambda: not view.filtering and view.filter_capped, timeout=30)
+        # the file's 3 newest matches (of 20), then every match in memory
+        assert list(view.layout_.items) == [54997, 54998, 54999]
+        assert "older matches in the file not shown" in app.status_line.lines[0].plain
+        await prompt(pilot, "ampersand", "needle")  # a narrow one: all of it
+        await until(pilot, lambda: not view.filtering and view.layout_.count == 1, timeout=30)
+        assert not view.filter_capped
+        await finish(app, pilot)

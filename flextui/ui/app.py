@@ -548,7 +548,8 @@ class FlexApp(App[int]):
             text.append("  wrap", palette.accent)
         if view.filter is not None:
             shown = view.layout_.count
-            text.append(f"  filter “{view.filter.pattern}” ({shown:,} lines)", palette.accent)
+            text.append(f"  filter “{view.filter.pattern}” ({shown:,} lines"
+                        f"{'; older matches in the file not shown' if view.filter_capped else ''})", palette.accent)
         if view.search is not None:
             text.append(f"  search “{view.search.pattern}” (n/N)", palette.accent)
         if view.filtering:

@@ -422,6 +422,9 @@ class LogView(ScrollView, can_focus=True):
     """
 
     PINNED_MAX = 4000  # lines a paused view keeps after the rings dropped them
+    #: Matches a filter takes from a log file, the newest first (a broad filter on a 5 GB
+    #: log would otherwise hold tens of millions of line numbers).
+    FILE_MATCHES_MAX = 1_000_000
 
     class Changed(Message):
         """Follow / wrap / search / filter / cursor / source changed (for the status line)."""
@@ -440,6 +443,7 @@ class LogView(ScrollView, can_focus=True):
         self.layout_ = Layout()
         self.searching = False  # a search of a log file is running
         self.filtering = False  # the filter is reading the part of the log file not in memory
+        self.filter_capped = False  # it kept only the newest FILE_MATCHES_MAX of the file's matches
         self._filter_generation = 0  # bumped whenever the matches start over
         self._top_pending = False  # `g` while the log file is being indexed
         self._views: dict[str, tuple[bool, int | None, int, int | None]] = {}
@@ -972,6 +976,7 @@ class LogView(ScrollView, can_focus=True):
         self._filter_generation += 1  # results of an older filter's worker are dropped
         self._file_filter_started = -1
         self._file_matches = 0  # how many of _matches (at its front) came from the file
+        self.filter_capped = False
         self._mfloor: int | None = None
         if self.filtering:
             self.filtering = False
@@ -979,44 +984,52 @@ class LogView(ScrollView, can_focus=True):
 
     def _start_file_filter(self) -> None:
         """Filter lines [0, _mfloor) of the log file in a worker thread (gigabytes take
-        seconds): their matches go in front of the in-memory ones as they are found."""
+        seconds), from the newest back: their matches go in front of the in-memory ones as
+        they are found, up to FILE_MATCHES_MAX."""
         generation = self._file_filter_started = self._filter_generation
         source, matcher, stop = self.source, self.filter, self._mfloor or 0
         if stop <= 0:
             return
         finder, fold = matcher.finder
         post = self.app.call_from_thread
+        room = self.FILE_MATCHES_MAX
 
         def run() -> None:
             worker = get_current_worker()
-            found: list[int] = []
-            sent = time.monotonic()
+            found: list[int] = []  # newest first
+            sent, total, capped = time.monotonic(), 0, False
             try:
-                for number, raw in source.index.search(finder, 0, stop, fold=fold,
+                for number, raw in source.index.search(finder, 0, stop, forward=False, fold=fold,
                                                        cancelled=lambda: worker.is_cancelled):
                     if matcher(display_line(raw)):
+                        if total == room:
+                            capped = True
+                            break
                         found.append(number)
+                        total += 1
                     if found and time.monotonic() - sent > 0.25:
-                        post(self._add_file_matches, generation, found, False)
+                        post(self._add_file_matches, generation, found, False, False)
                         found, sent = [], time.monotonic()
             except OSError:
                 pass  # the run directory went away: the lines in memory are what there is
             if not worker.is_cancelled:
-                post(self._add_file_matches, generation, found, True)
+                post(self._add_file_matches, generation, found, True, capped)
 
         self.filtering = True
         self.post_message(self.Changed())
         self.run_worker(run, thread=True, group="filter", exclusive=True, exit_on_error=False)
 
-    def _add_file_matches(self, generation: int, found: list[int], done: bool) -> None:
+    def _add_file_matches(self, generation: int, found: list[int], done: bool, capped: bool) -> None:
+        """`found`: the next file matches, newest first (older than any before them)."""
         if generation != self._filter_generation:
             return
         if found:
-            at = self._moff + self._file_matches  # in front of the in-memory lines' matches
-            self._matches[at:at] = found
+            found.reverse()
+            self._matches[self._moff:self._moff] = found
             self._file_matches += len(found)
         if done:
             self.filtering = False
+            self.filter_capped = capped
         self.sync(force=True)
         self.post_message(self.Changed())
 
