@@ -159,6 +159,14 @@ async def test_open_of_a_finished_run_shows_and_searches_the_whole_log(tmp_path)
             app.exit()
 
 
+async def filter_rank_0(pilot, pattern: str) -> None:
+    """Rank 0's tab, once its log file is indexed, filtered with `pattern` (`&`)."""
+    view = pilot.app.log_view
+    await pilot.press("0")
+    await until(pilot, lambda: view.source.ready, timeout=30)
+    await prompt(pilot, "ampersand", pattern)
+
+
 async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(tmp_path):
     """`&` on a rank whose first lines are only in its log file: the matches from the file
     come first, then those in memory, then new ones; a wrapped view filters memory only."""
@@ -166,9 +174,7 @@ async def test_the_line_filter_covers_the_whole_log_file_and_lines_still_coming(
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         view = app.log_view
-        await pilot.press("0")
-        await until(pilot, lambda: view.source.ready, timeout=30)
-        await prompt(pilot, "ampersand", "needle|step 0059999|step 001000[0-2] ")
+        await filter_rank_0(pilot, "needle|step 0059999|step 001000[0-2] ")
         await until(pilot, lambda: not view.filtering and view.layout_.count == 5, timeout=30)
         assert [view.source.text(i) for i in view.layout_.items] == [
             "found the needle early", "step 0010000 loss 0.5", "step 0010001 loss 0.5",
@@ -211,9 +217,7 @@ async def test_a_broad_filter_keeps_the_newest_matches_of_the_file(tmp_path, mon
     app = make_app(job)
     async with app.run_test(size=SIZE) as pilot:
         view = app.log_view
-        await pilot.press("0")
-        await until(pilot, lambda: view.source.ready, timeout=30)
-        await prompt(pilot, "ampersand", "step 00(0100|5499)[0-9] ")
+        await filter_rank_0(pilot, "step 00(0100|5499)[0-9] ")
         await until(pilot, lambda: not view.filtering and view.filter_capped, timeout=30)
         # the file's 3 newest matches (of 20), then every match in memory
         assert list(view.layout_.items) == [54997, 54998, 54999]
