@@ -143,6 +143,18 @@ def pick_hits(app: "FlexApp", query: str) -> list[tuple[float, str, Callable, st
     return hits[:PICK_LIMIT]
 
 
+def pick_defaults(app: "FlexApp") -> list[tuple[str, Callable, str]]:
+    """What the picker offers before anything is typed: (name, action, help)."""
+    model = app.model
+    picks = []
+    first = model.first_failure
+    if first is not None:
+        picks.append((f"first failure: rank {shown_rank(model, first.rank)} on {first.info.host}",
+                      app.action_first_failure, status_text(first)))
+    picks.append(("all ranks", app.action_show_all, "the combined log"))
+    return picks
+
+
 class RankPicker(Provider):
     """The command palette's (Ctrl+P) part of the picker: the same hits as `:`."""
 
@@ -151,11 +163,8 @@ class RankPicker(Provider):
 
     async def discover(self) -> Hits:
         app: FlexApp = self.app  # type: ignore[assignment]
-        first = app.model.first_failure
-        if first is not None:
-            yield DiscoveryHit(f"first failure: rank {shown_rank(app.model, first.rank)} on {first.info.host}",
-                               app.action_first_failure, help=status_text(first))
-        yield DiscoveryHit("all ranks", app.action_show_all, help="the combined log")
+        for name, callback, help_text in pick_defaults(app):
+            yield DiscoveryHit(name, callback, help=help_text)
         yield DiscoveryHit("type a rank (137), a host (node12) or a status (failed)",
                            app.action_pick)
 
@@ -698,12 +707,7 @@ class FlexApp(App[int]):
         if query.strip():
             picks = [(name, callback, help_text) for _score, name, callback, help_text in pick_hits(self, query)]
         else:
-            picks = []
-            first = self.model.first_failure
-            if first is not None:
-                picks.append((f"first failure: rank {shown_rank(self.model, first.rank)} on {first.info.host}",
-                              self.action_first_failure, status_text(first)))
-            picks.append(("all ranks", self.action_show_all, "the combined log"))
+            picks = pick_defaults(self)
         self._picks = picks
         options = []
         for name, _callback, help_text in picks:
