@@ -453,10 +453,7 @@ class LogView(ScrollView, can_focus=True):
         self._reset_derived()
 
     def _reset_derived(self) -> None:
-        self._matches: list[int] = []
-        self._moff = 0
-        self._mscan = 0
-        self._restart_file_filter()
+        self._reset_matches()
         self._wabs: deque[int] = deque()
         self._wrows: deque[int] = deque()
         self._max_width = 0
@@ -578,8 +575,7 @@ class LogView(ScrollView, can_focus=True):
         self._max_width = self._wscan = 0
         self.scroll_to(x=0, animate=False, immediate=True)
         if self.filter is not None:  # wrapped, a filter covers the lines in memory only
-            self._matches, self._moff, self._mscan = [], 0, 0
-            self._restart_file_filter()
+            self._reset_matches()
         self.sync(force=True, anchor=anchor)
         self.post_message(self.Changed())
 
@@ -596,8 +592,7 @@ class LogView(ScrollView, can_focus=True):
 
     def _refilter(self) -> None:
         anchor = None if self.follow else self._top_anchor()
-        self._matches, self._moff, self._mscan = [], 0, 0
-        self._restart_file_filter()
+        self._reset_matches()
         self._wabs.clear()
         self._wrows.clear()
         self._max_width = self._wscan = 0
@@ -971,6 +966,13 @@ class LogView(ScrollView, can_focus=True):
         source = self.source
         return (self.filter is not None and isinstance(source, RankSource) and source.log_file is not None
                 and source.ready and not source.tail_is_whole() and not self.wrap)
+
+    def _reset_matches(self) -> None:
+        """The filter's matches start over (a new filter, source, or wrapping)."""
+        self._matches: list[int] = []
+        self._moff = 0  # matches before it are gone from memory
+        self._mscan = 0  # lines before it were tested
+        self._restart_file_filter()
 
     def _restart_file_filter(self) -> None:
         self._filter_generation += 1  # results of an older filter's worker are dropped
