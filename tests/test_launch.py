@@ -475,6 +475,17 @@ def test_commands_right_behind_the_spec_are_not_lost(tmp_path, marker, worker):
     assert_all_gone(marker, worker_pids(launcher))
 
 
+def assert_refused(launcher: Launcher, error: str, log_dir: Path, marker: str) -> None:
+    """A bad spec: exit 2, one line saying `error`, no event, no log directory, no process."""
+    launcher.close_stdin()
+    assert launcher.finish(timeout=10) == 2
+    assert launcher.events == []
+    (line,) = launcher.stderr.decode().strip().splitlines()
+    assert line.startswith("python -m flextui.launch: ") and error in line, line
+    assert not log_dir.exists()
+    assert_all_gone(marker)
+
+
 @pytest.mark.parametrize("first_line, error", [
     (b"", "no spec on stdin"),
     (b"\n", "no spec on stdin"),
@@ -485,13 +496,7 @@ def test_commands_right_behind_the_spec_are_not_lost(tmp_path, marker, worker):
 ])
 def test_no_or_a_bad_spec_is_one_line_and_starts_nothing(tmp_path, marker, worker, first_line, error):
     launcher = Launcher(node_spec(tmp_path / "logs", argvs(worker, 1)), first_line=first_line)
-    launcher.close_stdin()
-    assert launcher.finish(timeout=10) == 2
-    assert launcher.events == []
-    (line,) = launcher.stderr.decode().strip().splitlines()
-    assert line.startswith("python -m flextui.launch: ") and error in line, line
-    assert not (tmp_path / "logs").exists()
-    assert_all_gone(marker)
+    assert_refused(launcher, error, tmp_path / "logs", marker)
 
 
 @pytest.mark.parametrize("grace, error", [(None, 'bad spec: no "grace"'),
@@ -503,13 +508,7 @@ def test_a_spec_without_a_grace_is_one_line_and_starts_nothing(tmp_path, marker,
     if grace is not None:
         spec["grace"] = grace
     launcher = Launcher(spec, first_line=spec_line(spec))
-    launcher.close_stdin()
-    assert launcher.finish(timeout=10) == 2
-    assert launcher.events == []
-    (line,) = launcher.stderr.decode().strip().splitlines()
-    assert line.startswith("python -m flextui.launch: ") and error in line, line
-    assert not (tmp_path / "logs").exists()
-    assert_all_gone(marker)
+    assert_refused(launcher, error, tmp_path / "logs", marker)
 
 
 def test_a_megabyte_of_arguments_goes_to_every_worker_once_on_the_wire(tmp_path, marker):
